@@ -1,0 +1,117 @@
+"""cano: an async workflow engine built on finite state machines, with a Rust core.
+
+Define states as an ``Enum``, write one ``async`` task per state that returns the next
+state, and let the engine run the machine with retries, timeouts, cancellation, resources
+and observers::
+
+    import enum
+    import cano
+
+    class Step(enum.Enum):
+        FETCH = enum.auto()
+        DONE = enum.auto()
+
+    async def fetch(res: cano.Resources) -> Step:
+        return Step.DONE
+
+    wf = cano.Workflow.bare().register(Step.FETCH, fetch).add_exit_state(Step.DONE)
+    assert wf.run_sync(Step.FETCH) is Step.DONE
+"""
+
+from __future__ import annotations
+
+from cano._core import (
+    CancellationHandle,
+    CancellationToken,
+    RetryMode,
+    Run,
+    TaskConfig,
+)
+from cano._core import __version__ as __version__
+from cano.errors import (
+    CanoError,
+    CheckpointError,
+    CircuitOpenError,
+    CompensationFailedError,
+    ConfigurationError,
+    KeyNotFoundError,
+    OrphanedCompensationError,
+    RateLimitedError,
+    ResourceError,
+    ResourceNotFoundError,
+    ResourceTypeError,
+    RetryExhaustedError,
+    StoreError,
+    TaskError,
+    TaskTimeoutError,
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowTimeoutError,
+    WorkflowVersionMismatchError,
+)
+from cano.observer import WorkflowObserver
+from cano.resources import (
+    MISSING,
+    SPLIT_RESULT_KEY,
+    HealthStatus,
+    MemoryStore,
+    Resource,
+    Resources,
+)
+from cano.tasks import (
+    Pending,
+    PollErrorPolicy,
+    PollTask,
+    Ready,
+    RouterTask,
+    Task,
+    TaskResult,
+    TimerTask,
+    task,
+)
+from cano.workflow import Workflow, state_label
+
+__all__ = [
+    "MISSING",
+    "SPLIT_RESULT_KEY",
+    "CancellationHandle",
+    "CancellationToken",
+    "CanoError",
+    "CheckpointError",
+    "CircuitOpenError",
+    "CompensationFailedError",
+    "ConfigurationError",
+    "HealthStatus",
+    "KeyNotFoundError",
+    "MemoryStore",
+    "OrphanedCompensationError",
+    "Pending",
+    "PollErrorPolicy",
+    "PollTask",
+    "RateLimitedError",
+    "Ready",
+    "Resource",
+    "ResourceError",
+    "ResourceNotFoundError",
+    "ResourceTypeError",
+    "Resources",
+    "RetryExhaustedError",
+    "RetryMode",
+    "RouterTask",
+    "Run",
+    "StoreError",
+    "Task",
+    "TaskConfig",
+    "TaskError",
+    "TaskResult",
+    "TaskTimeoutError",
+    "TimerTask",
+    "Workflow",
+    "WorkflowCancelledError",
+    "WorkflowError",
+    "WorkflowObserver",
+    "WorkflowTimeoutError",
+    "WorkflowVersionMismatchError",
+    "state_label",
+    "task",
+]

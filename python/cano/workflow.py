@@ -1,0 +1,463 @@
+"""The workflow builder: states, their tasks, exit states and run-wide settings.
+
+A :class:`Workflow` is a definition; ``orchestrate()`` starts a run of it. Every run works
+on a snapshot of the definition taken when it starts (the compiled ``Plan``), so changing a
+workflow never affects runs already in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from cano._core import CancellationToken, Handler, Plan, TaskConfig
+from cano._duration import Duration, seconds
+from cano.errors import ConfigurationError, WorkflowError
+from cano.observer import ObserverHub
+from cano.resources import Resources
+from cano.tasks import PollTask, RouterTask, Task, TaskResult, TimerTask, _drive_poll, _drive_timer
+from cano.tasks import _FunctionTask, _takes_resources
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = ["Workflow", "state_label"]
+
+S = TypeVar("S")
+
+
+def state_label(state: object) -> str:
+    """The label of a state: ``member.name`` for an Enum, ``str(s)`` for str/int, else repr."""
+    if isinstance(state, enum.Enum):
+        return state.name
+    if isinstance(state, str | int):
+        return str(state)
+    return repr(state)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A registered state: how to call its task and with which policy."""
+
+    call: Any
+    takes_resources: bool
+    name: str
+    config: TaskConfig
+    router: bool
+    targets: tuple[Any, ...] | None
+    task: object
+    problem: str | None = None
+
+
+class _Support:
+    """Cold-path helpers the dispatcher calls when a task returns something unexpected."""
+
+    def __init__(self, state_types: frozenset[type]) -> None:
+        self._state_types = state_types
+
+    def explain_return(self, value: object, state: str, task: str) -> tuple[int, object]:
+        """(0, state) to retry the lookup on an unwrapped TaskResult, else (1, message)."""
+        if isinstance(value, TaskResult):
+            if value.is_split:
+                return 1, (
+                    f"task '{task}' in state {state} returned {value!r}, but a single-task "
+                    "state cannot fan out; use register_split() for split tasks"
+                )
+            return 0, value.state
+        if type(value) in self._state_types and not isinstance(value, bool):
+            return 1, (
+                f"task '{task}' in state {state} returned {state_label(value)}, which is "
+                "neither a registered nor an exit state"
+            )
+        expected = " or ".join(sorted(t.__qualname__ for t in self._state_types))
+        return 1, (
+            f"task '{task}' in state {state} returned {value!r} ({type(value).__qualname__}), "
+            f"which is not a state of this workflow (expected {expected})"
+        )
+
+
+async def _raise(err: BaseException) -> Any:
+    raise err
+
+
+class Workflow(Generic[S]):
+    """A finite state machine of async tasks.
+
+    Example::
+
+        class Step(enum.Enum):
+            FETCH = enum.auto()
+            DONE = enum.auto()
+
+        async def fetch(res: cano.Resources) -> Step:
+            return Step.DONE
+
+        wf = cano.Workflow.bare().register(Step.FETCH, fetch).add_exit_state(Step.DONE)
+        assert await wf.orchestrate(Step.FETCH) is Step.DONE
+
+    Builder methods mutate the workflow and return it, so calls chain.
+    """
+
+    def __init__(self, resources: Resources[Any] | None = None) -> None:
+        self._resources: Resources[Any] = resources if resources is not None else Resources()
+        self._entries: dict[Any, _Entry] = {}
+        self._exits: list[Any] = []
+        self._labels: dict[str, Any] = {}
+        self._observers: list[object] = []
+        self._workflow_id: str | None = None
+        self._version = 0
+        self._total_timeout: float | None = None
+        self._compensation_timeout: float | None = None
+        self._max_transitions: int | None = None
+        self._plan: Plan | None = None
+
+    @classmethod
+    def bare(cls) -> Workflow[S]:
+        """A workflow without resources."""
+        return cls(Resources.empty())
+
+    # ----- registration -----------------------------------------------------------------
+
+    def register(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+        """Runs ``task`` in ``state``.
+
+        ``task`` is a :class:`Task`, a :class:`PollTask`, a :class:`TimerTask`, any object
+        with an async ``run(res)`` or ``run_bare()``, or an ``async def f(res)`` /
+        ``async def f()``. ``to`` optionally declares the states the task may return: they
+        are checked by ``validate()`` and at run time, and drawn by ``to_mermaid()``.
+        """
+        self._entries[self._claim(state)] = self._entry(state, task, to, router=False)
+        return self._changed()
+
+    def register_router(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+        """Runs a :class:`RouterTask` (or an async function) in ``state``; never checkpointed."""
+        self._entries[self._claim(state)] = self._entry(state, task, to, router=True)
+        return self._changed()
+
+    def add_exit_state(self, state: S) -> Self:
+        """Reaching ``state`` ends the run successfully with that state."""
+        key = self._claim(state)
+        if key not in self._exits:
+            self._exits.append(key)
+        return self._changed()
+
+    def add_exit_states(self, states: Iterable[S]) -> Self:
+        """Adds several exit states."""
+        for s in states:
+            self.add_exit_state(s)
+        return self
+
+    def with_observer(self, observer: object) -> Self:
+        """Adds an observer (see :class:`cano.WorkflowObserver`); observers accumulate."""
+        self._observers.append(observer)
+        return self._changed()
+
+    def with_workflow_id(self, workflow_id: str) -> Self:
+        """The id of runs started without ``workflow_id=``."""
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise ConfigurationError(f"workflow id must be a non-empty str, got {workflow_id!r}")
+        self._workflow_id = workflow_id
+        return self._changed()
+
+    def with_workflow_version(self, version: int) -> Self:
+        """The definition's version, stamped on checkpoint rows (default 0)."""
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ConfigurationError(f"workflow version must be an int >= 0, got {version!r}")
+        self._version = version
+        return self._changed()
+
+    def with_total_timeout(self, limit: Duration) -> Self:
+        """Fails a run with ``WorkflowTimeoutError`` once it ran ``limit`` seconds (counted
+        after resource setup); the task in flight is cancelled."""
+        self._total_timeout = seconds(limit, "with_total_timeout")
+        return self._changed()
+
+    def with_compensation_timeout(self, limit: Duration) -> Self:
+        """The rollback budget after a failure."""
+        self._compensation_timeout = seconds(limit, "with_compensation_timeout")
+        return self._changed()
+
+    def with_max_transitions(self, n: int) -> Self:
+        """A loop guard: a run may move from one state to the next at most ``n`` times."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigurationError(f"with_max_transitions expects an int >= 0, got {n!r}")
+        self._max_transitions = n
+        return self._changed()
+
+    # ----- inspection -------------------------------------------------------------------
+
+    @property
+    def registered_states(self) -> frozenset[S]:
+        """States with a handler (exit-only states excluded)."""
+        return frozenset(self._entries)
+
+    @property
+    def exit_states(self) -> frozenset[S]:
+        """The exit states."""
+        return frozenset(self._exits)
+
+    @property
+    def resources(self) -> Resources[Any]:
+        """The resources handed to every task."""
+        return self._resources
+
+    def validate(self) -> None:
+        """Checks the definition; raises ``ConfigurationError`` naming what is wrong."""
+        self._compile()
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid state diagram: states, declared edges and exits."""
+        ids: dict[Any, str] = {}
+        lines = ["stateDiagram-v2"]
+
+        def node(state: Any) -> str:
+            if state not in ids:
+                ids[state] = f"s{len(ids)}"
+                label = state_label(state).replace('"', "'")
+                lines.append(f'    state "{label}" as {ids[state]}')
+            return ids[state]
+
+        for state, entry in self._entries.items():
+            node(state)
+            if entry.router:
+                lines.append(f"    note right of {ids[state]} : router")
+        for state in self._exits:
+            node(state)
+        for state, entry in self._entries.items():
+            for target in entry.targets or ():
+                lines.append(f"    {node(state)} --> {node(target)}")
+        for state in self._exits:
+            lines.append(f"    {ids[state]} --> [*]")
+        return "\n".join(lines) + "\n"
+
+    # ----- running ----------------------------------------------------------------------
+
+    def orchestrate(
+        self,
+        initial: S,
+        *,
+        workflow_id: str | None = None,
+        cancel: CancellationToken | None = None,
+    ) -> Coroutine[Any, Any, S]:
+        """Starts a run at ``initial``; await the result to get the exit state reached.
+
+        The returned object is a coroutine implemented in Rust: await it, or pass it to
+        ``asyncio.run``, ``asyncio.create_task`` or ``asyncio.gather``. Validation errors
+        are raised when it is first awaited, before any resource is set up.
+        """
+        plan = self._plan
+        if plan is None:
+            try:
+                plan = self._compile()
+            except ConfigurationError as err:
+                return cast(Coroutine[Any, Any, S], _raise(err))
+        if cancel is not None and not isinstance(cancel, CancellationToken):
+            return cast(
+                Coroutine[Any, Any, S],
+                _raise(ConfigurationError(f"cancel= expects a CancellationToken, got {cancel!r}")),
+            )
+        res = self._resources
+        lease = res if res._has_lifecycle else None
+        return cast(Coroutine[Any, Any, S], plan.start(initial, res, lease, cancel))
+
+    def resume_from(
+        self, workflow_id: str, *, cancel: CancellationToken | None = None
+    ) -> Coroutine[Any, Any, S]:
+        """Resumes a crashed run from its checkpoint log (needs a checkpoint store)."""
+        return cast(
+            Coroutine[Any, Any, S],
+            _raise(
+                ConfigurationError(
+                    f"resume_from({workflow_id!r}) requires a checkpoint store "
+                    "(call with_checkpoint_store)"
+                )
+            ),
+        )
+
+    def run_sync(self, initial: S, **kwargs: Any) -> S:
+        """Runs the workflow to completion in a fresh event loop (``asyncio.run``)."""
+        return asyncio.run(self.orchestrate(initial, **kwargs))
+
+    # ----- internals --------------------------------------------------------------------
+
+    def _changed(self) -> Self:
+        self._plan = None
+        return self
+
+    def _claim(self, state: Any) -> Any:
+        """Checks that ``state`` is usable and that its label is unique."""
+        try:
+            hash(state)
+        except TypeError:
+            raise ConfigurationError(
+                f"state {state!r} is not hashable; use Enum members (or str/int)"
+            ) from None
+        label = state_label(state)
+        other = self._labels.setdefault(label, state)
+        if other is not state and other != state:
+            raise ConfigurationError(
+                f"states {other!r} and {state!r} share the label {label!r}; labels identify "
+                "states in checkpoints, observers and errors, so they must be unique"
+            )
+        return state
+
+    def _entry(self, state: Any, task: Any, to: Iterable[Any] | None, *, router: bool) -> _Entry:
+        targets: tuple[Any, ...] | None = None
+        if to is not None:
+            if isinstance(to, str | bytes) or not isinstance(to, Iterable):
+                raise ConfigurationError(
+                    f"to= for state {state_label(state)} must be an iterable of states"
+                )
+            targets = tuple(self._claim(t) for t in to)
+        return _describe_task(state, task, targets, router=router)
+
+    def _compile(self) -> Plan:
+        states: list[Any] = []
+        ids: dict[Any, int] = {}
+
+        def intern(state: Any) -> int:
+            if state not in ids:
+                ids[state] = len(states)
+                states.append(state)
+            return ids[state]
+
+        for state, entry in self._entries.items():
+            intern(state)
+            if entry.problem is not None:
+                raise ConfigurationError(entry.problem)
+        for state in self._exits:
+            intern(state)
+        for entry in self._entries.values():
+            for t in entry.targets or ():
+                intern(t)
+        handlers = [
+            (
+                ids[state],
+                Handler(
+                    entry.call,
+                    takes_resources=entry.takes_resources,
+                    name=entry.name,
+                    router=entry.router,
+                    config=entry.config,
+                    targets=[ids[t] for t in entry.targets] if entry.targets is not None else None,
+                ),
+            )
+            for state, entry in self._entries.items()
+        ]
+        state_types = frozenset(type(s) for s in states)
+        plan = Plan(
+            states,
+            [state_label(s) for s in states],
+            [ids[s] for s in self._exits],
+            handlers,
+            support=_Support(state_types),
+            hub=ObserverHub(self._observers) if self._observers else None,
+            max_transitions=self._max_transitions,
+            total_timeout=self._total_timeout,
+        )
+        self._plan = plan
+        return plan
+
+    def __repr__(self) -> str:
+        return (
+            f"<cano.Workflow states={[state_label(s) for s in self._entries]} "
+            f"exits={[state_label(s) for s in self._exits]}>"
+        )
+
+
+def _config_of(task: Any, default: TaskConfig) -> TaskConfig:
+    method = getattr(task, "config", None)
+    if method is None:
+        return default
+    config = method() if callable(method) else method
+    if not isinstance(config, TaskConfig):
+        raise ConfigurationError(
+            f"task {_name_of(task)!r}: config() returned {config!r}, expected a TaskConfig"
+        )
+    return config
+
+
+def _name_of(task: Any) -> str:
+    method = getattr(task, "name", None)
+    if callable(method):
+        try:
+            name = method()
+        except TypeError:
+            name = None
+        if isinstance(name, str):
+            return name
+    if isinstance(task, functools.partial):
+        return _name_of(task.func)
+    qualname = getattr(task, "__qualname__", None)
+    if isinstance(qualname, str):
+        return qualname
+    return type(task).__qualname__
+
+
+def _overrides(task: object, base: type, method: str) -> bool:
+    return getattr(type(task), method, None) is not getattr(base, method)
+
+
+def _describe_task(
+    state: Any, task: Any, targets: tuple[Any, ...] | None, *, router: bool
+) -> _Entry:
+    """Works out how to call ``task`` and with which policy."""
+    label = state_label(state)
+
+    def entry(call: Any, takes: bool, default: TaskConfig, problem: str | None = None) -> _Entry:
+        return _Entry(
+            call=call,
+            takes_resources=takes,
+            name=_name_of(task),
+            config=_config_of(task, default),
+            router=router,
+            targets=targets,
+            task=task,
+            problem=problem,
+        )
+
+    if isinstance(task, _FunctionTask):
+        return entry(task.fn, task.takes_resources, TaskConfig())
+    if isinstance(task, RouterTask) or (router and hasattr(task, "route")):
+        return entry(task.route, True, TaskConfig())
+    if isinstance(task, PollTask):
+        return entry(functools.partial(_drive_poll, task), True, TaskConfig.minimal())
+    if isinstance(task, TimerTask):
+        return entry(functools.partial(_drive_timer, task), True, TaskConfig.minimal())
+    if isinstance(task, Task):
+        if _overrides(task, Task, "run"):
+            return entry(task.run, True, TaskConfig())
+        if _overrides(task, Task, "run_bare"):
+            return entry(task.run_bare, False, TaskConfig())
+        return entry(
+            task.run,
+            True,
+            TaskConfig(),
+            problem=f"task {_name_of(task)!r} for state {label} implements neither run(res) "
+            "nor run_bare()",
+        )
+    if hasattr(task, "run") and callable(task.run):
+        return entry(task.run, True, TaskConfig())
+    if hasattr(task, "run_bare") and callable(task.run_bare):
+        return entry(task.run_bare, False, TaskConfig())
+    if callable(task) and not isinstance(task, type):
+        return _Entry(
+            call=task,
+            takes_resources=_takes_resources(task),
+            name=_name_of(task),
+            config=TaskConfig(),
+            router=router,
+            targets=targets,
+            task=task,
+        )
+    raise ConfigurationError(
+        f"cannot register {task!r} for state {label}: expected a Task, an object with an async "
+        "run(res) or run_bare() method, or an async function"
+    )
+
+
+_ = WorkflowError  # re-exported through cano.errors; imported here for readers of the dispatcher

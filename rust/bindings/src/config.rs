@@ -1,0 +1,248 @@
+//! `RetryMode` and `TaskConfig`: frozen value objects whose maths lives in `cano_core`.
+
+use crate::duration;
+use crate::errors;
+use cano_core::retry::RetryMode as CoreRetry;
+use pyo3::prelude::*;
+use pyo3::types::{PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
+use std::time::Duration;
+
+fn count(py: Python<'_>, value: i64, what: &str) -> PyResult<u32> {
+    u32::try_from(value).map_err(|_| {
+        errors::configuration(py, format!("{what} must be between 0 and {}, got {value}", u32::MAX))
+    })
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// How a failing task is retried.
+#[pyclass(frozen, skip_from_py_object, module = "cano._core", name = "RetryMode")]
+#[derive(Clone)]
+pub struct RetryMode {
+    pub mode: CoreRetry,
+}
+
+#[pymethods]
+impl RetryMode {
+    /// One attempt, no retries.
+    #[staticmethod]
+    fn none() -> Self {
+        RetryMode { mode: CoreRetry::None }
+    }
+
+    /// `retries` retries after the first attempt, each after `delay` seconds.
+    #[staticmethod]
+    fn fixed(py: Python<'_>, retries: i64, delay: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let retries = count(py, retries, "RetryMode.fixed retries")?;
+        let delay = duration::seconds(delay, "RetryMode.fixed delay")?;
+        Ok(RetryMode { mode: CoreRetry::Fixed { retries, delay: Duration::from_secs_f64(delay) } })
+    }
+
+    /// Exponential backoff: `base_delay * multiplier**k`, capped at `max_delay`, ± `jitter`.
+    #[staticmethod]
+    #[pyo3(signature = (max_retries, *, base_delay=None, multiplier=2.0, max_delay=None, jitter=0.1))]
+    fn exponential(
+        py: Python<'_>,
+        max_retries: i64,
+        base_delay: Option<&Bound<'_, PyAny>>,
+        multiplier: f64,
+        max_delay: Option<&Bound<'_, PyAny>>,
+        jitter: f64,
+    ) -> PyResult<Self> {
+        let max_retries = count(py, max_retries, "RetryMode.exponential max_retries")?;
+        let base = duration::optional_seconds(base_delay, "RetryMode.exponential base_delay")?
+            .unwrap_or(0.1);
+        let cap = duration::optional_seconds(max_delay, "RetryMode.exponential max_delay")?
+            .unwrap_or(30.0);
+        if multiplier.is_nan() || jitter.is_nan() || jitter < 0.0 {
+            return Err(errors::configuration(
+                py,
+                format!(
+                    "RetryMode.exponential: multiplier and jitter must be numbers, jitter >= 0; \
+                     got multiplier={multiplier}, jitter={jitter}"
+                ),
+            ));
+        }
+        Ok(RetryMode {
+            mode: CoreRetry::exponential_custom(
+                max_retries,
+                Duration::try_from_secs_f64(base).unwrap_or(Duration::MAX),
+                multiplier,
+                Duration::try_from_secs_f64(cap).unwrap_or(Duration::MAX),
+                jitter,
+            ),
+        })
+    }
+
+    /// Total attempts allowed (retries + 1).
+    #[getter]
+    fn max_attempts(&self) -> u32 {
+        self.mode.max_attempts()
+    }
+
+    /// Seconds to wait after the failed attempt with 0-based index `attempt`, or `None`
+    /// when no retry is left.
+    fn delay_for_attempt(&self, attempt: i64) -> Option<f64> {
+        let k = u32::try_from(attempt).ok()?;
+        self.mode.delay_for_attempt(k).map(secs)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<RetryMode>().is_ok_and(|o| o.get().mode == self.mode)
+    }
+
+    fn __hash__(&self) -> u64 {
+        u64::from(self.mode.max_attempts())
+    }
+
+    fn __repr__(&self) -> String {
+        match self.mode {
+            CoreRetry::None => "RetryMode.none()".to_owned(),
+            CoreRetry::Fixed { retries, delay } => {
+                format!("RetryMode.fixed({retries}, {})", secs(delay))
+            }
+            CoreRetry::Exponential { max_retries, base_delay, multiplier, max_delay, jitter } => {
+                format!(
+                    "RetryMode.exponential({max_retries}, base_delay={}, multiplier={multiplier}, \
+                     max_delay={}, jitter={jitter})",
+                    secs(base_delay),
+                    secs(max_delay)
+                )
+            }
+        }
+    }
+}
+
+/// Per-task policy: retries, attempt timeout, which exceptions are retried.
+#[pyclass(frozen, module = "cano._core", name = "TaskConfig")]
+pub struct TaskConfig {
+    pub retry: CoreRetry,
+    pub attempt_timeout: Option<f64>,
+    pub retry_on: Option<Py<PyTuple>>,
+}
+
+impl TaskConfig {
+    fn with(&self, py: Python<'_>) -> Self {
+        TaskConfig {
+            retry: self.retry,
+            attempt_timeout: self.attempt_timeout,
+            retry_on: self.retry_on.as_ref().map(|t| t.clone_ref(py)),
+        }
+    }
+}
+
+#[pymethods]
+impl TaskConfig {
+    /// The default: exponential backoff with 3 retries (4 attempts), no timeout.
+    #[new]
+    fn new() -> Self {
+        TaskConfig { retry: CoreRetry::default(), attempt_timeout: None, retry_on: None }
+    }
+
+    /// No retries, no timeout.
+    #[staticmethod]
+    fn minimal() -> Self {
+        TaskConfig { retry: CoreRetry::None, attempt_timeout: None, retry_on: None }
+    }
+
+    /// A copy with another retry mode.
+    fn with_retry(&self, py: Python<'_>, mode: &RetryMode) -> Self {
+        TaskConfig { retry: mode.mode, ..self.with(py) }
+    }
+
+    /// A copy retrying `retries` times after `delay` seconds.
+    fn with_fixed_retry(
+        &self,
+        py: Python<'_>,
+        retries: i64,
+        delay: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let mode = RetryMode::fixed(py, retries, delay)?;
+        Ok(TaskConfig { retry: mode.mode, ..self.with(py) })
+    }
+
+    /// A copy with default exponential backoff and `max_retries` retries.
+    fn with_exponential_retry(&self, py: Python<'_>, max_retries: i64) -> PyResult<Self> {
+        let n = count(py, max_retries, "TaskConfig.with_exponential_retry max_retries")?;
+        Ok(TaskConfig { retry: CoreRetry::exponential(n), ..self.with(py) })
+    }
+
+    /// A copy bounding every attempt to `timeout` seconds (`TaskTimeoutError` on expiry).
+    fn with_attempt_timeout(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let t = duration::seconds(timeout, "TaskConfig.with_attempt_timeout")?;
+        Ok(TaskConfig { attempt_timeout: Some(t), ..self.with(py) })
+    }
+
+    /// A copy retrying only exceptions of these types; any other fails at once.
+    #[pyo3(signature = (*exc_types))]
+    fn with_retry_on(&self, py: Python<'_>, exc_types: &Bound<'_, PyTuple>) -> PyResult<Self> {
+        let base = py.get_type::<pyo3::exceptions::PyBaseException>();
+        for t in exc_types.iter() {
+            let ok = t.cast::<PyType>().is_ok_and(|t| t.is_subclass(&base).unwrap_or(false));
+            if !ok {
+                return Err(errors::configuration(
+                    py,
+                    format!(
+                        "TaskConfig.with_retry_on expects exception classes, got {}",
+                        t.repr().map(|r| r.to_string()).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if exc_types.is_empty() {
+            return Err(errors::configuration(
+                py,
+                "TaskConfig.with_retry_on needs at least one exception class".to_owned(),
+            ));
+        }
+        Ok(TaskConfig { retry_on: Some(exc_types.clone().unbind()), ..self.with(py) })
+    }
+
+    /// The retry mode.
+    #[getter]
+    fn retry_mode(&self) -> RetryMode {
+        RetryMode { mode: self.retry }
+    }
+
+    /// Seconds allowed per attempt, or `None`.
+    #[getter]
+    fn attempt_timeout(&self) -> Option<f64> {
+        self.attempt_timeout
+    }
+
+    /// The exception classes retried, or `None` for all.
+    #[getter]
+    fn retry_on(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.retry_on.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Always `None` until circuit breakers are wired into task configs.
+    #[getter]
+    fn circuit_breaker(&self, py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let retry = RetryMode { mode: self.retry }.__repr__();
+        let mut out = format!("TaskConfig(retry_mode={retry}");
+        if let Some(t) = self.attempt_timeout {
+            out.push_str(&format!(", attempt_timeout={t}"));
+        }
+        if let Some(types) = &self.retry_on {
+            let shown = types.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+            out.push_str(&format!(", retry_on={shown}"));
+        }
+        out.push(')');
+        out
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(t) = &self.retry_on {
+            visit.call(t)?;
+        }
+        Ok(())
+    }
+}

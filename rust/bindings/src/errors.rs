@@ -1,0 +1,53 @@
+//! The one place where engine failures become Python exceptions.
+//!
+//! The exception classes are real Python classes (`cano/errors.py`) so that they carry
+//! attributes and can be raised by user code too; the dispatcher builds them through
+//! `cano.errors._make`, which also links the user's exception as `__cause__`.
+
+use cano_core::CoreError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList};
+
+static MAKE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Where in a run an error happened: state label, attempt and path of labels.
+pub struct Context<'py> {
+    pub state: Option<Bound<'py, PyAny>>,
+    pub attempt: Option<u32>,
+    pub path: Option<Bound<'py, PyList>>,
+}
+
+impl<'py> Context<'py> {
+    pub fn none() -> Self {
+        Context { state: None, attempt: None, path: None }
+    }
+}
+
+/// Builds the Python exception `kind` (a class name in `cano.errors`).
+pub fn make<'py>(
+    py: Python<'py>,
+    kind: &str,
+    message: String,
+    ctx: Context<'py>,
+    cause: Option<Bound<'py, PyAny>>,
+    extra: Option<Bound<'py, PyDict>>,
+) -> PyErr {
+    let built = MAKE
+        .import(py, "cano.errors", "_make")
+        .and_then(|f| f.call1((kind, message, ctx.state, ctx.attempt, ctx.path, cause, extra)));
+    match built {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(e) => e,
+    }
+}
+
+/// A `ConfigurationError` with no run context.
+pub fn configuration(py: Python<'_>, message: String) -> PyErr {
+    make(py, "ConfigurationError", message, Context::none(), None, None)
+}
+
+/// Maps a duration error to `ConfigurationError`, naming what the duration was for.
+pub fn duration(py: Python<'_>, what: &str, err: CoreError) -> PyErr {
+    configuration(py, format!("{what}: {err}"))
+}

@@ -1,0 +1,255 @@
+//! A compiled, immutable snapshot of a workflow: the state table, the handlers and the
+//! run-wide settings. `cano.Workflow` (Python) builds one per definition change; every
+//! run holds the snapshot it started with.
+
+use crate::cancel::CancellationToken;
+use crate::config::TaskConfig;
+use crate::errors;
+use crate::run::Run;
+use cano_core::fsm::{Graph, HandlerKind, StateId};
+use cano_core::retry::RetryMode;
+use cano_core::CoreError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+use rustc_hash::FxHashMap;
+
+/// One state's handler: the callable producing the task coroutine and its policy.
+#[pyclass(frozen, module = "cano._core", name = "Handler")]
+pub struct Handler {
+    pub call: Py<PyAny>,
+    pub takes_resources: bool,
+    pub name: Py<PyString>,
+    pub kind: HandlerKind,
+    pub retry: RetryMode,
+    pub attempt_timeout: Option<f64>,
+    pub retry_on: Option<Py<PyTuple>>,
+    pub targets: Option<Vec<StateId>>,
+}
+
+#[pymethods]
+impl Handler {
+    #[new]
+    #[pyo3(signature = (call, *, takes_resources, name, router, config, targets=None))]
+    fn new(
+        py: Python<'_>,
+        call: Py<PyAny>,
+        takes_resources: bool,
+        name: Py<PyString>,
+        router: bool,
+        config: &TaskConfig,
+        targets: Option<Vec<StateId>>,
+    ) -> Self {
+        Handler {
+            call,
+            takes_resources,
+            name,
+            kind: if router { HandlerKind::Router } else { HandlerKind::Single },
+            retry: config.retry,
+            attempt_timeout: config.attempt_timeout,
+            retry_on: config.retry_on.as_ref().map(|t| t.clone_ref(py)),
+            targets,
+        }
+    }
+
+    /// The task's name, as observers and errors show it.
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Py<PyString> {
+        self.name.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.call)?;
+        if let Some(t) = &self.retry_on {
+            visit.call(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// The compiled workflow. Frozen: runs read it without borrowing.
+#[pyclass(frozen, module = "cano._core", name = "Plan")]
+pub struct Plan {
+    pub states: Vec<Py<PyAny>>,
+    pub labels: Vec<Py<PyString>>,
+    by_identity: FxHashMap<usize, StateId>,
+    by_value: Py<PyDict>,
+    pub graph: Graph,
+    handlers: Vec<Option<Py<Handler>>>,
+    pub hub: Option<Py<PyAny>>,
+    pub support: Py<PyAny>,
+    pub total_timeout: Option<f64>,
+}
+
+impl Plan {
+    /// The state id of `value`: by identity first (enum members, interned strings), then by
+    /// equality.
+    #[inline]
+    pub fn lookup(&self, value: &Bound<'_, PyAny>) -> Option<StateId> {
+        if let Some(&id) = self.by_identity.get(&(value.as_ptr() as usize)) {
+            return Some(id);
+        }
+        self.lookup_by_value(value)
+    }
+
+    #[cold]
+    fn lookup_by_value(&self, value: &Bound<'_, PyAny>) -> Option<StateId> {
+        let found = self.by_value.bind(value.py()).get_item(value).ok().flatten()?;
+        found.extract::<StateId>().ok()
+    }
+
+    /// The handler of state `s` (present for every dispatchable state).
+    #[inline]
+    pub fn handler(&self, s: StateId) -> Option<&Py<Handler>> {
+        self.handlers.get(s as usize).and_then(Option::as_ref)
+    }
+
+    /// The label of state `s`.
+    pub fn label<'py>(&self, py: Python<'py>, s: StateId) -> Bound<'py, PyString> {
+        self.labels[s as usize].bind(py).clone()
+    }
+
+    /// Labels of `path`, as a Python list.
+    pub fn labels_of<'py>(&self, py: Python<'py>, path: &[StateId]) -> Bound<'py, PyList> {
+        PyList::new(py, path.iter().map(|&s| self.labels[s as usize].bind(py)))
+            .unwrap_or_else(|_| PyList::empty(py))
+    }
+
+    /// Renders a core error with labels instead of ids.
+    pub fn describe(&self, py: Python<'_>, err: &CoreError) -> String {
+        let l = |s: StateId| {
+            self.labels.get(s as usize).map_or_else(|| format!("#{s}"), |l| l.bind(py).to_string())
+        };
+        match err {
+            CoreError::InitialNotRegistered(s) => {
+                format!("initial state {} is neither registered nor an exit state", l(*s))
+            }
+            CoreError::UnknownDeclaredTarget { from, to } => format!(
+                "state {} declares target {} (to=...), which is neither registered nor an exit \
+                 state",
+                l(*from),
+                l(*to)
+            ),
+            CoreError::UndeclaredTransition { from, to } => format!(
+                "state {} returned {}, which is not among the targets it declared with to=",
+                l(*from),
+                l(*to)
+            ),
+            CoreError::UnknownState(s) => {
+                format!("state {} is neither registered nor an exit state", l(*s))
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+#[pymethods]
+impl Plan {
+    #[new]
+    #[pyo3(signature = (states, labels, exits, handlers, *, support, hub=None,
+                        max_transitions=None, total_timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        states: Vec<Py<PyAny>>,
+        labels: Vec<Py<PyString>>,
+        exits: Vec<StateId>,
+        handlers: Vec<(StateId, Py<Handler>)>,
+        support: Py<PyAny>,
+        hub: Option<Py<PyAny>>,
+        max_transitions: Option<u64>,
+        total_timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        if labels.len() != states.len() {
+            return Err(errors::configuration(py, "one label per state is required".to_owned()));
+        }
+        let n = states.len();
+        let by_value = PyDict::new(py);
+        let mut by_identity = FxHashMap::default();
+        for (i, s) in states.iter().enumerate() {
+            by_identity.insert(s.as_ptr() as usize, i as StateId);
+            by_value.set_item(s.bind(py), i)?;
+        }
+        let mut graph = Graph::new(n);
+        graph.set_max_transitions(max_transitions);
+        for &e in &exits {
+            if e as usize >= n {
+                return Err(errors::configuration(py, format!("exit state #{e} out of range")));
+            }
+            graph.set_exit(e);
+        }
+        let mut table: Vec<Option<Py<Handler>>> = (0..n).map(|_| None).collect();
+        for (s, h) in handlers {
+            if s as usize >= n || h.get().targets.iter().flatten().any(|&t| t as usize >= n) {
+                return Err(errors::configuration(py, format!("handler state #{s} out of range")));
+            }
+            graph.set_handler(s, h.get().kind, h.get().targets.clone());
+            table[s as usize] = Some(h);
+        }
+        let plan = Plan {
+            states,
+            labels,
+            by_identity,
+            by_value: by_value.unbind(),
+            graph,
+            handlers: table,
+            hub,
+            support,
+            total_timeout,
+        };
+        if let Err(e) = plan.graph.validate() {
+            return Err(errors::configuration(py, plan.describe(py, &e)));
+        }
+        Ok(plan)
+    }
+
+    /// The id of `state`, or `None` when it is not part of this workflow.
+    fn state_id(&self, state: &Bound<'_, PyAny>) -> Option<StateId> {
+        self.lookup(state)
+    }
+
+    /// Starts a run at `initial`. Problems with the initial state surface when the run is
+    /// first awaited, like every other validation error.
+    #[pyo3(signature = (initial, resources, lease=None, token=None))]
+    fn start(
+        slf: &Bound<'_, Self>,
+        initial: &Bound<'_, PyAny>,
+        resources: Py<PyAny>,
+        lease: Option<Py<PyAny>>,
+        token: Option<Py<CancellationToken>>,
+    ) -> Run {
+        let py = slf.py();
+        let plan = slf.get();
+        let verdict = match plan.lookup(initial) {
+            Some(id) => {
+                plan.graph.check_initial(id).map(|()| id).map_err(|e| plan.describe(py, &e))
+            }
+            None => Err(format!(
+                "initial state {} is neither registered nor an exit state",
+                initial.repr().map(|r| r.to_string()).unwrap_or_default()
+            )),
+        };
+        match verdict {
+            Ok(id) => Run::new(slf.clone().unbind(), id, resources, lease, token),
+            Err(message) => {
+                let mut run = Run::new(slf.clone().unbind(), 0, resources, None, None);
+                run.fail_at_start(py, errors::configuration(py, message));
+                run
+            }
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for s in &self.states {
+            visit.call(s)?;
+        }
+        visit.call(&self.by_value)?;
+        for h in self.handlers.iter().flatten() {
+            visit.call(h)?;
+        }
+        if let Some(h) = &self.hub {
+            visit.call(h)?;
+        }
+        visit.call(&self.support)
+    }
+}
