@@ -6,6 +6,16 @@ from typing import Any, Generic, TypeVar, final
 _S = TypeVar("_S")
 
 __version__: str
+__all__ = [
+    "CancellationHandle",
+    "CancellationToken",
+    "Handler",
+    "Plan",
+    "RetryMode",
+    "Run",
+    "TaskConfig",
+    "__version__",
+]
 
 @final
 class RetryMode:
@@ -25,7 +35,7 @@ class RetryMode:
     @property
     def max_attempts(self) -> int: ...
     def delay_for_attempt(self, attempt: int) -> float | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 @final

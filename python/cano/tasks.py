@@ -128,9 +128,7 @@ class Task(Generic[S]):
 
     async def run_bare(self) -> S | TaskResult[S]:
         """The resource-free variant of ``run``."""
-        raise ConfigurationError(
-            f"task {self.name()!r} implements neither run(res) nor run_bare()"
-        )
+        raise ConfigurationError(f"task {self.name()!r} implements neither run(res) nor run_bare()")
 
 
 class _FunctionTask(Task[S]):

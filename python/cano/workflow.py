@@ -19,8 +19,17 @@ from cano._duration import Duration, seconds
 from cano.errors import ConfigurationError, WorkflowError
 from cano.observer import ObserverHub
 from cano.resources import Resources
-from cano.tasks import PollTask, RouterTask, Task, TaskResult, TimerTask, _drive_poll, _drive_timer
-from cano.tasks import _FunctionTask, _takes_resources
+from cano.tasks import (
+    PollTask,
+    RouterTask,
+    Task,
+    TaskResult,
+    TimerTask,
+    _drive_poll,
+    _drive_timer,
+    _FunctionTask,
+    _takes_resources,
+)
 
 if TYPE_CHECKING:
     from typing import Self
