@@ -68,6 +68,11 @@ class _Support:
     def __init__(self, state_types: frozenset[type]) -> None:
         self._state_types = state_types
 
+    @staticmethod
+    def label(value: object) -> str:
+        """The label of a value that may or may not be a state."""
+        return state_label(value)
+
     def explain_return(self, value: object, state: str, task: str) -> tuple[int, object]:
         """(0, state) to retry the lookup on an unwrapped TaskResult, else (1, message)."""
         if isinstance(value, TaskResult):

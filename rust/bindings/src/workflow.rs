@@ -224,10 +224,15 @@ impl Plan {
             Some(id) => {
                 plan.graph.check_initial(id).map(|()| id).map_err(|e| plan.describe(py, &e))
             }
-            None => Err(format!(
-                "initial state {} is neither registered nor an exit state",
-                initial.repr().map(|r| r.to_string()).unwrap_or_default()
-            )),
+            None => {
+                let label = plan
+                    .support
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "label"), (initial,))
+                    .and_then(|l| l.extract::<String>())
+                    .unwrap_or_else(|_| initial.repr().map(|r| r.to_string()).unwrap_or_default());
+                Err(format!("initial state {label} is neither registered nor an exit state"))
+            }
         };
         match verdict {
             Ok(id) => Run::new(slf.clone().unbind(), id, resources, lease, token),

@@ -1,0 +1,499 @@
+"""cano benchmark suite: every number is a ratio against a pure-asyncio floor.
+
+Usage::
+
+    python benches/run.py [--quick] [--json out.json] [--only W1,W2]
+
+Workloads and targets are defined in ``BENCHMARKS.md``. Each workload measures cano and its
+floor in the same process run, interleaved rep by rep so both share the machine's noise,
+after one warm-up of each; ``gc.collect()`` runs before every measured rep. Absolute times
+are context only; the ratio (median / median) decides PASS or MISS.
+
+Adding a workload (W3..W6): write a ``setup_wN(n) -> Pair`` function returning two
+zero-argument callables that each perform one full measured repetition and return the metric
+in the workload's unit, then add a :class:`Workload` entry to :data:`WORKLOADS`. The runner
+does warm-up, interleaving, gc, statistics, the table and the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import gc
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import cano
+
+# --------------------------------------------------------------------------------------------
+# Framework
+# --------------------------------------------------------------------------------------------
+
+Direction = Literal["lower", "higher"]
+
+
+@dataclass
+class Pair:
+    """One workload, ready to measure: each callable runs one repetition, returns the metric."""
+
+    cano: Callable[[], float]
+    floor: Callable[[], float]
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A registry entry. ``direction`` says how the target reads.
+
+    ``lower``: the metric is a cost (ns, bytes); PASS when cano/floor <= ``factor``.
+    ``higher``: the metric is a throughput (runs/s); PASS when cano/floor >= ``factor``.
+    """
+
+    id: str
+    name: str  # may contain "{n:,}", filled with the item count used
+    unit: str
+    direction: Direction
+    factor: float
+    setup: Callable[[int], Pair]  # receives the item count n
+    n: int  # items in a full run
+    n_quick: int  # items with --quick
+
+    @property
+    def target(self) -> str:
+        op = "≤" if self.direction == "lower" else "≥"
+        return f"{op} {self.factor:g}x floor"
+
+
+@dataclass
+class Result:
+    id: str
+    workload: str
+    unit: str
+    direction: Direction
+    factor: float
+    target: str
+    cano: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+
+    @property
+    def cano_median(self) -> float:
+        return statistics.median(self.cano)
+
+    @property
+    def floor_median(self) -> float:
+        return statistics.median(self.floor)
+
+    def best(self, values: list[float]) -> float:
+        return min(values) if self.direction == "lower" else max(values)
+
+    @property
+    def ratio(self) -> float:
+        return self.cano_median / self.floor_median
+
+    @property
+    def passed(self) -> bool:
+        if self.direction == "lower":
+            return self.ratio <= self.factor
+        return self.ratio >= self.factor
+
+
+def measure(w: Workload, quick: bool, reps: int) -> Result:
+    n = w.n_quick if quick else w.n
+    pair = w.setup(n)
+    res = Result(w.id, w.name.format(n=n), w.unit, w.direction, w.factor, w.target)
+    try:
+        gc.collect()
+        pair.cano()  # warm-up
+        gc.collect()
+        pair.floor()  # warm-up
+        for i in range(reps):
+            # Alternate which side goes first so neither always runs on a "cooler" machine.
+            order = (("cano", pair.cano), ("floor", pair.floor))
+            if i % 2:
+                order = order[::-1]
+            for side, fn in order:
+                gc.collect()
+                value = fn()
+                (res.cano if side == "cano" else res.floor).append(value)
+    finally:
+        pair.close()
+    return res
+
+
+def fmt(v: float) -> str:
+    if v >= 100_000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def table(results: list[Result]) -> str:
+    head = [
+        "id",
+        "workload",
+        "unit",
+        "cano median",
+        "cano best",
+        "floor median",
+        "floor best",
+        "ratio",
+        "target",
+        "result",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [
+            r.id,
+            r.workload,
+            r.unit,
+            fmt(r.cano_median),
+            fmt(r.best(r.cano)),
+            fmt(r.floor_median),
+            fmt(r.best(r.floor)),
+            f"{r.ratio:.2f}x",
+            r.target,
+            "PASS" if r.passed else "MISS",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cano": cano.__version__,
+    }
+
+
+class Loop:
+    """One event loop per workload, reused across reps (so loop creation is never timed)."""
+
+    def __init__(self) -> None:
+        self._runner = asyncio.Runner()
+
+    def run(self, coro: Coroutine[Any, Any, float]) -> float:
+        return self._runner.run(coro)
+
+    def close(self) -> None:
+        self._runner.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Shared task shapes
+# --------------------------------------------------------------------------------------------
+
+
+class Step(cano.Task[enum.Enum]):
+    """Base of the benchmark tasks: ``run`` returns a bare state (never a TaskResult)."""
+
+    async def run(self, res: cano.Resources[Any]) -> enum.Enum:
+        raise NotImplementedError
+
+
+class Goto(Step):
+    """A no-op state task: returns the next state. Default ``TaskConfig()`` (retries armed)."""
+
+    def __init__(self, nxt: enum.Enum) -> None:
+        self.nxt = nxt
+
+    async def run(self, res: cano.Resources[Any]) -> enum.Enum:
+        return self.nxt
+
+
+class ParkThenGoto(Step):
+    """Counts itself as parked, waits on a shared event, then returns the next state."""
+
+    def __init__(self, nxt: enum.Enum, event: asyncio.Event, parked: Callable[[], None]) -> None:
+        self.nxt = nxt
+        self.event = event
+        self.parked = parked
+
+    async def run(self, res: cano.Resources[Any]) -> enum.Enum:
+        self.parked()
+        await self.event.wait()
+        return self.nxt
+
+
+Handlers = dict[enum.Enum, Step]
+
+
+async def floor_walk(
+    handlers: Handlers, state: enum.Enum, end: enum.Enum, res: cano.Resources[Any]
+) -> enum.Enum:
+    """The floor: the minimal hand-written state loop (dict keyed by Enum member)."""
+    while state is not end:
+        state = await handlers[state].run(res)
+    return state
+
+
+def chain_workflow(
+    members: list[enum.Enum], handlers: Handlers, res: cano.Resources[Any]
+) -> cano.Workflow[enum.Enum]:
+    wf: cano.Workflow[enum.Enum] = cano.Workflow(res)
+    for state, task in handlers.items():
+        wf.register(state, task)
+    wf.add_exit_state(members[-1])
+    wf.validate()
+    return wf
+
+
+ABC = enum.Enum("ABC", ["A", "B", "C"])
+A, B, C = ABC.A, ABC.B, ABC.C
+
+
+# --------------------------------------------------------------------------------------------
+# W1: one run walking N no-op states
+# --------------------------------------------------------------------------------------------
+
+
+def setup_w1(n: int) -> Pair:
+    states = enum.Enum("Chain", [f"S{i}" for i in range(n + 1)])  # type: ignore[misc]
+    members: list[enum.Enum] = list(states)
+    handlers: Handlers = {a: Goto(b) for a, b in itertools.pairwise(members)}
+    res: cano.Resources[Any] = cano.Resources.empty()
+    wf = chain_workflow(members, handlers, res)
+    first, end = members[0], members[-1]
+    loop = Loop()
+
+    async def run_cano() -> float:
+        t0 = time.perf_counter_ns()
+        out = await wf.orchestrate(first)
+        dt = time.perf_counter_ns() - t0
+        assert out is end, out
+        return dt / n
+
+    async def run_floor() -> float:
+        t0 = time.perf_counter_ns()
+        out = await floor_walk(handlers, first, end, res)
+        dt = time.perf_counter_ns() - t0
+        assert out is end, out
+        return dt / n
+
+    return Pair(lambda: loop.run(run_cano()), lambda: loop.run(run_floor()), loop.close)
+
+
+# --------------------------------------------------------------------------------------------
+# W2: N separate runs of a 3-state workflow
+# --------------------------------------------------------------------------------------------
+
+
+def setup_w2(n: int) -> Pair:
+    handlers: Handlers = {A: Goto(B), B: Goto(C)}
+    res: cano.Resources[Any] = cano.Resources.empty()
+    wf = chain_workflow([A, B, C], handlers, res)
+    loop = Loop()
+
+    async def run_cano() -> float:
+        orchestrate = wf.orchestrate
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await orchestrate(A)
+        return n / (time.perf_counter() - t0)
+
+    async def run_floor() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await floor_walk(handlers, A, C, res)
+        return n / (time.perf_counter() - t0)
+
+    return Pair(lambda: loop.run(run_cano()), lambda: loop.run(run_floor()), loop.close)
+
+
+# --------------------------------------------------------------------------------------------
+# W7: N runs parked at once on one asyncio.Event (RSS per run, measured in child processes)
+# --------------------------------------------------------------------------------------------
+
+CHILD_FLAG = "--_w7-child"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def w7_child(mode: str, n: int) -> float:
+    """Launches n runs (or floor tasks), waits until all are parked, returns RSS growth / n."""
+    event = asyncio.Event()
+    count = 0
+    all_parked = asyncio.get_running_loop().create_future()
+    target = 0
+
+    def parked() -> None:
+        nonlocal count
+        count += 1
+        if count == target and not all_parked.done():
+            all_parked.set_result(None)
+
+    handlers: Handlers = {A: Goto(B), B: ParkThenGoto(C, event, parked)}
+    res: cano.Resources[Any] = cano.Resources.empty()
+    wf = chain_workflow([A, B, C], handlers, res)
+
+    def spawn() -> asyncio.Task[enum.Enum]:
+        if mode == "cano":
+            return asyncio.create_task(wf.orchestrate(A))
+        return asyncio.create_task(floor_walk(handlers, A, C, res))
+
+    async def round_(k: int) -> float:
+        nonlocal count, target, all_parked
+        count, target = 0, k
+        all_parked = asyncio.get_running_loop().create_future()
+        event.clear()
+        gc.collect()
+        before = rss_bytes()
+        tasks = [spawn() for _ in range(k)]
+        await all_parked
+        gc.collect()
+        after = rss_bytes()
+        event.set()
+        done = await asyncio.gather(*tasks)
+        assert all(s is C for s in done)
+        del tasks, done
+        return (after - before) / k
+
+    # Warm-up with few runs: enough for lazy inits and code paths, too few to leave freed
+    # memory behind that the measured round would reuse (which would hide its real cost).
+    await round_(min(n, 50))
+    return await round_(n)
+
+
+def w7_measure(mode: str, n: int) -> float:
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), CHILD_FLAG, mode, str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def setup_w7(n: int) -> Pair:
+    return Pair(lambda: w7_measure("cano", n), lambda: w7_measure("floor", n))
+
+
+# --------------------------------------------------------------------------------------------
+# Registry (id -> workload). Add W3..W6 here.
+# --------------------------------------------------------------------------------------------
+
+WORKLOADS: dict[str, Workload] = {
+    w.id: w
+    for w in [
+        Workload(
+            "W1",
+            "one run, {n:,} no-op states",
+            "ns/transition",
+            "lower",
+            1.0,
+            setup_w1,
+            n=10_000,
+            n_quick=2_000,
+        ),
+        Workload(
+            "W2",
+            "{n:,} runs of a 3-state flow",
+            "runs/s",
+            "higher",
+            0.33,
+            setup_w2,
+            n=10_000,
+            n_quick=2_000,
+        ),
+        Workload(
+            "W7",
+            "{n:,} runs parked on one Event",
+            "bytes/run",
+            "lower",
+            1.5,
+            setup_w7,
+            n=10_000,
+            n_quick=2_000,
+        ),
+    ]
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [CHILD_FLAG]:
+        mode, n = argv[1], int(argv[2])
+        print(asyncio.run(w7_child(mode, n)))
+        return 0
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer items and 3 reps (< 30 s)")
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--only", metavar="IDS", help="comma-separated workload ids, e.g. W1,W2")
+    p.add_argument("--reps", type=int, help="repetitions per workload (default 5, quick 3)")
+    args = p.parse_args(argv)
+
+    ids = list(WORKLOADS)
+    if args.only:
+        ids = [s.strip().upper() for s in args.only.split(",") if s.strip()]
+        unknown = [i for i in ids if i not in WORKLOADS]
+        if unknown:
+            p.error(f"unknown workload id(s): {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+    reps = args.reps or (3 if args.quick else 5)
+
+    info = machine_info()
+    print(
+        f"cano {info['cano']} · {info['python']} · {info['platform']} · "
+        f"{info['cpu_count']} CPUs · {reps} reps{' · quick' if args.quick else ''}"
+    )
+    print("ratios decide; absolute times are context (floor measured in the same run).")
+    if args.quick:
+        print("quick mode: fewer items and reps; numbers are indicative only.")
+    print()
+
+    results: list[Result] = []
+    t0 = time.perf_counter()
+    for wid in ids:
+        results.append(measure(WORKLOADS[wid], args.quick, reps))
+    elapsed = time.perf_counter() - t0
+
+    print(table(results))
+    print(f"\n{elapsed:.1f} s total")
+    if args.json:
+        payload = {
+            "machine": info,
+            "quick": args.quick,
+            "reps": reps,
+            "results": [
+                {
+                    **asdict(r),
+                    "cano_median": r.cano_median,
+                    "cano_best": r.best(r.cano),
+                    "floor_median": r.floor_median,
+                    "floor_best": r.best(r.floor),
+                    "ratio": r.ratio,
+                    "pass": r.passed,
+                }
+                for r in results
+            ],
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
