@@ -957,10 +957,11 @@ impl Run {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.plan)?;
         visit.call(&self.resources)?;
-        for o in [&self.lease, &self.inner, &self.task, &self.attempt_timer, &self.total_timer] {
-            if let Some(o) = o {
-                visit.call(o)?;
-            }
+        for o in [&self.lease, &self.inner, &self.task, &self.attempt_timer, &self.total_timer]
+            .into_iter()
+            .flatten()
+        {
+            visit.call(o)?;
         }
         if let Some(t) = &self.token {
             visit.call(t)?;
