@@ -59,11 +59,15 @@ from cano.resources import (
     Resources,
 )
 from cano.tasks import (
+    CompensatableTask,
+    Done,
+    More,
     Pending,
     PollErrorPolicy,
     PollTask,
     Ready,
     RouterTask,
+    SteppedTask,
     Task,
     TaskResult,
     TimerTask,
@@ -72,6 +76,10 @@ from cano.tasks import (
 from cano.workflow import Workflow, state_label
 
 __all__ = [
+    "CompensatableTask",
+    "Done",
+    "More",
+    "SteppedTask",
     "MISSING",
     "SPLIT_RESULT_KEY",
     "CancellationHandle",

@@ -1,7 +1,14 @@
 """Type stubs for the Rust extension ``cano._core`` (hand-written; checked by stubtest)."""
 
+import asyncio as _asyncio
+import os as _os
 from collections.abc import Generator, Sequence
+from types import TracebackType as _TracebackType
 from typing import Any, Generic, TypeVar, final
+from typing import Self as _Self
+
+from cano.store import CheckpointRow as _CheckpointRow
+from cano.store import RunSummary as _RunSummary
 
 _S = TypeVar("_S")
 
@@ -76,7 +83,7 @@ class Handler:
         *,
         takes_resources: bool,
         name: str,
-        router: bool,
+        kind: str,
         config: TaskConfig,
         targets: Sequence[int] | None = None,
     ) -> Handler: ...
@@ -96,6 +103,9 @@ class Plan:
         hub: object | None = None,
         max_transitions: int | None = None,
         total_timeout: float | None = None,
+        store: object | None = None,
+        version: int = 0,
+        compensation_timeout: float | None = None,
     ) -> Plan: ...
     def state_id(self, state: object) -> int | None: ...
     def start(
@@ -104,6 +114,19 @@ class Plan:
         resources: object,
         lease: object | None = None,
         token: CancellationToken | None = None,
+        workflow_id: str | None = None,
+    ) -> Run[Any]: ...
+    def resume(
+        self,
+        state: int,
+        resources: object,
+        lease: object | None,
+        token: CancellationToken | None,
+        workflow_id: str,
+        sequence: int,
+        path: Sequence[int],
+        cursors: Sequence[tuple[int, object]],
+        stack: Sequence[tuple[str, bytes]],
     ) -> Run[Any]: ...
 
 @final
@@ -121,3 +144,52 @@ class Run(Generic[_S]):
     def __name__(self) -> str: ...
     @property
     def __qualname__(self) -> str: ...
+
+# --- Checkpoint store (rust/bindings/src/store.rs) ---------------------------------------
+
+__all__ += ["RedbCheckpointStore"]
+
+@final
+class RedbCheckpointStore:
+    """The embedded, durable checkpoint store: one redb file per process."""
+
+    def __new__(
+        cls, path: str | _os.PathLike[str], *, durability: str = "immediate"
+    ) -> RedbCheckpointStore: ...
+    def append(self, row: _CheckpointRow) -> _asyncio.Future[None]: ...
+    def _append_raw(
+        self,
+        workflow_id: str,
+        sequence: int,
+        state: str,
+        task_id: str,
+        kind: int,
+        output: bytes | None,
+        version: int,
+    ) -> _asyncio.Future[None]: ...
+    def load_run(self, workflow_id: str) -> _asyncio.Future[list[_CheckpointRow]]: ...
+    def clear(self, workflow_id: str) -> _asyncio.Future[None]: ...
+    def list_runs(self) -> _asyncio.Future[list[str]]: ...
+    def runs_summary(self) -> _asyncio.Future[list[_RunSummary]]: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def durability(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def __enter__(self) -> _Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: _TracebackType | None,
+    ) -> None: ...
+    def __aenter__(self) -> _asyncio.Future[_Self]: ...
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: _TracebackType | None,
+    ) -> _asyncio.Future[None]: ...

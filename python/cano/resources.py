@@ -56,6 +56,9 @@ else:
 T = TypeVar("T")
 
 SPLIT_RESULT_KEY: Final[str] = "cano.split_result"
+
+# Teardowns started without an awaiting run (kept referenced until they finish).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 """The key under which a join-state task finds the :class:`cano.SplitResult` of its split."""
 
 _log = logging.getLogger("cano")
@@ -230,7 +233,7 @@ class Resources(Generic[K]):
     A ``Resources`` object belongs to one event loop at a time and is not thread-safe.
     """
 
-    __slots__ = ("_entries", "_has_lifecycle", "_transition", "_users")
+    __slots__ = ("_entries", "_has_lifecycle", "_joining", "_setting_up", "_transition", "_users")
 
     _has_lifecycle: bool
     """True once a value with ``setup`` or ``teardown`` was inserted (read by the engine)."""
@@ -241,8 +244,12 @@ class Resources(Generic[K]):
         self._has_lifecycle = False
         # Runs currently holding a lease (resources are set up while this is > 0).
         self._users = 0
-        # Resolved when the setup or teardown in progress ends; None when none is.
-        self._transition: asyncio.Future[None] | None = None
+        # Resolved when the setup (True: waiters are counted in) or teardown in progress
+        # ends; None when none is.
+        self._transition: asyncio.Future[bool] | None = None
+        self._setting_up = False
+        # Runs waiting on the setup in progress, counted in when it succeeds.
+        self._joining = 0
 
     @staticmethod
     def empty() -> Resources[Any]:
@@ -367,35 +374,53 @@ class Resources(Generic[K]):
     async def _acquire(self) -> None:
         """Take a lease for one run, setting the resources up if no run holds one.
 
-        Runs that arrive while a setup is in progress wait for it and share it; if it fails,
-        they all raise its exception and none holds a lease. Runs that arrive while the
-        last lease's teardown is in progress wait for it, then set up again.
+        Runs that arrive while a setup is in progress join it: they are counted as users as
+        soon as it succeeds, so the first run cannot tear the resources down under them; if
+        it fails, they all raise its exception and none holds a lease. Runs that arrive
+        while the last lease's teardown is in progress wait for it, then set up again.
         Cancelling a waiting run leaves the lease count unchanged.
         """
         while (pending := self._transition) is not None:
-            # shield: cancelling this waiter must not cancel the setup others wait for.
-            await asyncio.shield(pending)
+            if not self._setting_up:
+                # A teardown is in progress: wait for it, then look again.
+                await asyncio.shield(pending)
+                continue
+            self._joining += 1
+            try:
+                # shield: cancelling this waiter must not cancel the setup others wait for.
+                counted_in = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.done():
+                    self._joining -= 1
+                elif not pending.cancelled() and pending.exception() is None and pending.result():
+                    self._drop_lease()  # counted in just before we were cancelled
+                raise
+            if counted_in:
+                return
+            # The run setting up was cancelled; it released its joiners: try again.
         if self._users > 0:
             self._users += 1
             return
-        transition: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        transition: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._transition = transition
+        self._setting_up = True
+        self._joining = 0
         try:
             await self.setup_all()
         except Exception as exc:
-            self._transition = None
+            self._end_transition()
             transition.set_exception(exc)
             transition.exception()  # mark it retrieved: there may be no waiter
             raise
         except BaseException:
             # Cancelled (or interrupted) while setting up: the waiters were not, so they
             # loop and one of them sets up again.
-            self._transition = None
-            transition.set_result(None)
+            self._end_transition()
+            transition.set_result(False)
             raise
-        self._users = 1
-        self._transition = None
-        transition.set_result(None)
+        self._users = 1 + self._joining
+        self._end_transition()
+        transition.set_result(True)
 
     async def _release(self) -> None:
         """Return a lease; the last one tears the resources down.
@@ -406,15 +431,31 @@ class Resources(Generic[K]):
         if self._users <= 0:
             raise RuntimeError("Resources._release() called without a matching _acquire()")
         self._users -= 1
-        if self._users > 0:
-            return
-        transition: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._users == 0:
+            await self._teardown()
+
+    async def _teardown(self) -> None:
+        transition: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._transition = transition
+        self._setting_up = False
         try:
             await self.teardown_all()
         finally:
             self._transition = None
-            transition.set_result(None)
+            transition.set_result(False)
+
+    def _drop_lease(self) -> None:
+        """Gives a lease back without awaiting (a waiter cancelled at the wrong moment)."""
+        self._users -= 1
+        if self._users == 0:
+            task = asyncio.get_running_loop().create_task(self._teardown())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+    def _end_transition(self) -> None:
+        self._transition = None
+        self._setting_up = False
+        self._joining = 0
 
     def _lifecycle(self) -> list[tuple[K, object]]:
         return [(key, value) for key, value in self._entries.items() if _is_lifecycle(value)]

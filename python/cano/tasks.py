@@ -27,11 +27,15 @@ if TYPE_CHECKING:
     from cano.resources import Resources
 
 __all__ = [
+    "CompensatableTask",
+    "Done",
+    "More",
     "Pending",
     "PollErrorPolicy",
     "PollTask",
     "Ready",
     "RouterTask",
+    "SteppedTask",
     "Task",
     "TaskResult",
     "TimerTask",
@@ -40,6 +44,8 @@ __all__ = [
 
 S = TypeVar("S")
 T = TypeVar("T")
+C = TypeVar("C")
+O = TypeVar("O")
 
 
 class TaskResult(Generic[S]):
@@ -398,3 +404,75 @@ def _wants_one(sig: inspect.Signature) -> bool:
         p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
         for p in sig.parameters.values()
     )
+
+
+@dataclass(frozen=True, slots=True)
+class More(Generic[C]):
+    """A step outcome: not finished; continue from ``cursor`` (persisted when checkpointing)."""
+
+    cursor: C
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[S]):
+    """A step outcome: finished; move to ``state``."""
+
+    state: S
+
+
+class SteppedTask(Generic[S, C]):
+    """A resumable loop: ``step`` is called with the last cursor until it returns ``Done``.
+
+    Registered with ``register_stepped``, every step is its own task attempt (a failed step
+    is retried with the same cursor) and, with a checkpoint store, each ``More(cursor)`` is
+    persisted before the next step, so a resumed run continues from the last cursor. The
+    first step receives ``None``. Set ``cursor_type`` to a dataclass or pydantic model to
+    get that type back after a resume instead of the decoded JSON. Default config
+    ``TaskConfig()``.
+    """
+
+    cursor_type: type[C] | None = None
+
+    def config(self) -> TaskConfig:
+        """Retry policy of each step; default ``TaskConfig()``."""
+        return TaskConfig()
+
+    def name(self) -> str:
+        """Default: the class's ``__qualname__``."""
+        return type(self).__qualname__
+
+    async def step(self, res: Resources[Any], cursor: C | None) -> More[C] | Done[S]:
+        """One step: ``More(next_cursor)`` or ``Done(next_state)``."""
+        raise ConfigurationError(f"stepped task {self.name()!r} does not implement step()")
+
+
+class CompensatableTask(Generic[S, O]):
+    """A saga step: ``run`` returns ``(next_state, output)``; ``compensate(res, output)``
+    undoes it if a later step fails.
+
+    ``output`` must be JSON-serialisable (orjson: dataclasses, pydantic models, enums,
+    datetimes and UUIDs work); it is persisted with a checkpoint store, and
+    ``compensate`` receives its JSON round trip, rebuilt with ``output_type`` when set.
+    ``compensate`` must be idempotent: it may run in another process after a resume.
+    Registered with ``register_with_compensation``. Default config ``TaskConfig()``.
+    """
+
+    output_type: type[O] | None = None
+
+    def config(self) -> TaskConfig:
+        """Retry policy of the forward ``run``; default ``TaskConfig()``."""
+        return TaskConfig()
+
+    def name(self) -> str:
+        """Default: the class's ``__qualname__``; it keys the compensation log."""
+        return type(self).__qualname__
+
+    async def run(self, res: Resources[Any]) -> tuple[S, O]:
+        """Does the work; returns ``(next_state, output)``."""
+        raise ConfigurationError(f"compensatable task {self.name()!r} does not implement run()")
+
+    async def compensate(self, res: Resources[Any], output: O) -> None:
+        """Undoes what ``run`` did, given its output."""
+        raise ConfigurationError(
+            f"compensatable task {self.name()!r} does not implement compensate()"
+        )

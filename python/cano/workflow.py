@@ -14,14 +14,22 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from cano import _codec, _saga
 from cano._core import CancellationToken, Handler, Plan, TaskConfig
 from cano._duration import Duration, seconds
-from cano.errors import ConfigurationError, WorkflowError
+from cano.errors import (
+    CheckpointError,
+    ConfigurationError,
+    WorkflowError,
+    WorkflowVersionMismatchError,
+)
 from cano.observer import ObserverHub
 from cano.resources import Resources
 from cano.tasks import (
+    CompensatableTask,
     PollTask,
     RouterTask,
+    SteppedTask,
     Task,
     TaskResult,
     TimerTask,
@@ -34,9 +42,14 @@ from cano.tasks import (
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Workflow", "state_label"]
+    from typing_extensions import TypeVar as _TypeVar
 
-S = TypeVar("S")
+    # A bare ``Workflow.bare()`` is a ``Workflow[Any]`` rather than ``Workflow[Never]``.
+    S = _TypeVar("S", default=Any)
+else:
+    S = TypeVar("S")
+
+__all__ = ["Workflow", "state_label"]
 
 
 def state_label(state: object) -> str:
@@ -56,7 +69,7 @@ class _Entry:
     takes_resources: bool
     name: str
     config: TaskConfig
-    router: bool
+    kind: str
     targets: tuple[Any, ...] | None
     task: object
     problem: str | None = None
@@ -65,8 +78,24 @@ class _Entry:
 class _Support:
     """Cold-path helpers the dispatcher calls when a task returns something unexpected."""
 
-    def __init__(self, state_types: frozenset[type]) -> None:
+    def __init__(
+        self,
+        state_types: frozenset[type],
+        compensators: dict[str, tuple[Any, float | None]],
+    ) -> None:
         self._state_types = state_types
+        self._compensators = compensators
+
+    @staticmethod
+    def encode(value: object, task: str, what: str) -> bytes:
+        """JSON bytes of a cursor or compensation output (CheckpointError otherwise)."""
+        return _codec.encode(value, task=task, what=what)
+
+    def drain(
+        self, stack: list[tuple[str, bytes]], resources: object, budget: float | None
+    ) -> Coroutine[Any, Any, list[BaseException]]:
+        """The compensation drain for ``stack`` (a coroutine the dispatcher drives)."""
+        return _saga.drain(stack, self._compensators, resources, budget)
 
     @staticmethod
     def label(value: object) -> str:
@@ -127,6 +156,7 @@ class Workflow(Generic[S]):
         self._total_timeout: float | None = None
         self._compensation_timeout: float | None = None
         self._max_transitions: int | None = None
+        self._store: Any = None
         self._plan: Plan | None = None
 
     @classmethod
@@ -144,12 +174,37 @@ class Workflow(Generic[S]):
         ``async def f()``. ``to`` optionally declares the states the task may return: they
         are checked by ``validate()`` and at run time, and drawn by ``to_mermaid()``.
         """
-        self._entries[self._claim(state)] = self._entry(state, task, to, router=False)
+        self._entries[self._claim(state)] = self._entry(state, task, to, kind=None)
+        return self._changed()
+
+    def register_stepped(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+        """Runs a :class:`SteppedTask` in ``state``: every step is its own attempt (a failed
+        step is retried with the same cursor) and, with a checkpoint store, every cursor is
+        persisted so a resumed run continues from the last one."""
+        if not callable(getattr(task, "step", None)):
+            raise ConfigurationError(
+                f"register_stepped for state {state_label(state)} needs a task with an async "
+                f"step(res, cursor) method, got {task!r}"
+            )
+        self._entries[self._claim(state)] = self._entry(state, task, to, kind="stepped")
+        return self._changed()
+
+    def register_with_compensation(
+        self, state: S, task: Any, *, to: Iterable[S] | None = None
+    ) -> Self:
+        """Runs a :class:`CompensatableTask` in ``state``: its output is kept (and persisted
+        with a checkpoint store) so that ``compensate`` can undo it if a later step fails."""
+        if not (callable(getattr(task, "run", None)) and callable(getattr(task, "compensate", None))):
+            raise ConfigurationError(
+                f"register_with_compensation for state {state_label(state)} needs a task with "
+                f"async run(res) and compensate(res, output) methods, got {task!r}"
+            )
+        self._entries[self._claim(state)] = self._entry(state, task, to, kind="compensatable")
         return self._changed()
 
     def register_router(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
         """Runs a :class:`RouterTask` (or an async function) in ``state``; never checkpointed."""
-        self._entries[self._claim(state)] = self._entry(state, task, to, router=True)
+        self._entries[self._claim(state)] = self._entry(state, task, to, kind="router")
         return self._changed()
 
     def add_exit_state(self, state: S) -> Self:
@@ -168,6 +223,19 @@ class Workflow(Generic[S]):
     def with_observer(self, observer: object) -> Self:
         """Adds an observer (see :class:`cano.WorkflowObserver`); observers accumulate."""
         self._observers.append(observer)
+        return self._changed()
+
+    def with_checkpoint_store(self, store: Any) -> Self:
+        """Checkpoints every run in ``store`` (a :class:`cano.RedbCheckpointStore` or any
+        object implementing :class:`cano.CheckpointStore`), so that a crashed or failed run
+        can be resumed with :meth:`resume_from`. Runs then need a workflow id."""
+        for method in ("append", "load_run", "clear"):
+            if not callable(getattr(store, method, None)):
+                raise ConfigurationError(
+                    f"with_checkpoint_store expects a CheckpointStore (async append, load_run, "
+                    f"clear), got {store!r} without {method}()"
+                )
+        self._store = store
         return self._changed()
 
     def with_workflow_id(self, workflow_id: str) -> Self:
@@ -237,7 +305,7 @@ class Workflow(Generic[S]):
 
         for state, entry in self._entries.items():
             node(state)
-            if entry.router:
+            if entry.kind == "router":
                 lines.append(f"    note right of {ids[state]} : router")
         for state in self._exits:
             node(state)
@@ -274,23 +342,123 @@ class Workflow(Generic[S]):
                 Coroutine[Any, Any, S],
                 _raise(ConfigurationError(f"cancel= expects a CancellationToken, got {cancel!r}")),
             )
+        run_id = workflow_id if workflow_id is not None else self._workflow_id
+        if self._store is not None and run_id is None:
+            return cast(
+                Coroutine[Any, Any, S],
+                _raise(
+                    ConfigurationError(
+                        "this workflow has a checkpoint store, so every run needs an id: "
+                        "pass workflow_id= or call with_workflow_id"
+                    )
+                ),
+            )
         res = self._resources
         lease = res if res._has_lifecycle else None
-        return cast(Coroutine[Any, Any, S], plan.start(initial, res, lease, cancel))
+        return cast(Coroutine[Any, Any, S], plan.start(initial, res, lease, cancel, run_id))
 
     def resume_from(
         self, workflow_id: str, *, cancel: CancellationToken | None = None
     ) -> Coroutine[Any, Any, S]:
-        """Resumes a crashed run from its checkpoint log (needs a checkpoint store)."""
-        return cast(
-            Coroutine[Any, Any, S],
-            _raise(
-                ConfigurationError(
-                    f"resume_from({workflow_id!r}) requires a checkpoint store "
-                    "(call with_checkpoint_store)"
-                )
-            ),
+        """Resumes a crashed or failed run from its checkpoint log.
+
+        The state the log ends in runs again (its task must be idempotent); states before it
+        never run again. A stepped task continues from its last persisted cursor; finished
+        saga steps are remembered, so a later failure still compensates them. Raises
+        ``CheckpointError`` when there is no log for ``workflow_id``,
+        ``WorkflowVersionMismatchError`` when the log was written by another workflow
+        version, and ``WorkflowError`` when the log ends in a state this workflow lacks.
+        """
+        if self._store is None:
+            return cast(
+                Coroutine[Any, Any, S],
+                _raise(
+                    ConfigurationError(
+                        f"resume_from({workflow_id!r}) requires a checkpoint store "
+                        "(call with_checkpoint_store)"
+                    )
+                ),
+            )
+        return self._resume(workflow_id, cancel)
+
+    async def _resume(self, workflow_id: str, cancel: CancellationToken | None) -> S:
+        plan = self._plan if self._plan is not None else self._compile()
+        store = self._store
+        try:
+            rows = sorted(await store.load_run(workflow_id), key=lambda r: r.sequence)
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"cannot load checkpoint run {workflow_id!r}: {err}") from err
+        if not rows:
+            raise CheckpointError(f"no checkpoint rows for workflow id {workflow_id!r}")
+        last = rows[-1]
+        if last.workflow_version != self._version:
+            raise WorkflowVersionMismatchError(
+                f"checkpoint log of {workflow_id!r} was written by workflow version "
+                f"{last.workflow_version}, this workflow is version {self._version}",
+                stored=last.workflow_version,
+                expected=self._version,
+            )
+        by_label = {state_label(s): s for s in [*self._entries, *self._exits]}
+        if last.state not in by_label:
+            raise WorkflowError(
+                f"checkpoint state {last.state!r} of {workflow_id!r} is not a registered or "
+                "exit state of this workflow"
+            )
+        resume_state = by_label[last.state]
+        entry_kind = 0  # RowKind.STATE_ENTRY
+        entries = [r for r in rows if int(getattr(r.kind, "value", r.kind)) == entry_kind]
+        cutoff = max(
+            (r.sequence for r in entries if r.state == last.state), default=last.sequence + 1
         )
+        hub = ObserverHub(self._observers) if self._observers else None
+        path: list[int] = []
+        for r in entries:
+            if r.sequence >= cutoff:
+                continue
+            if r.state in by_label:
+                sid = plan.state_id(by_label[r.state])
+                if sid is not None:
+                    path.append(sid)
+            elif hub is not None:
+                hub.on_unknown_resume_state(workflow_id, r.sequence, r.state)  # type: ignore[attr-defined]
+        stack = [
+            (r.task_id, r.output or b"null")
+            for r in rows
+            if int(getattr(r.kind, "value", r.kind)) == 1 and r.sequence != last.sequence
+        ]
+        latest: dict[str, bytes] = {}
+        for r in rows:
+            if int(getattr(r.kind, "value", r.kind)) == 2 and r.output is not None:
+                latest[r.state] = r.output
+        cursors: list[tuple[int, Any]] = []
+        for label, blob in latest.items():
+            state = by_label.get(label)
+            entry = self._entries.get(state) if state is not None else None
+            if entry is None or entry.kind != "stepped":
+                continue
+            sid = plan.state_id(state)
+            cursor_type = getattr(entry.task, "cursor_type", None)
+            value = _codec.decode(blob, cursor_type, task=entry.name, what="cursor")
+            if sid is not None:
+                cursors.append((sid, value))
+        sid = plan.state_id(resume_state)
+        assert sid is not None
+        res = self._resources
+        run = plan.resume(
+            sid,
+            res,
+            res if res._has_lifecycle else None,
+            cancel,
+            workflow_id,
+            last.sequence + 1,
+            path,
+            cursors,
+            stack,
+        )
+        result: S = await run
+        return result
 
     def run_sync(self, initial: S, **kwargs: Any) -> S:
         """Runs the workflow to completion in a fresh event loop (``asyncio.run``)."""
@@ -319,7 +487,9 @@ class Workflow(Generic[S]):
             )
         return state
 
-    def _entry(self, state: Any, task: Any, to: Iterable[Any] | None, *, router: bool) -> _Entry:
+    def _entry(
+        self, state: Any, task: Any, to: Iterable[Any] | None, *, kind: str | None
+    ) -> _Entry:
         targets: tuple[Any, ...] | None = None
         if to is not None:
             if isinstance(to, str | bytes) or not isinstance(to, Iterable):
@@ -327,7 +497,7 @@ class Workflow(Generic[S]):
                     f"to= for state {state_label(state)} must be an iterable of states"
                 )
             targets = tuple(self._claim(t) for t in to)
-        return _describe_task(state, task, targets, router=router)
+        return _describe_task(state, task, targets, kind=kind)
 
     def _compile(self) -> Plan:
         states: list[Any] = []
@@ -355,23 +525,37 @@ class Workflow(Generic[S]):
                     entry.call,
                     takes_resources=entry.takes_resources,
                     name=entry.name,
-                    router=entry.router,
+                    kind=entry.kind,
                     config=entry.config,
                     targets=[ids[t] for t in entry.targets] if entry.targets is not None else None,
                 ),
             )
             for state, entry in self._entries.items()
         ]
+        compensators: dict[str, tuple[Any, float | None]] = {}
+        for state, entry in self._entries.items():
+            if entry.kind != "compensatable":
+                continue
+            if entry.name in compensators:
+                raise ConfigurationError(
+                    f"two compensatable tasks are named {entry.name!r} (the second in state "
+                    f"{state_label(state)}); names key the compensation log, so they must be "
+                    "unique: override name()"
+                )
+            compensators[entry.name] = (entry.task, entry.config.attempt_timeout)
         state_types = frozenset(type(s) for s in states)
         plan = Plan(
             states,
             [state_label(s) for s in states],
             [ids[s] for s in self._exits],
             handlers,
-            support=_Support(state_types),
+            support=_Support(state_types, compensators),
             hub=ObserverHub(self._observers) if self._observers else None,
             max_transitions=self._max_transitions,
             total_timeout=self._total_timeout,
+            store=self._store,
+            version=self._version,
+            compensation_timeout=self._compensation_timeout,
         )
         self._plan = plan
         return plan
@@ -417,22 +601,38 @@ def _overrides(task: object, base: type, method: str) -> bool:
 
 
 def _describe_task(
-    state: Any, task: Any, targets: tuple[Any, ...] | None, *, router: bool
+    state: Any, task: Any, targets: tuple[Any, ...] | None, *, kind: str | None
 ) -> _Entry:
-    """Works out how to call ``task`` and with which policy."""
-    label = state_label(state)
+    """Works out how to call ``task``, as which kind of handler, with which policy.
 
-    def entry(call: Any, takes: bool, default: TaskConfig, problem: str | None = None) -> _Entry:
+    ``kind`` is set by ``register_router`` / ``register_stepped`` /
+    ``register_with_compensation``; plain ``register`` infers it from the task's class.
+    """
+    label = state_label(state)
+    router = kind == "router"
+
+    def entry(
+        call: Any,
+        takes: bool,
+        default: TaskConfig,
+        problem: str | None = None,
+        as_kind: str = "single",
+    ) -> _Entry:
         return _Entry(
             call=call,
             takes_resources=takes,
             name=_name_of(task),
             config=_config_of(task, default),
-            router=router,
+            kind="router" if router else as_kind,
             targets=targets,
             task=task,
             problem=problem,
         )
+
+    if kind == "stepped" or (kind is None and isinstance(task, SteppedTask)):
+        return entry(task.step, True, TaskConfig(), as_kind="stepped")
+    if kind == "compensatable" or (kind is None and isinstance(task, CompensatableTask)):
+        return entry(task.run, True, TaskConfig(), as_kind="compensatable")
 
     if isinstance(task, _FunctionTask):
         return entry(task.fn, task.takes_resources, TaskConfig())
@@ -464,7 +664,7 @@ def _describe_task(
             takes_resources=_takes_resources(task),
             name=_name_of(task),
             config=TaskConfig(),
-            router=router,
+            kind="router" if router else "single",
             targets=targets,
             task=task,
         )

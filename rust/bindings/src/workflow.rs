@@ -5,12 +5,12 @@
 use crate::cancel::CancellationToken;
 use crate::config::TaskConfig;
 use crate::errors;
-use crate::run::Run;
+use crate::run::{Origin, Run};
 use cano_core::fsm::{Graph, HandlerKind, StateId};
 use cano_core::retry::RetryMode;
 use cano_core::CoreError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use rustc_hash::FxHashMap;
 
@@ -30,26 +30,35 @@ pub struct Handler {
 #[pymethods]
 impl Handler {
     #[new]
-    #[pyo3(signature = (call, *, takes_resources, name, router, config, targets=None))]
+    #[pyo3(signature = (call, *, takes_resources, name, kind, config, targets=None))]
     fn new(
         py: Python<'_>,
         call: Py<PyAny>,
         takes_resources: bool,
         name: Py<PyString>,
-        router: bool,
+        kind: &str,
         config: &TaskConfig,
         targets: Option<Vec<StateId>>,
-    ) -> Self {
-        Handler {
+    ) -> PyResult<Self> {
+        let kind = match kind {
+            "single" => HandlerKind::Single,
+            "router" => HandlerKind::Router,
+            "stepped" => HandlerKind::Stepped,
+            "compensatable" => HandlerKind::Compensatable,
+            other => {
+                return Err(errors::configuration(py, format!("unknown handler kind {other:?}")))
+            }
+        };
+        Ok(Handler {
             call,
             takes_resources,
             name,
-            kind: if router { HandlerKind::Router } else { HandlerKind::Single },
+            kind,
             retry: config.retry,
             attempt_timeout: config.attempt_timeout,
             retry_on: config.retry_on.as_ref().map(|t| t.clone_ref(py)),
             targets,
-        }
+        })
     }
 
     /// The task's name, as observers and errors show it.
@@ -79,6 +88,11 @@ pub struct Plan {
     pub hub: Option<Py<PyAny>>,
     pub support: Py<PyAny>,
     pub total_timeout: Option<f64>,
+    /// The checkpoint store, if any, and whether it has the raw-row fast path.
+    pub store: Option<Py<PyAny>>,
+    pub fast_store: bool,
+    pub version: u32,
+    pub compensation_budget: Option<f64>,
 }
 
 impl Plan {
@@ -147,7 +161,8 @@ impl Plan {
 impl Plan {
     #[new]
     #[pyo3(signature = (states, labels, exits, handlers, *, support, hub=None,
-                        max_transitions=None, total_timeout=None))]
+                        max_transitions=None, total_timeout=None, store=None, version=0,
+                        compensation_timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -159,6 +174,9 @@ impl Plan {
         hub: Option<Py<PyAny>>,
         max_transitions: Option<u64>,
         total_timeout: Option<f64>,
+        store: Option<Py<PyAny>>,
+        version: u32,
+        compensation_timeout: Option<f64>,
     ) -> PyResult<Self> {
         if labels.len() != states.len() {
             return Err(errors::configuration(py, "one label per state is required".to_owned()));
@@ -186,6 +204,16 @@ impl Plan {
             graph.set_handler(s, h.get().kind, h.get().targets.clone());
             table[s as usize] = Some(h);
         }
+        let fast_store = store.as_ref().is_some_and(|st| {
+            st.bind(py).hasattr(pyo3::intern!(py, "_append_raw")).unwrap_or(false)
+        });
+        let secs =
+            |v: f64| std::time::Duration::try_from_secs_f64(v).unwrap_or(std::time::Duration::MAX);
+        let compensation_budget = cano_core::deadline::compensation_budget(
+            total_timeout.map(secs),
+            compensation_timeout.map(secs),
+        )
+        .map(|d| d.as_secs_f64());
         let plan = Plan {
             states,
             labels,
@@ -196,6 +224,10 @@ impl Plan {
             hub,
             support,
             total_timeout,
+            store,
+            fast_store,
+            version,
+            compensation_budget,
         };
         if let Err(e) = plan.graph.validate() {
             return Err(errors::configuration(py, plan.describe(py, &e)));
@@ -210,13 +242,14 @@ impl Plan {
 
     /// Starts a run at `initial`. Problems with the initial state surface when the run is
     /// first awaited, like every other validation error.
-    #[pyo3(signature = (initial, resources, lease=None, token=None))]
+    #[pyo3(signature = (initial, resources, lease=None, token=None, workflow_id=None))]
     fn start(
         slf: &Bound<'_, Self>,
         initial: &Bound<'_, PyAny>,
         resources: Py<PyAny>,
         lease: Option<Py<PyAny>>,
         token: Option<Py<CancellationToken>>,
+        workflow_id: Option<Py<PyString>>,
     ) -> Run {
         let py = slf.py();
         let plan = slf.get();
@@ -234,14 +267,41 @@ impl Plan {
                 Err(format!("initial state {label} is neither registered nor an exit state"))
             }
         };
+        let origin = Origin { workflow_id, ..Origin::default() };
         match verdict {
-            Ok(id) => Run::new(slf.clone().unbind(), id, resources, lease, token),
+            Ok(id) => Run::new(slf.clone().unbind(), id, resources, lease, token, origin),
             Err(message) => {
-                let mut run = Run::new(slf.clone().unbind(), 0, resources, None, None);
+                let mut run = Run::new(slf.clone().unbind(), 0, resources, None, None, origin);
                 run.fail_at_start(py, errors::configuration(py, message));
                 run
             }
         }
+    }
+
+    /// Resumes a run at `state` (already validated by the caller from the log).
+    #[pyo3(signature = (state, resources, lease, token, workflow_id, sequence, path, cursors, stack))]
+    #[allow(clippy::too_many_arguments)]
+    fn resume(
+        slf: &Bound<'_, Self>,
+        state: StateId,
+        resources: Py<PyAny>,
+        lease: Option<Py<PyAny>>,
+        token: Option<Py<CancellationToken>>,
+        workflow_id: Py<PyString>,
+        sequence: u64,
+        path: Vec<StateId>,
+        cursors: Vec<(StateId, Py<PyAny>)>,
+        stack: Vec<(Py<PyString>, Py<PyBytes>)>,
+    ) -> PyResult<Run> {
+        let py = slf.py();
+        let plan = slf.get();
+        if plan.graph.check_initial(state).is_err()
+            || path.iter().any(|&s| s as usize >= plan.states.len())
+        {
+            return Err(errors::configuration(py, format!("cannot resume at state #{state}")));
+        }
+        let origin = Origin { workflow_id: Some(workflow_id), sequence, path, cursors, stack };
+        Ok(Run::new(slf.clone().unbind(), state, resources, lease, token, origin))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -254,6 +314,9 @@ impl Plan {
         }
         if let Some(h) = &self.hub {
             visit.call(h)?;
+        }
+        if let Some(st) = &self.store {
+            visit.call(st)?;
         }
         visit.call(&self.support)
     }

@@ -17,6 +17,17 @@ pub enum HandlerKind {
     Single,
     /// A side-effect-free router; never checkpointed.
     Router,
+    /// A resumable loop: each step is an attempt, each cursor is checkpointed.
+    Stepped,
+    /// A saga step: its output is pushed on the compensation stack.
+    Compensatable,
+}
+
+impl HandlerKind {
+    /// Whether entering a state of this kind writes a state-entry checkpoint row.
+    pub fn checkpointed(self) -> bool {
+        !matches!(self, HandlerKind::Router)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -311,6 +322,14 @@ mod tests {
         c.enter(&g);
         assert_eq!(c.advance(&g, B), Err(CoreError::TooManyTransitions { limit: 2 }));
         assert_eq!(c.path(), &[A, A, A]);
+    }
+
+    #[test]
+    fn routers_are_not_checkpointed() {
+        assert!(!HandlerKind::Router.checkpointed());
+        assert!(HandlerKind::Single.checkpointed());
+        assert!(HandlerKind::Stepped.checkpointed());
+        assert!(HandlerKind::Compensatable.checkpointed());
     }
 
     #[test]

@@ -1,34 +1,36 @@
 //! The dispatcher: one run of a workflow, as a coroutine implemented in Rust.
 //!
 //! `Workflow.orchestrate()` returns a [`Run`]. The asyncio task awaiting it steps it with
-//! `__next__`/`send`/`throw`; each step resumes the current inner coroutine (a task
-//! attempt, a retry sleep, resource setup or teardown) with `PyIter_Send`. When a task
-//! returns its next state, the FSM moves and the next task's coroutine is started in the
-//! same step, so a transition costs one Python call and a few Rust operations: no
-//! `asyncio.Task` per state, no extra loop iteration, no thread hop. When user code
-//! suspends, the future it yielded goes straight up to the event loop.
+//! `__next__`/`send`/`throw`; each step resumes the current *inner* awaitable (a task
+//! attempt, a retry sleep, a checkpoint write, resource setup or teardown, the
+//! compensation drain) with `PyIter_Send`. When a task returns its next state, the FSM
+//! moves and the next task's coroutine starts in the same step, so a transition costs one
+//! Python call and a few Rust operations: no `asyncio.Task` per state, no extra loop
+//! iteration, no thread hop. When user code suspends, the future it yielded goes straight
+//! up to the event loop.
 //!
-//! Timeouts and token cancellation use asyncio's own mechanism, as `asyncio.timeout`
-//! does: a loop callback records the reason and cancels the awaiting task; the resulting
-//! `CancelledError` travels through the user's coroutine (its `finally` blocks run), and
-//! when it comes back out the dispatcher balances the task's cancel count with
-//! `uncancel()` and turns it into the engine error for that reason.
+//! - [`protocol`]: resuming inner awaitables, normalising `throw()` arguments;
+//! - [`signals`]: attempt/total timeouts and token cancellation;
+//! - [`durable`]: checkpoint rows, stepped cursors, the compensation stack and drain.
+
+mod durable;
+mod protocol;
+mod signals;
 
 use crate::cancel::CancellationToken;
 use crate::errors::{self, Context};
 use crate::workflow::{Handler, Plan};
-use cano_core::fsm::{Cursor, Entry, StateId};
+use cano_core::fsm::{Cursor, Entry, HandlerKind, StateId};
 use cano_core::retry::Verdict;
 use cano_core::CoreError;
-use pyo3::exceptions::{
-    PyBaseException, PyException, PyGeneratorExit, PyRuntimeError, PyStopIteration,
-};
-use pyo3::ffi;
+use protocol::{awaitable, normalise_exception, resume, Input, Sent};
+use pyo3::exceptions::{PyException, PyGeneratorExit, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 use pyo3::{PyTraverseError, PyVisit};
+use signals::{SIG_ATTEMPT, SIG_CANCEL, SIG_TOTAL};
 use std::time::Instant;
 
 /// What the run is waiting on.
@@ -38,86 +40,49 @@ enum Phase {
     Init,
     /// Driving `Resources._acquire()`.
     Setup,
+    /// Driving a checkpoint append; then do `After`.
+    Saving(After),
     /// Driving a task attempt.
     Attempt,
     /// Driving the sleep before a retry.
     Sleep,
+    /// Driving `store.clear()` after success or a clean rollback.
+    Clearing,
+    /// Driving the compensation drain.
+    Draining,
     /// Driving `Resources._release()`; the outcome is kept aside.
     Teardown,
     /// Finished; stepping again is an error.
     Done,
 }
 
-/// Reasons for the dispatcher to interrupt the task in flight.
-const SIG_CANCEL: u8 = 1;
-const SIG_TOTAL: u8 = 2;
-const SIG_ATTEMPT: u8 = 4;
-
-/// How the awaiting task resumes us.
-enum Input {
-    Send(Option<Py<PyAny>>),
-    Throw(PyErr),
+/// What follows a checkpoint write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Run the state's task (state-entry row).
+    Dispatch,
+    /// The state is an exit: clear the log and finish (state-entry row).
+    Exit,
+    /// Run the next step of a stepped task (cursor row).
+    Step,
+    /// Move to this state (compensation row).
+    Move(StateId),
 }
 
-/// What the inner coroutine did.
-enum Sent<'py> {
-    Yield(Bound<'py, PyAny>),
-    Return(Bound<'py, PyAny>),
-    Raise(PyErr),
+/// Where a run starts from: a fresh start, or what a resume read from the log.
+#[derive(Default)]
+pub struct Origin {
+    pub workflow_id: Option<Py<PyString>>,
+    pub sequence: u64,
+    pub path: Vec<StateId>,
+    /// Decoded cursors of stepped states, consumed on first entry.
+    pub cursors: Vec<(StateId, Py<PyAny>)>,
+    /// The rehydrated compensation stack: (task name, output JSON).
+    pub stack: Vec<(Py<PyString>, Py<PyBytes>)>,
 }
 
-static COROUTINE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static SLEEP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static CANCELLED_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-
-fn cancelled_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    CANCELLED_ERROR.import(py, "asyncio", "CancelledError")
-}
-
-/// Resumes `coro` with a value or an exception.
-#[inline]
-fn resume<'py>(py: Python<'py>, coro: &Bound<'py, PyAny>, input: Input) -> Sent<'py> {
-    match input {
-        Input::Send(value) => {
-            let mut out: *mut ffi::PyObject = std::ptr::null_mut();
-            let arg = value.as_ref().map_or_else(|| unsafe { ffi::Py_None() }, |v| v.as_ptr());
-            // SAFETY: `coro` and `arg` are live references held for the call; `out` receives
-            // a new reference on NEXT/RETURN, and an exception is set on ERROR.
-            let result = unsafe { ffi::PyIter_Send(coro.as_ptr(), arg, &mut out) };
-            match result {
-                ffi::PySendResult::PYGEN_NEXT => {
-                    Sent::Yield(unsafe { Bound::from_owned_ptr(py, out) })
-                }
-                ffi::PySendResult::PYGEN_RETURN => {
-                    Sent::Return(unsafe { Bound::from_owned_ptr(py, out) })
-                }
-                ffi::PySendResult::PYGEN_ERROR => Sent::Raise(PyErr::fetch(py)),
-            }
-        }
-        Input::Throw(err) => throw_into(py, coro, err),
-    }
-}
-
-#[cold]
-fn throw_into<'py>(py: Python<'py>, coro: &Bound<'py, PyAny>, err: PyErr) -> Sent<'py> {
-    let Ok(throw) = coro.getattr(intern!(py, "throw")) else {
-        // A plain iterator cannot receive exceptions: it is raised where it waits.
-        return Sent::Raise(err);
-    };
-    match throw.call1((err.into_value(py),)) {
-        Ok(y) => Sent::Yield(y),
-        Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
-            let value = e
-                .value(py)
-                .getattr(intern!(py, "value"))
-                .unwrap_or_else(|_| py.None().into_bound(py));
-            Sent::Return(value)
-        }
-        Err(e) => Sent::Raise(e),
-    }
-}
+static SLEEP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// One workflow run; a coroutine (`asyncio.iscoroutine(run)` is true).
 #[pyclass(module = "cano._core", name = "Run")]
@@ -130,7 +95,10 @@ pub struct Run {
     phase: Phase,
     cursor: Cursor,
     attempt: u32,
+    /// Signals received (`SIG_*`).
     signals: u8,
+    /// The attempt in flight must not be interrupted (a saga step).
+    uninterruptible: bool,
     /// We called `task.cancel()` and owe the task an `uncancel()`.
     cancel_owed: bool,
     cancel_base: i64,
@@ -140,7 +108,15 @@ pub struct Run {
     listener: Option<u64>,
     started: Option<Instant>,
     acquired: bool,
-    /// The run's result while teardown runs: the final state, or the exception to raise.
+    workflow_id: Option<Py<PyString>>,
+    sequence: u64,
+    /// The cursor handed to the next step of a stepped task.
+    step_cursor: Option<Py<PyAny>>,
+    resume_cursors: Vec<(StateId, Py<PyAny>)>,
+    stack: Vec<(Py<PyString>, Py<PyBytes>)>,
+    /// The error being compensated for, while the drain runs.
+    failure: Option<Py<PyAny>>,
+    /// The run's result while cleanup runs: the final state, or the exception to raise.
     outcome: Option<Result<Py<PyAny>, Py<PyAny>>>,
 }
 
@@ -151,7 +127,13 @@ impl Run {
         resources: Py<PyAny>,
         lease: Option<Py<PyAny>>,
         token: Option<Py<CancellationToken>>,
+        origin: Origin,
     ) -> Self {
+        let cursor = if origin.path.is_empty() {
+            Cursor::new(initial)
+        } else {
+            Cursor::resumed(initial, origin.path)
+        };
         Run {
             plan,
             resources,
@@ -159,9 +141,10 @@ impl Run {
             token,
             inner: None,
             phase: Phase::Init,
-            cursor: Cursor::new(initial),
+            cursor,
             attempt: 0,
             signals: 0,
+            uninterruptible: false,
             cancel_owed: false,
             cancel_base: 0,
             task: None,
@@ -170,6 +153,12 @@ impl Run {
             listener: None,
             started: None,
             acquired: false,
+            workflow_id: origin.workflow_id,
+            sequence: origin.sequence,
+            step_cursor: None,
+            resume_cursors: origin.cursors,
+            stack: origin.stack,
+            failure: None,
             outcome: None,
         }
     }
@@ -211,7 +200,7 @@ impl Run {
                     }
                     (Phase::Done, _) => return self.take_outcome(py),
                     (_, Input::Throw(e)) => {
-                        // Thrown in while nothing runs (before the first step): end here.
+                        // Thrown in before the first step: nothing started, nothing to undo.
                         input = Input::Send(None);
                         self.disarm(py);
                         self.phase = Phase::Done;
@@ -219,7 +208,7 @@ impl Run {
                     }
                     (_, Input::Send(_)) => {
                         return Err(PyRuntimeError::new_err(
-                            "cano: run has nothing to resume (internal error)",
+                            "cano: the run has nothing to resume (internal error)",
                         ));
                     }
                 },
@@ -238,16 +227,31 @@ impl Run {
         }
     }
 
+    /// Installs `value` as the inner awaitable of `phase`.
+    fn install(&mut self, py: Python<'_>, phase: Phase, value: Bound<'_, PyAny>) -> PyResult<()> {
+        match awaitable(value) {
+            Ok(it) => {
+                self.phase = phase;
+                self.inner = Some(it.unbind());
+                Ok(())
+            }
+            Err(v) => {
+                let _ = py;
+                Err(PyRuntimeError::new_err(format!(
+                    "cano: expected an awaitable, got {}",
+                    v.repr().map(|r| r.to_string()).unwrap_or_default()
+                )))
+            }
+        }
+    }
+
     /// First step: set up resources, or go straight to the first state.
     fn begin(&mut self, slf: &Bound<'_, Self>) {
         let py = slf.py();
         if let Some(lease) = &self.lease {
-            match lease.bind(py).call_method0(intern!(py, "_acquire")) {
-                Ok(coro) => {
-                    self.phase = Phase::Setup;
-                    self.inner = Some(coro.unbind());
-                }
-                Err(e) => self.end(py, Err(e)),
+            let acquired = lease.bind(py).call_method0(intern!(py, "_acquire"));
+            if let Err(e) = acquired.and_then(|coro| self.install(py, Phase::Setup, coro)) {
+                self.end(py, Err(e));
             }
             return;
         }
@@ -271,51 +275,79 @@ impl Run {
                 return self.end(py, Err(e));
             }
         }
+        if let Some(hub) = &plan.get().hub {
+            if !self.cursor.path().is_empty() {
+                if let Some(id) = &self.workflow_id {
+                    let resumed_at = self.sequence.saturating_sub(1);
+                    let _ = hub
+                        .bind(py)
+                        .call_method1(intern!(py, "on_resume"), (id.bind(py), resumed_at));
+                }
+            }
+        }
         self.enter(slf);
     }
 
-    /// Enters the cursor's state: boundary checks, observers, then exit or dispatch.
+    /// Enters the cursor's state: boundary checks, observers, checkpoint, then exit or
+    /// dispatch.
     fn enter(&mut self, slf: &Bound<'_, Self>) {
         let py = slf.py();
         let plan_ref = self.plan.clone_ref(py);
         let plan = plan_ref.get();
         let s = self.cursor.state();
         if self.signals & SIG_CANCEL != 0 || self.token.as_ref().is_some_and(|t| t.get().fired()) {
-            return self.cancelled_at_boundary(py, plan, s);
+            return self.cancelled_at_boundary(py, plan);
         }
         if let Some(hub) = &plan.hub {
             let _ = hub.bind(py).call_method1(intern!(py, "on_state_enter"), (plan.label(py, s),));
         }
         match self.cursor.enter(&plan.graph) {
             Some(Entry::Exit) => {
-                let state = plan.states[s as usize].clone_ref(py);
-                self.end(py, Ok(state));
+                if plan.store.is_some() {
+                    self.save_entry(slf, plan, None, After::Exit);
+                } else {
+                    let state = plan.states[s as usize].clone_ref(py);
+                    self.end(py, Ok(state));
+                }
             }
-            Some(Entry::Dispatch(_)) => {
-                if self.signals & SIG_TOTAL != 0 {
-                    let err = self.total_timeout_error(py, plan, None);
-                    return self.end(py, Err(err));
+            Some(Entry::Dispatch(kind)) => {
+                if plan.store.is_some() && kind.checkpointed() {
+                    self.save_entry(slf, plan, plan.handler(s), After::Dispatch);
+                } else {
+                    self.dispatch(slf, plan);
                 }
-                let Some(handler) = plan.handler(s) else {
-                    return self.end(py, Err(PyRuntimeError::new_err("cano: handler missing")));
-                };
-                self.attempt = 1;
-                if let Some(hub) = &plan.hub {
-                    let _ = hub
-                        .bind(py)
-                        .call_method1(intern!(py, "on_task_start"), (handler.get().name.bind(py),));
-                }
-                self.start_attempt(slf, plan, handler.get());
             }
             None => {
                 let msg = format!("no task registered for state {}", plan.label(py, s));
                 let err = self.error(py, plan, "WorkflowError", msg, None, None);
-                self.end(py, Err(err));
+                self.fail(slf, err);
             }
         }
     }
 
-    /// Calls the handler and installs its coroutine as the inner one.
+    /// Starts the first attempt of the current state's task.
+    fn dispatch(&mut self, slf: &Bound<'_, Self>, plan: &Plan) {
+        let py = slf.py();
+        let s = self.cursor.state();
+        if self.signals & SIG_TOTAL != 0 {
+            let err = self.total_timeout_error(py, plan, false);
+            return self.fail(slf, err);
+        }
+        let Some(handler) = plan.handler(s) else {
+            return self.end(py, Err(PyRuntimeError::new_err("cano: handler missing")));
+        };
+        let h = handler.get();
+        self.attempt = 1;
+        if h.kind == HandlerKind::Stepped {
+            self.step_cursor = self.take_resume_cursor(s);
+        }
+        if let Some(hub) = &plan.hub {
+            let _ = hub.bind(py).call_method1(intern!(py, "on_task_start"), (h.name.bind(py),));
+        }
+        self.start_attempt(slf, plan, h);
+    }
+
+    /// Calls the handler and installs its coroutine as the inner awaitable.
     fn start_attempt(&mut self, slf: &Bound<'_, Self>, plan: &Plan, h: &Handler) {
         let py = slf.py();
         if let Some(limit) = h.attempt_timeout {
@@ -324,28 +356,30 @@ impl Run {
                 Err(e) => return self.end(py, Err(e)),
             }
         }
+        self.uninterruptible = h.kind == HandlerKind::Compensatable;
         let call = h.call.bind(py);
-        let made =
-            if h.takes_resources { call.call1((self.resources.bind(py),)) } else { call.call0() };
+        let res = self.resources.bind(py);
+        let made = match (h.kind, h.takes_resources) {
+            (HandlerKind::Stepped, _) => {
+                let cursor =
+                    self.step_cursor.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py));
+                call.call1((res, cursor))
+            }
+            (_, true) => call.call1((res,)),
+            (_, false) => call.call0(),
+        };
         self.phase = Phase::Attempt;
         match made {
-            Ok(coro) => {
-                let coroutine_type = match COROUTINE_TYPE.import(py, "types", "CoroutineType") {
-                    Ok(t) => t,
-                    Err(e) => return self.end(py, Err(e)),
-                };
-                if coro.get_type().is(coroutine_type) {
-                    self.inner = Some(coro.unbind());
-                } else {
-                    self.install_awaitable(slf, plan, h, coro);
-                }
-            }
+            Ok(value) => match awaitable(value) {
+                Ok(it) => self.inner = Some(it.unbind()),
+                Err(value) => self.not_awaitable(slf, plan, h, value),
+            },
             Err(e) => self.on_raise(slf, e),
         }
     }
 
     #[cold]
-    fn install_awaitable(
+    fn not_awaitable(
         &mut self,
         slf: &Bound<'_, Self>,
         plan: &Plan,
@@ -353,24 +387,20 @@ impl Run {
         value: Bound<'_, PyAny>,
     ) {
         let py = slf.py();
-        match value.call_method0(intern!(py, "__await__")) {
-            Ok(it) => self.inner = Some(it.unbind()),
-            Err(_) => {
-                self.disarm_attempt(py);
-                let msg = format!(
-                    "task '{}' for state {} returned {} instead of a coroutine; declare it with \
-                     `async def`",
-                    h.name.bind(py),
-                    plan.label(py, self.cursor.state()),
-                    value.repr().map(|r| r.to_string()).unwrap_or_default()
-                );
-                let err = self.error(py, plan, "ConfigurationError", msg, None, None);
-                self.end(py, Err(err));
-            }
-        }
+        self.disarm_attempt(py);
+        let msg = format!(
+            "task '{}' for state {} returned {} instead of a coroutine; declare it with \
+             `async def`",
+            h.name.bind(py),
+            plan.label(py, self.cursor.state()),
+            value.repr().map(|r| r.to_string()).unwrap_or_default()
+        );
+        let err = self.error(py, plan, "ConfigurationError", msg, None, None);
+        self.task_failed_event(py, plan, &err);
+        self.fail(slf, err);
     }
 
-    /// The inner coroutine returned `value`.
+    /// The inner awaitable returned `value`.
     fn on_return(&mut self, slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) {
         let py = slf.py();
         match self.phase {
@@ -382,6 +412,7 @@ impl Run {
                     self.settle_cancel(py);
                 }
                 self.signals &= !SIG_ATTEMPT;
+                self.uninterruptible = false;
                 self.completed(slf, value);
             }
             Phase::Sleep => {
@@ -392,6 +423,9 @@ impl Run {
                     None => self.end(py, Err(PyRuntimeError::new_err("cano: handler missing"))),
                 }
             }
+            Phase::Saving(after) => self.saved(slf, after),
+            Phase::Clearing => self.cleared(py),
+            Phase::Draining => self.drained(slf, value),
             Phase::Setup => {
                 self.acquired = true;
                 self.begin_states(slf);
@@ -404,34 +438,45 @@ impl Run {
         }
     }
 
-    /// A task attempt returned `value`: map it to the next state and move on.
+    /// A task attempt returned `value`: interpret it by handler kind and move on.
     fn completed(&mut self, slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) {
         let py = slf.py();
         let plan_ref = self.plan.clone_ref(py);
         let plan = plan_ref.get();
         let s = self.cursor.state();
+        let kind = plan.handler(s).map_or(HandlerKind::Single, |h| h.get().kind);
+        let value = match kind {
+            HandlerKind::Single | HandlerKind::Router => value,
+            HandlerKind::Stepped => match self.stepped_outcome(slf, plan, value) {
+                Some(state) => state,
+                None => return,
+            },
+            HandlerKind::Compensatable => {
+                return self.compensatable_outcome(slf, plan, value);
+            }
+        };
         let next = match plan.lookup(&value) {
             Some(id) => id,
             None => match self.resolve_slow(py, plan, &value) {
                 Ok(id) => id,
                 Err(e) => {
                     self.task_failed_event(py, plan, &e);
-                    return self.end(py, Err(e));
+                    return self.fail(slf, e);
                 }
             },
         };
-        if let Some(hub) = &plan.hub {
-            if let Some(h) = plan.handler(s) {
-                let _ = hub
-                    .bind(py)
-                    .call_method1(intern!(py, "on_task_success"), (h.get().name.bind(py),));
-            }
-        }
+        self.task_succeeded_event(py, plan);
+        self.advance(slf, plan, next);
+    }
+
+    /// Moves the cursor to `next` and enters it.
+    fn advance(&mut self, slf: &Bound<'_, Self>, plan: &Plan, next: StateId) {
+        let py = slf.py();
         match self.cursor.advance(&plan.graph, next) {
             Ok(()) => self.enter(slf),
             Err(e) => {
                 let err = self.transition_error(py, plan, &e, next);
-                self.end(py, Err(err));
+                self.fail(slf, err);
             }
         }
     }
@@ -446,7 +491,7 @@ impl Run {
         value: &Bound<'_, PyAny>,
     ) -> PyResult<StateId> {
         let s = self.cursor.state();
-        let task = plan.handler(s).map(|h| h.get().name.bind(py).to_string()).unwrap_or_default();
+        let task = self.task_name(py, plan);
         let verdict = plan
             .support
             .bind(py)
@@ -472,7 +517,7 @@ impl Run {
         next: StateId,
     ) -> PyErr {
         let s = self.cursor.state();
-        let task = plan.handler(s).map(|h| h.get().name.bind(py).to_string()).unwrap_or_default();
+        let task = self.task_name(py, plan);
         let message = match err {
             CoreError::TooManyTransitions { limit } => format!(
                 "workflow exceeded its limit of {limit} transitions: task '{task}' in state {} \
@@ -491,11 +536,18 @@ impl Run {
         self.error(py, plan, "WorkflowError", message, None, None)
     }
 
-    /// The inner coroutine raised `err`.
+    /// The inner awaitable raised `err`.
     fn on_raise(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
         let py = slf.py();
         match self.phase {
             Phase::Attempt | Phase::Sleep => self.attempt_raised(slf, err),
+            Phase::Saving(_) => self.save_failed(slf, err),
+            Phase::Clearing => self.clear_failed(py, err),
+            Phase::Draining => {
+                // The drain itself failed (cancelled from outside, or an engine bug).
+                self.stack.clear();
+                self.end(py, Err(err));
+            }
             Phase::Setup => self.end(py, Err(err)),
             Phase::Teardown => {
                 self.acquired = false;
@@ -519,21 +571,24 @@ impl Run {
         if self.attempt_timer.is_some() {
             self.disarm_attempt(py);
         }
+        self.uninterruptible = false;
         let external = if self.cancel_owed { self.settle_cancel(py) } else { false };
-        let is_cancel = cancelled_error(py).is_ok_and(|c| err.is_instance(py, c));
+        let is_cancel = CANCELLED_ERROR
+            .import(py, "asyncio", "CancelledError")
+            .is_ok_and(|c| err.is_instance(py, c));
         if is_cancel {
             if external || self.signals & (SIG_CANCEL | SIG_TOTAL | SIG_ATTEMPT) == 0 {
-                return self.cancelled_by_asyncio(py, plan, err);
+                return self.cancelled_by_asyncio(slf, plan, err);
             }
             if self.signals & SIG_CANCEL != 0 {
                 let e = self.cancel_error(py, plan);
                 self.task_failed_event(py, plan, &e);
                 self.notify_cancelled(py, plan);
-                return self.end(py, Err(e));
+                return self.fail(slf, e);
             }
             if self.signals & SIG_TOTAL != 0 {
-                let e = self.total_timeout_error(py, plan, Some(()));
-                return self.end(py, Err(e));
+                let e = self.total_timeout_error(py, plan, true);
+                return self.fail(slf, e);
             }
             // Our attempt timer fired.
             self.signals &= !SIG_ATTEMPT;
@@ -552,7 +607,7 @@ impl Run {
     }
 
     /// Decides between retrying and failing after attempt `self.attempt` raised `err`.
-    /// `engine_made` marks errors that are already engine errors (attempt timeouts).
+    /// `engine_made` marks errors that already are engine errors (attempt timeouts).
     fn failed_attempt(
         &mut self,
         slf: &Bound<'_, Self>,
@@ -588,13 +643,10 @@ impl Run {
                 }
                 let sleep = SLEEP
                     .import(py, "asyncio", "sleep")
-                    .and_then(|f| f.call1((delay.as_secs_f64(),)));
-                match sleep {
-                    Ok(coro) => {
-                        self.phase = Phase::Sleep;
-                        self.inner = Some(coro.unbind());
-                    }
-                    Err(e) => self.end(py, Err(e)),
+                    .and_then(|f| f.call1((delay.as_secs_f64(),)))
+                    .and_then(|coro| self.install(py, Phase::Sleep, coro));
+                if let Err(e) = sleep {
+                    self.end(py, Err(e));
                 }
             }
             Verdict::Exhausted { attempts } => {
@@ -619,130 +671,33 @@ impl Run {
                     self.error(py, plan, "TaskError", msg, Some(err), None)
                 };
                 self.task_failed_event(py, plan, &e);
-                self.end(py, Err(e));
+                self.fail(slf, e);
             }
         }
     }
 
-    // ----- cancellation and timeouts ----------------------------------------------------
-
-    /// Schedules `_signal(kind)` on the running loop after `delay` seconds.
-    fn arm(&mut self, slf: &Bound<'_, Self>, delay: f64, kind: u8) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        self.capture_task(py)?;
-        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
-        let callback = slf.getattr(intern!(py, "_signal"))?;
-        let handle = event_loop.call_method1(intern!(py, "call_later"), (delay, callback, kind))?;
-        Ok(handle.unbind())
-    }
-
-    fn listen(&mut self, slf: &Bound<'_, Self>, token: &CancellationToken) -> PyResult<()> {
-        let py = slf.py();
-        self.capture_task(py)?;
-        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
-        let callback = slf.getattr(intern!(py, "_on_cancel"))?;
-        self.listener = Some(token.listen(event_loop.unbind(), callback.unbind()));
-        Ok(())
-    }
-
-    /// Remembers the asyncio task stepping us, to interrupt it later.
-    fn capture_task(&mut self, py: Python<'_>) -> PyResult<()> {
-        if self.task.is_some() {
-            return Ok(());
-        }
-        let task = CURRENT_TASK.import(py, "asyncio", "current_task")?.call0()?;
-        if !task.is_none() {
-            self.cancel_base = task.call_method0(intern!(py, "cancelling"))?.extract()?;
-            self.task = Some(task.unbind());
-        }
-        Ok(())
-    }
-
-    /// A loop callback: record the reason, and interrupt the attempt or sleep in flight.
-    fn signal(&mut self, py: Python<'_>, kind: u8) {
-        match kind {
-            SIG_ATTEMPT => self.attempt_timer = None,
-            SIG_TOTAL => self.total_timer = None,
-            _ => {}
-        }
-        match self.phase {
-            Phase::Attempt | Phase::Sleep => {}
-            Phase::Init | Phase::Setup => {
-                // Honoured at the first state boundary.
-                self.signals |= kind & SIG_CANCEL;
-                return;
-            }
-            Phase::Teardown | Phase::Done => return,
-        }
-        if kind == SIG_ATTEMPT && self.phase == Phase::Sleep {
-            return;
-        }
-        self.signals |= kind;
-        if !self.cancel_owed {
-            if let Some(task) = &self.task {
-                if let Ok(true) =
-                    task.bind(py).call_method0(intern!(py, "cancel")).and_then(|r| r.extract())
-                {
-                    self.cancel_owed = true;
-                }
-            }
-        }
-    }
-
-    /// Balances our `task.cancel()`; true when someone else cancelled the task too.
-    fn settle_cancel(&mut self, py: Python<'_>) -> bool {
-        self.cancel_owed = false;
-        let Some(task) = &self.task else { return false };
-        match task.bind(py).call_method0(intern!(py, "uncancel")).and_then(|r| r.extract::<i64>()) {
-            Ok(left) => left > self.cancel_base,
-            Err(_) => false,
-        }
-    }
-
-    fn disarm_attempt(&mut self, py: Python<'_>) {
-        if let Some(t) = self.attempt_timer.take() {
-            let _ = t.bind(py).call_method0(intern!(py, "cancel"));
-        }
-    }
-
-    /// Cancels timers and stops listening to the token.
-    fn disarm(&mut self, py: Python<'_>) {
-        self.disarm_attempt(py);
-        if let Some(t) = self.total_timer.take() {
-            let _ = t.bind(py).call_method0(intern!(py, "cancel"));
-        }
-        if let (Some(id), Some(token)) = (self.listener.take(), &self.token) {
-            token.get().unlisten(id);
-        }
-        if self.cancel_owed {
-            self.settle_cancel(py);
-        }
-        self.task = None;
-    }
+    // ----- cancellation and timeouts as errors ------------------------------------------
 
     #[cold]
-    fn cancelled_at_boundary(&mut self, py: Python<'_>, plan: &Plan, s: StateId) {
-        let _ = s;
-        self.cursor_path_include_current();
-        let e = self.cancel_error(py, plan);
-        self.notify_cancelled(py, plan);
-        self.end(py, Err(e));
-    }
-
-    fn cursor_path_include_current(&mut self) {
+    fn cancelled_at_boundary(&mut self, py: Python<'_>, plan: &Plan) {
+        // The refused state counts as the failing one (`path[-1] == state`).
         let s = self.cursor.state();
         if self.cursor.path().last() != Some(&s) {
             let mut path = self.cursor.path().to_vec();
             path.push(s);
             self.cursor = Cursor::resumed(s, path);
         }
+        let e = self.cancel_error(py, plan);
+        self.notify_cancelled(py, plan);
+        self.fail_now(py, e);
     }
 
     #[cold]
-    fn cancelled_by_asyncio(&mut self, py: Python<'_>, plan: &Plan, err: PyErr) {
+    fn cancelled_by_asyncio(&mut self, slf: &Bound<'_, Self>, plan: &Plan, err: PyErr) {
+        let py = slf.py();
         self.task_failed_event(py, plan, &err);
         self.notify_cancelled(py, plan);
-        self.end(py, Err(err));
+        self.fail(slf, err);
     }
 
     fn notify_cancelled(&self, py: Python<'_>, plan: &Plan) {
@@ -758,7 +713,7 @@ impl Run {
     }
 
     #[cold]
-    fn total_timeout_error(&self, py: Python<'_>, plan: &Plan, in_flight: Option<()>) -> PyErr {
+    fn total_timeout_error(&self, py: Python<'_>, plan: &Plan, in_flight: bool) -> PyErr {
         let limit = plan.total_timeout.unwrap_or_default();
         let elapsed = self.started.map_or(limit, |t| t.elapsed().as_secs_f64());
         let msg = format!(
@@ -769,7 +724,7 @@ impl Run {
         let _ = extra.set_item("elapsed", elapsed);
         let _ = extra.set_item("limit", limit);
         let err = self.error_at(py, plan, "WorkflowTimeoutError", msg, 0, None, Some(extra));
-        if in_flight.is_some() {
+        if in_flight {
             self.task_failed_event(py, plan, &err);
         }
         if let Some(hub) = &plan.hub {
@@ -781,12 +736,10 @@ impl Run {
     #[cold]
     fn attempt_timeout_error(&self, py: Python<'_>, plan: &Plan) -> PyErr {
         let s = self.cursor.state();
-        let (name, limit) = plan
-            .handler(s)
-            .map(|h| (h.get().name.bind(py).to_string(), h.get().attempt_timeout.unwrap_or(0.0)))
-            .unwrap_or_default();
+        let limit = plan.handler(s).and_then(|h| h.get().attempt_timeout).unwrap_or(0.0);
         let msg = format!(
-            "task '{name}' in state {} exceeded its attempt timeout of {limit}s (attempt {})",
+            "task '{}' in state {} exceeded its attempt timeout of {limit}s (attempt {})",
+            self.task_name(py, plan),
             plan.label(py, s),
             self.attempt
         );
@@ -794,6 +747,22 @@ impl Run {
     }
 
     // ----- ending -----------------------------------------------------------------------
+
+    fn task_name(&self, py: Python<'_>, plan: &Plan) -> String {
+        plan.handler(self.cursor.state())
+            .map(|h| h.get().name.bind(py).to_string())
+            .unwrap_or_default()
+    }
+
+    fn task_succeeded_event(&self, py: Python<'_>, plan: &Plan) {
+        if let Some(hub) = &plan.hub {
+            if let Some(h) = plan.handler(self.cursor.state()) {
+                let _ = hub
+                    .bind(py)
+                    .call_method1(intern!(py, "on_task_success"), (h.get().name.bind(py),));
+            }
+        }
+    }
 
     fn task_failed_event(&self, py: Python<'_>, plan: &Plan, err: &PyErr) {
         if let Some(hub) = &plan.hub {
@@ -806,19 +775,35 @@ impl Run {
         }
     }
 
+    /// Fails the run with `err`: undoes finished saga steps first, when there are any.
+    fn fail(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
+        if self.stack.is_empty() {
+            return self.end(slf.py(), Err(err));
+        }
+        self.start_drain(slf, err);
+    }
+
+    /// Fails without a drain (used where the run never started a task).
+    fn fail_now(&mut self, py: Python<'_>, err: PyErr) {
+        if self.stack.is_empty() {
+            return self.end(py, Err(err));
+        }
+        // A cancel at a boundary still undoes what was done: drain through `fail`.
+        self.failure = Some(err.into_value(py).into_any());
+        self.phase = Phase::Draining;
+        self.resume_drain(py);
+    }
+
     /// Ends the run with `outcome`; tears resources down first when they were set up.
     fn end(&mut self, py: Python<'_>, outcome: PyResult<Py<PyAny>>) {
         self.disarm(py);
-        let outcome = outcome.map_err(|e| e.into_value(py).into_any());
-        self.outcome = Some(outcome);
+        self.outcome = Some(outcome.map_err(|e| e.into_value(py).into_any()));
         if self.acquired {
             if let Some(lease) = &self.lease {
-                match lease.bind(py).call_method0(intern!(py, "_release")) {
-                    Ok(coro) => {
-                        self.phase = Phase::Teardown;
-                        self.inner = Some(coro.unbind());
-                        return;
-                    }
+                let lease = lease.clone_ref(py);
+                let released = lease.bind(py).call_method0(intern!(py, "_release"));
+                match released.and_then(|coro| self.install(py, Phase::Teardown, coro)) {
+                    Ok(()) => return,
                     Err(e) => e.write_unraisable(py, None),
                 }
             }
@@ -854,14 +839,8 @@ impl Run {
             attempt: Some(attempt),
             path: Some(plan.labels_of(py, self.cursor.path())),
         };
-        errors::make(
-            py,
-            kind,
-            message,
-            ctx,
-            cause.map(|e| e.into_value(py).into_bound(py).into_any()),
-            extra,
-        )
+        let cause = cause.map(|e| e.into_value(py).into_bound(py).into_any());
+        errors::make(py, kind, message, ctx, cause, extra)
     }
 }
 
@@ -911,7 +890,6 @@ impl Run {
         let lease = run.lease.as_ref().map(|l| l.clone_ref(py));
         drop(run);
         if was_acquired {
-            // The run cannot await any more: release its resources on the loop.
             if let Some(lease) = lease {
                 release_in_background(py, lease.bind(py));
             }
@@ -957,14 +935,25 @@ impl Run {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.plan)?;
         visit.call(&self.resources)?;
-        for o in [&self.lease, &self.inner, &self.task, &self.attempt_timer, &self.total_timer]
-            .into_iter()
-            .flatten()
+        for o in [
+            &self.lease,
+            &self.inner,
+            &self.task,
+            &self.attempt_timer,
+            &self.total_timer,
+            &self.step_cursor,
+            &self.failure,
+        ]
+        .into_iter()
+        .flatten()
         {
             visit.call(o)?;
         }
         if let Some(t) = &self.token {
             visit.call(t)?;
+        }
+        for (_, c) in &self.resume_cursors {
+            visit.call(c)?;
         }
         match &self.outcome {
             Some(Ok(o)) | Some(Err(o)) => visit.call(o),
@@ -980,6 +969,9 @@ impl Run {
         self.outcome = None;
         self.lease = None;
         self.token = None;
+        self.step_cursor = None;
+        self.failure = None;
+        self.resume_cursors.clear();
         self.phase = Phase::Done;
     }
 }
@@ -988,44 +980,11 @@ fn already_running() -> PyErr {
     pyo3::exceptions::PyValueError::new_err("coroutine already executing")
 }
 
+/// A closed run cannot await its teardown: hand it to the loop, if one is running.
 #[cold]
 fn release_in_background(py: Python<'_>, lease: &Bound<'_, PyAny>) {
-    let started = GET_RUNNING_LOOP
-        .import(py, "asyncio", "get_running_loop")
-        .and_then(|f| f.call0())
-        .and_then(|lp| {
-            let coro = lease.call_method0(intern!(py, "_release"))?;
-            lp.call_method1(intern!(py, "create_task"), (coro,))
-        });
-    if started.is_err() {
-        // No running loop: nothing can await the teardown any more.
+    let Ok(event_loop) = signals::running_loop(py) else { return };
+    if let Ok(coro) = lease.call_method0(intern!(py, "_release")) {
+        let _ = event_loop.call_method1(intern!(py, "create_task"), (coro,));
     }
-}
-
-/// `throw(typ, val, tb)` → an exception instance, as generators do.
-fn normalise_exception<'py>(
-    py: Python<'py>,
-    typ: &Bound<'py, PyAny>,
-    val: Option<&Bound<'py, PyAny>>,
-    tb: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let exc = if typ.is_instance_of::<PyBaseException>() {
-        typ.clone()
-    } else if let Ok(t) = typ.cast::<PyType>() {
-        match val {
-            Some(v) if v.is_instance(t)? => v.clone(),
-            Some(v) if v.is_instance_of::<PyTuple>() => t.call1(v.cast::<PyTuple>()?)?,
-            Some(v) if !v.is_none() => t.call1((v,))?,
-            _ => t.call0()?,
-        }
-    } else {
-        return Err(pyo3::exceptions::PyTypeError::new_err(
-            "exceptions must be classes or instances deriving from BaseException",
-        ));
-    };
-    if let Some(tb) = tb.filter(|t| !t.is_none()) {
-        exc.call_method1(intern!(py, "with_traceback"), (tb,))?;
-    }
-    let _ = PyString::new(py, "");
-    Ok(exc)
 }
