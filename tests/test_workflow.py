@@ -41,6 +41,7 @@ class Recorder(cano.WorkflowObserver):
         self.entered: list[str] = []
         self.started: list[str] = []
         self.failures: list[tuple[str, BaseException]] = []
+        self.retries: list[tuple[str, int]] = []
 
     def on_state_enter(self, state: str) -> None:
         self.entered.append(state)
@@ -50,6 +51,9 @@ class Recorder(cano.WorkflowObserver):
 
     def on_task_failure(self, task_id: str, error: BaseException) -> None:
         self.failures.append((task_id, error))
+
+    def on_retry(self, task_id: str, attempt: int) -> None:
+        self.retries.append((task_id, attempt))
 
 
 class Goto(cano.Task[Any]):
@@ -204,12 +208,13 @@ async def test_state_labels_reach_observers() -> None:
         cano.Workflow.bare()
         .register(S.A, Goto("two"))
         .register("two", Goto(3))
-        .register(3, Goto(S.DONE))
+        .register(3, Goto(("x", 1)))
+        .register(("x", 1), Goto(S.DONE))
         .add_exit_state(S.DONE)
         .with_observer(rec)
     )
     await wf.orchestrate(S.A)
-    assert rec.entered == ["A", "two", "3", "DONE"]
+    assert rec.entered == ["A", "two", "3", repr(("x", 1)), "DONE"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,11 +244,7 @@ def test_validate_rejects_a_workflow_without_exit_states() -> None:
 
 
 def test_validate_rejects_undeclared_edge_target_naming_it() -> None:
-    wf = (
-        cano.Workflow.bare()
-        .register(S.A, Goto(S.DONE), to={S.B, S.DONE})
-        .add_exit_state(S.DONE)
-    )
+    wf = cano.Workflow.bare().register(S.A, Goto(S.DONE), to={S.B, S.DONE}).add_exit_state(S.DONE)
     with pytest.raises(cano.ConfigurationError, match=r"\bB\b"):
         wf.validate()
 
@@ -259,11 +260,7 @@ def test_validate_accepts_declared_edges_to_registered_and_exit_states() -> None
 
 
 def test_validate_checks_declared_edges_of_routers_too() -> None:
-    wf = (
-        cano.Workflow.bare()
-        .register_router(S.A, Goto(S.DONE), to={S.C})
-        .add_exit_state(S.DONE)
-    )
+    wf = cano.Workflow.bare().register_router(S.A, Goto(S.DONE), to={S.C}).add_exit_state(S.DONE)
     with pytest.raises(cano.ConfigurationError, match=r"\bC\b"):
         wf.validate()
 
@@ -564,12 +561,7 @@ async def test_max_transitions_guards_a_self_loop() -> None:
         calls += 1
         return S.A
 
-    wf = (
-        cano.Workflow.bare()
-        .register(S.A, forever)
-        .add_exit_state(S.DONE)
-        .with_max_transitions(5)
-    )
+    wf = cano.Workflow.bare().register(S.A, forever).add_exit_state(S.DONE).with_max_transitions(5)
     with pytest.raises(cano.WorkflowError):
         await wf.orchestrate(S.A)
     # entered once, then re-entered by each of the 5 allowed moves
@@ -682,6 +674,24 @@ async def test_changes_while_a_run_is_in_flight_do_not_affect_it() -> None:
     assert (old_b.calls, new_b.calls) == (1, 0)
 
 
+async def test_breaking_the_workflow_after_orchestrate_does_not_affect_that_run() -> None:
+    wf = cano.Workflow.bare().register(S.A, Goto(S.DONE)).add_exit_state(S.DONE)
+    run = wf.orchestrate(S.A)
+    wf.register(S.A, Goto(S.DONE), to={S.C})  # now invalid: C is neither registered nor exit
+    assert await run is S.DONE
+    with pytest.raises(cano.ConfigurationError):
+        await wf.orchestrate(S.A)
+
+
+async def test_fixing_the_workflow_after_orchestrate_does_not_affect_that_run() -> None:
+    wf = cano.Workflow.bare().register(S.A, Goto(S.DONE))  # no exit state yet
+    run = wf.orchestrate(S.A)
+    wf.add_exit_state(S.DONE)
+    with pytest.raises(cano.ConfigurationError):
+        await run
+    assert await wf.orchestrate(S.A) is S.DONE
+
+
 async def test_adding_an_observer_after_orchestrate_does_not_affect_that_run() -> None:
     rec = Recorder()
     wf = cano.Workflow.bare().register(S.A, Goto(S.DONE)).add_exit_state(S.DONE)
@@ -748,12 +758,7 @@ async def test_returning_an_unregistered_state_names_state_task_and_value() -> N
             return S.C
 
     task = Wander()
-    wf = (
-        cano.Workflow.bare()
-        .register(S.A, Goto(S.B))
-        .register(S.B, task)
-        .add_exit_state(S.DONE)
-    )
+    wf = cano.Workflow.bare().register(S.A, Goto(S.B)).register(S.B, task).add_exit_state(S.DONE)
     with pytest.raises(cano.WorkflowError) as info:
         await wf.orchestrate(S.A)
     err = info.value
@@ -776,14 +781,34 @@ async def test_returning_none_is_a_workflow_error_not_retried() -> None:
         calls += 1
         return None
 
-    wf = cano.Workflow.bare().register(S.A, forgetful).add_exit_state(S.DONE)
+    rec = Recorder()
+    wf = cano.Workflow.bare().register(S.A, forgetful).add_exit_state(S.DONE).with_observer(rec)
     with pytest.raises(cano.WorkflowError) as info:
         await wf.orchestrate(S.A)
     msg = str(info.value)
     assert word("None", msg)
     assert word("forgetful", msg)
     assert calls == 1
+    assert rec.retries == []
     assert info.value.state == "A"
+
+
+async def test_bad_return_after_a_failed_attempt_reports_that_attempt() -> None:
+    calls = 0
+
+    @cano.task(config=FAST_RETRY)
+    async def flaky() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("first attempt fails")
+        return None
+
+    wf = cano.Workflow.bare().register(S.A, flaky).add_exit_state(S.DONE)
+    with pytest.raises(cano.WorkflowError) as info:
+        await wf.orchestrate(S.A)
+    assert calls == 2  # the second attempt returned None; it is not retried
+    assert info.value.attempt == 2
 
 
 async def test_returning_a_string_from_an_enum_workflow_is_a_workflow_error() -> None:
@@ -1026,12 +1051,7 @@ async def test_cancellation_error_has_attempt_zero_and_the_state() -> None:
         await asyncio.Event().wait()
         return S.DONE
 
-    wf = (
-        cano.Workflow.bare()
-        .register(S.A, Goto(S.B))
-        .register(S.B, hang)
-        .add_exit_state(S.DONE)
-    )
+    wf = cano.Workflow.bare().register(S.A, Goto(S.B)).register(S.B, hang).add_exit_state(S.DONE)
     run = asyncio.create_task(wf.orchestrate(S.A, cancel=token))
     await started.wait()
     handle.cancel()
@@ -1048,12 +1068,7 @@ async def test_total_timeout_error_has_attempt_zero_and_the_state() -> None:
         await asyncio.Event().wait()
         return S.DONE
 
-    wf = (
-        cano.Workflow.bare()
-        .register(S.A, hang)
-        .add_exit_state(S.DONE)
-        .with_total_timeout(0.05)
-    )
+    wf = cano.Workflow.bare().register(S.A, hang).add_exit_state(S.DONE).with_total_timeout(0.05)
     with pytest.raises(cano.WorkflowTimeoutError) as info:
         await wf.orchestrate(S.A)
     err = info.value
