@@ -28,6 +28,7 @@ from cano._core import (
     TaskConfig,
 )
 from cano._core import __version__ as __version__
+from cano.batch import BatchTask
 from cano.errors import (
     CanoError,
     CheckpointError,
@@ -50,6 +51,15 @@ from cano.errors import (
     WorkflowVersionMismatchError,
 )
 from cano.observer import WorkflowObserver
+from cano.resilience import (
+    CircuitBreaker,
+    CircuitPermit,
+    CircuitPolicy,
+    CircuitState,
+    MultiRateLimiter,
+    RateLimiter,
+    WindowedRateLimiter,
+)
 from cano.resources import (
     MISSING,
     SPLIT_RESULT_KEY,
@@ -58,6 +68,23 @@ from cano.resources import (
     Resource,
     Resources,
 )
+from cano.scheduler import (
+    BackoffPolicy,
+    CronSchedule,
+    FlowInfo,
+    FlowStatus,
+    RunningScheduler,
+    Scheduler,
+)
+from cano.stream import (
+    CloseReason,
+    Continue,
+    Stop,
+    StreamErrorPolicy,
+    StreamTask,
+    StreamWindow,
+)
+from cano.split import JoinConfig, JoinStrategy, SplitResult
 from cano.tasks import (
     CompensatableTask,
     Done,
@@ -76,27 +103,46 @@ from cano.tasks import (
 from cano.workflow import Workflow, state_label
 
 __all__ = [
-    "CompensatableTask",
-    "Done",
-    "More",
-    "SteppedTask",
+    "JoinConfig",
+    "JoinStrategy",
+    "SplitResult",
+    "BatchTask",
+    "CloseReason",
+    "Continue",
+    "Stop",
+    "StreamErrorPolicy",
+    "StreamTask",
+    "StreamWindow",
     "MISSING",
     "SPLIT_RESULT_KEY",
+    "BackoffPolicy",
     "CancellationHandle",
     "CancellationToken",
     "CanoError",
     "CheckpointError",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitPermit",
+    "CircuitPolicy",
+    "CircuitState",
+    "CompensatableTask",
     "CompensationFailedError",
     "ConfigurationError",
+    "CronSchedule",
+    "Done",
+    "FlowInfo",
+    "FlowStatus",
     "HealthStatus",
     "KeyNotFoundError",
     "MemoryStore",
+    "More",
+    "MultiRateLimiter",
     "OrphanedCompensationError",
     "Pending",
     "PollErrorPolicy",
     "PollTask",
     "RateLimitedError",
+    "RateLimiter",
     "Ready",
     "Resource",
     "ResourceError",
@@ -107,6 +153,9 @@ __all__ = [
     "RetryMode",
     "RouterTask",
     "Run",
+    "RunningScheduler",
+    "Scheduler",
+    "SteppedTask",
     "StoreError",
     "Task",
     "TaskConfig",
@@ -114,6 +163,7 @@ __all__ = [
     "TaskResult",
     "TaskTimeoutError",
     "TimerTask",
+    "WindowedRateLimiter",
     "Workflow",
     "WorkflowCancelledError",
     "WorkflowError",

@@ -457,6 +457,13 @@ class Resources(Generic[K]):
         self._setting_up = False
         self._joining = 0
 
+    def _overlay(self, extra: dict[Any, object]) -> Resources[Any]:
+        """A view with ``extra`` added, for one state's task (no lifecycle of its own)."""
+        view: Resources[Any] = Resources()
+        view._entries.update(self._entries)
+        view._entries.update(extra)
+        return view
+
     def _lifecycle(self) -> list[tuple[K, object]]:
         return [(key, value) for key, value in self._entries.items() if _is_lifecycle(value)]
 

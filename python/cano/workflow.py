@@ -25,6 +25,7 @@ from cano.errors import (
 )
 from cano.observer import ObserverHub
 from cano.resources import Resources
+from cano.split import JoinConfig, SplitResult
 from cano.tasks import (
     CompensatableTask,
     PollTask,
@@ -73,6 +74,8 @@ class _Entry:
     targets: tuple[Any, ...] | None
     task: object
     problem: str | None = None
+    branches: tuple[_Entry, ...] = ()
+    join: JoinConfig[Any] | None = None
 
 
 class _Support:
@@ -85,6 +88,44 @@ class _Support:
     ) -> None:
         self._state_types = state_types
         self._compensators = compensators
+
+    @staticmethod
+    def split_result(
+        successes: list[tuple[int, Any]],
+        errors: list[tuple[int, BaseException]],
+        cancelled: list[int],
+    ) -> SplitResult:
+        """The SplitResult handed to the join state's task."""
+        return SplitResult(successes, errors, cancelled)
+
+    @staticmethod
+    def split_message(
+        state: str,
+        strategy: str,
+        total: int,
+        succeeded: int,
+        errors: list[tuple[int, BaseException]],
+        timed_out: bool,
+        timeout: float | None,
+    ) -> str:
+        """The message of a failed split: the counts and up to three branch errors."""
+        if timed_out and strategy == "JoinStrategy.PARTIAL_TIMEOUT":
+            head = f"split in state {state}: no branch finished before the {timeout}s timeout"
+        elif timed_out:
+            head = (
+                f"split in state {state} timed out after {timeout}s: {succeeded} of {total} "
+                f"branches succeeded, strategy {strategy}"
+            )
+        else:
+            head = (
+                f"split in state {state}: join condition not met: {succeeded} of {total} "
+                f"branches succeeded, strategy {strategy}"
+            )
+        if not errors:
+            return head
+        shown = "; ".join(f"branch {i}: {_describe_error(e)}" for i, e in errors[:3])
+        more = f"; and {len(errors) - 3} more error(s)" if len(errors) > 3 else ""
+        return f"{head}; errors: {shown}{more}"
 
     @staticmethod
     def encode(value: object, task: str, what: str) -> bytes:
@@ -121,6 +162,11 @@ class _Support:
             f"task '{task}' in state {state} returned {value!r} ({type(value).__qualname__}), "
             f"which is not a state of this workflow (expected {expected})"
         )
+
+
+def _describe_error(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 async def _raise(err: BaseException) -> Any:
@@ -177,6 +223,45 @@ class Workflow(Generic[S]):
         self._entries[self._claim(state)] = self._entry(state, task, to, kind=None)
         return self._changed()
 
+    def register_split(
+        self, state: S, tasks: Iterable[Any], join: JoinConfig[S], *, to: Iterable[S] | None = None
+    ) -> Self:
+        """Runs ``tasks`` concurrently in ``state``, each as its own asyncio task with its own
+        retries and timeouts, and joins them by ``join.strategy``; on success the run moves
+        to ``join.join_state``, whose task finds the :class:`SplitResult` under
+        ``cano.SPLIT_RESULT_KEY``. Branch ids in observers and errors are ``name[index]``.
+        """
+        if not isinstance(join, JoinConfig):
+            raise ConfigurationError(
+                f"register_split for state {state_label(state)} expects a JoinConfig, got {join!r}"
+            )
+        if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
+            raise ConfigurationError(
+                f"register_split for state {state_label(state)} expects an iterable of tasks"
+            )
+        branches = tuple(_describe_task(state, t, None, kind=None) for t in tasks)
+        for b in branches:
+            if b.kind not in ("single", "router"):
+                raise ConfigurationError(
+                    f"split state {state_label(state)}: branch task {b.name!r} is a {b.kind} "
+                    "task; split branches must be plain tasks"
+                )
+        key = self._claim(state)
+        self._claim(join.join_state)
+        del to  # a split always moves to its join state
+        self._entries[key] = _Entry(
+            call=None,
+            takes_resources=False,
+            name="",
+            config=TaskConfig.minimal(),
+            kind="split",
+            targets=(join.join_state,),
+            task=tuple(b.task for b in branches),
+            branches=branches,
+            join=join,
+        )
+        return self._changed()
+
     def register_stepped(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
         """Runs a :class:`SteppedTask` in ``state``: every step is its own attempt (a failed
         step is retried with the same cursor) and, with a checkpoint store, every cursor is
@@ -194,7 +279,9 @@ class Workflow(Generic[S]):
     ) -> Self:
         """Runs a :class:`CompensatableTask` in ``state``: its output is kept (and persisted
         with a checkpoint store) so that ``compensate`` can undo it if a later step fails."""
-        if not (callable(getattr(task, "run", None)) and callable(getattr(task, "compensate", None))):
+        if not (
+            callable(getattr(task, "run", None)) and callable(getattr(task, "compensate", None))
+        ):
             raise ConfigurationError(
                 f"register_with_compensation for state {state_label(state)} needs a task with "
                 f"async run(res) and compensate(res, output) methods, got {task!r}"
@@ -307,11 +394,16 @@ class Workflow(Generic[S]):
             node(state)
             if entry.kind == "router":
                 lines.append(f"    note right of {ids[state]} : router")
+            elif entry.join is not None:
+                names = ", ".join(b.name for b in entry.branches) or "no branches"
+                lines.append(f"    note right of {ids[state]} : split {entry.join.strategy!r}")
+                lines.append(f"    note left of {ids[state]} : {names}")
         for state in self._exits:
             node(state)
         for state, entry in self._entries.items():
             for target in entry.targets or ():
-                lines.append(f"    {node(state)} --> {node(target)}")
+                label = " : join" if entry.join is not None else ""
+                lines.append(f"    {node(state)} --> {node(target)}{label}")
         for state in self._exits:
             lines.append(f"    {ids[state]} --> [*]")
         return "\n".join(lines) + "\n"
@@ -519,18 +611,7 @@ class Workflow(Generic[S]):
             for t in entry.targets or ():
                 intern(t)
         handlers = [
-            (
-                ids[state],
-                Handler(
-                    entry.call,
-                    takes_resources=entry.takes_resources,
-                    name=entry.name,
-                    kind=entry.kind,
-                    config=entry.config,
-                    targets=[ids[t] for t in entry.targets] if entry.targets is not None else None,
-                ),
-            )
-            for state, entry in self._entries.items()
+            (ids[state], self._handler(state, entry, ids)) for state, entry in self._entries.items()
         ]
         compensators: dict[str, tuple[Any, float | None]] = {}
         for state, entry in self._entries.items():
@@ -559,6 +640,42 @@ class Workflow(Generic[S]):
         )
         self._plan = plan
         return plan
+
+    def _handler(self, state: Any, entry: _Entry, ids: dict[Any, int]) -> Handler:
+        if entry.join is not None:
+            join = entry.join
+            if join.join_state not in self._entries and join.join_state not in self._exits:
+                raise ConfigurationError(
+                    f"split state {state_label(state)}: join state "
+                    f"{state_label(join.join_state)} is neither registered nor an exit state"
+                )
+            return Handler.split(
+                entry.name,
+                [
+                    Handler(
+                        b.call,
+                        takes_resources=b.takes_resources,
+                        name=f"{b.name}[{i}]",
+                        kind="single",
+                        config=b.config,
+                    )
+                    for i, b in enumerate(entry.branches)
+                ],
+                strategy=join.strategy.kind,
+                value=join.strategy.value,
+                strategy_repr=repr(join.strategy),
+                join_state=ids[join.join_state],
+                timeout=join.timeout,
+                bulkhead=join.bulkhead,
+            )
+        return Handler(
+            entry.call,
+            takes_resources=entry.takes_resources,
+            name=entry.name,
+            kind=entry.kind,
+            config=entry.config,
+            targets=[ids[t] for t in entry.targets] if entry.targets is not None else None,
+        )
 
     def __repr__(self) -> str:
         return (

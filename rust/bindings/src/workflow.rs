@@ -7,6 +7,7 @@ use crate::config::TaskConfig;
 use crate::errors;
 use crate::run::{Origin, Run};
 use cano_core::fsm::{Graph, HandlerKind, StateId};
+use cano_core::join::Strategy;
 use cano_core::retry::RetryMode;
 use cano_core::CoreError;
 use pyo3::prelude::*;
@@ -25,6 +26,17 @@ pub struct Handler {
     pub attempt_timeout: Option<f64>,
     pub retry_on: Option<Py<PyTuple>>,
     pub targets: Option<Vec<StateId>>,
+    pub split: Option<SplitSpec>,
+}
+
+/// The branches and join of a split state.
+pub struct SplitSpec {
+    pub branches: Vec<Py<Handler>>,
+    pub strategy: Strategy,
+    pub strategy_repr: Py<PyString>,
+    pub timeout: Option<f64>,
+    pub bulkhead: Option<usize>,
+    pub join_state: StateId,
 }
 
 #[pymethods]
@@ -58,6 +70,67 @@ impl Handler {
             attempt_timeout: config.attempt_timeout,
             retry_on: config.retry_on.as_ref().map(|t| t.clone_ref(py)),
             targets,
+            split: None,
+        })
+    }
+
+    /// A split state: `branches` run concurrently and are joined by the strategy.
+    #[staticmethod]
+    #[pyo3(signature = (name, branches, *, strategy, value, strategy_repr, join_state,
+                        timeout=None, bulkhead=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn split(
+        py: Python<'_>,
+        name: Py<PyString>,
+        branches: Vec<Py<Handler>>,
+        strategy: &str,
+        value: f64,
+        strategy_repr: Py<PyString>,
+        join_state: StateId,
+        timeout: Option<f64>,
+        bulkhead: Option<usize>,
+    ) -> PyResult<Self> {
+        let strategy = match strategy {
+            "all" => Strategy::All,
+            "any" => Strategy::Any,
+            "quorum" => Strategy::Quorum(value as usize),
+            "percentage" => Strategy::Percentage(value),
+            "partial_results" => Strategy::PartialResults(value as usize),
+            "partial_timeout" => Strategy::PartialTimeout,
+            other => {
+                return Err(errors::configuration(py, format!("unknown join strategy {other:?}")))
+            }
+        };
+        strategy.validate().map_err(|m| errors::configuration(py, m))?;
+        if strategy == Strategy::PartialTimeout && timeout.is_none() {
+            return Err(errors::configuration(
+                py,
+                "JoinStrategy.PARTIAL_TIMEOUT requires a timeout".to_owned(),
+            ));
+        }
+        if bulkhead == Some(0) {
+            return Err(errors::configuration(
+                py,
+                "bulkhead requires a positive number of branches, got 0".to_owned(),
+            ));
+        }
+        Ok(Handler {
+            call: py.None(),
+            takes_resources: false,
+            name,
+            kind: HandlerKind::Split,
+            retry: RetryMode::None,
+            attempt_timeout: None,
+            retry_on: None,
+            targets: Some(vec![join_state]),
+            split: Some(SplitSpec {
+                branches,
+                strategy,
+                strategy_repr,
+                timeout,
+                bulkhead,
+                join_state,
+            }),
         })
     }
 
@@ -71,6 +144,11 @@ impl Handler {
         visit.call(&self.call)?;
         if let Some(t) = &self.retry_on {
             visit.call(t)?;
+        }
+        if let Some(split) = &self.split {
+            for b in &split.branches {
+                visit.call(b)?;
+            }
         }
         Ok(())
     }

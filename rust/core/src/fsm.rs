@@ -21,6 +21,8 @@ pub enum HandlerKind {
     Stepped,
     /// A saga step: its output is pushed on the compensation stack.
     Compensatable,
+    /// Concurrent branches joined by a strategy; moves to its join state.
+    Split,
 }
 
 impl HandlerKind {

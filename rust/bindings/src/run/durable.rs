@@ -200,7 +200,7 @@ impl Run {
             return self.enter_interrupted(slf, plan);
         }
         self.attempt = 1;
-        match plan.handler(self.cursor.state()) {
+        match self.handler(plan).map(|h| h.clone_ref(py)) {
             Some(h) => self.start_attempt(slf, plan, h.get()),
             None => self.end(py, Err(pyo3::exceptions::PyRuntimeError::new_err("handler missing"))),
         }
@@ -379,7 +379,7 @@ impl Run {
     }
 
     fn task_name_str<'py>(&self, py: Python<'py>, plan: &Plan) -> Bound<'py, PyString> {
-        match plan.handler(self.cursor.state()) {
+        match self.handler(plan) {
             Some(h) => h.get().name.bind(py).clone(),
             None => PyString::new(py, ""),
         }

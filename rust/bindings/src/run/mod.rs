@@ -16,6 +16,9 @@
 mod durable;
 mod protocol;
 mod signals;
+mod split;
+
+pub use split::{BranchDone, Mailbox};
 
 use crate::cancel::CancellationToken;
 use crate::errors::{self, Context};
@@ -46,6 +49,8 @@ enum Phase {
     Attempt,
     /// Driving the sleep before a retry.
     Sleep,
+    /// Waiting for split branches to report.
+    Split,
     /// Driving `store.clear()` after success or a clean rollback.
     Clearing,
     /// Driving the compensation drain.
@@ -118,6 +123,12 @@ pub struct Run {
     failure: Option<Py<PyAny>>,
     /// The run's result while cleanup runs: the final state, or the exception to raise.
     outcome: Option<Result<Py<PyAny>, Py<PyAny>>>,
+    /// Branch mode: run only this handler's retry loop and return its raw result.
+    branch: Option<Py<Handler>>,
+    /// The split in progress.
+    split: Option<Box<split::SplitRun>>,
+    /// Resources seen by the join state's task (with the split result), by state.
+    overlay: Option<(StateId, Py<PyAny>)>,
 }
 
 impl Run {
@@ -160,6 +171,18 @@ impl Run {
             stack: origin.stack,
             failure: None,
             outcome: None,
+            branch: None,
+            split: None,
+            overlay: None,
+        }
+    }
+
+    /// The handler of the current state (or the branch this run executes).
+    #[inline]
+    fn handler<'a>(&'a self, plan: &'a Plan) -> Option<&'a Py<Handler>> {
+        match &self.branch {
+            Some(b) => Some(b),
+            None => plan.handler(self.cursor.state()),
         }
     }
 
@@ -248,6 +271,10 @@ impl Run {
     /// First step: set up resources, or go straight to the first state.
     fn begin(&mut self, slf: &Bound<'_, Self>) {
         let py = slf.py();
+        if self.branch.is_some() {
+            let plan_ref = self.plan.clone_ref(py);
+            return self.dispatch(slf, plan_ref.get());
+        }
         if let Some(lease) = &self.lease {
             let acquired = lease.bind(py).call_method0(intern!(py, "_acquire"));
             if let Err(e) = acquired.and_then(|coro| self.install(py, Phase::Setup, coro)) {
@@ -333,10 +360,13 @@ impl Run {
             let err = self.total_timeout_error(py, plan, false);
             return self.fail(slf, err);
         }
-        let Some(handler) = plan.handler(s) else {
+        let Some(handler) = self.handler(plan).map(|h| h.clone_ref(py)) else {
             return self.end(py, Err(PyRuntimeError::new_err("cano: handler missing")));
         };
         let h = handler.get();
+        if h.kind == HandlerKind::Split {
+            return self.start_split(slf, handler);
+        }
         self.attempt = 1;
         if h.kind == HandlerKind::Stepped {
             self.step_cursor = self.take_resume_cursor(s);
@@ -358,7 +388,10 @@ impl Run {
         }
         self.uninterruptible = h.kind == HandlerKind::Compensatable;
         let call = h.call.bind(py);
-        let res = self.resources.bind(py);
+        let res = match &self.overlay {
+            Some((state, o)) if *state == self.cursor.state() => o.bind(py),
+            _ => self.resources.bind(py),
+        };
         let made = match (h.kind, h.takes_resources) {
             (HandlerKind::Stepped, _) => {
                 let cursor =
@@ -418,12 +451,13 @@ impl Run {
             Phase::Sleep => {
                 let plan_ref = self.plan.clone_ref(py);
                 let plan = plan_ref.get();
-                match plan.handler(self.cursor.state()) {
+                match self.handler(plan).map(|h| h.clone_ref(py)) {
                     Some(h) => self.start_attempt(slf, plan, h.get()),
                     None => self.end(py, Err(PyRuntimeError::new_err("cano: handler missing"))),
                 }
             }
             Phase::Saving(after) => self.saved(slf, after),
+            Phase::Split => self.split_step(slf),
             Phase::Clearing => self.cleared(py),
             Phase::Draining => self.drained(slf, value),
             Phase::Setup => {
@@ -444,9 +478,18 @@ impl Run {
         let plan_ref = self.plan.clone_ref(py);
         let plan = plan_ref.get();
         let s = self.cursor.state();
-        let kind = plan.handler(s).map_or(HandlerKind::Single, |h| h.get().kind);
+        if let Some((state, _)) = &self.overlay {
+            if *state == s {
+                self.overlay = None;
+            }
+        }
+        if self.branch.is_some() {
+            self.task_succeeded_event(py, plan);
+            return self.end(py, Ok(value.unbind()));
+        }
+        let kind = self.handler(plan).map_or(HandlerKind::Single, |h| h.get().kind);
         let value = match kind {
-            HandlerKind::Single | HandlerKind::Router => value,
+            HandlerKind::Single | HandlerKind::Router | HandlerKind::Split => value,
             HandlerKind::Stepped => match self.stepped_outcome(slf, plan, value) {
                 Some(state) => state,
                 None => return,
@@ -542,6 +585,7 @@ impl Run {
         match self.phase {
             Phase::Attempt | Phase::Sleep => self.attempt_raised(slf, err),
             Phase::Saving(_) => self.save_failed(slf, err),
+            Phase::Split => self.split_raised(slf, err),
             Phase::Clearing => self.clear_failed(py, err),
             Phase::Draining => {
                 // The drain itself failed (cancelled from outside, or an engine bug).
@@ -617,7 +661,7 @@ impl Run {
     ) {
         let py = slf.py();
         let s = self.cursor.state();
-        let Some(handler) = plan.handler(s) else {
+        let Some(handler) = self.handler(plan).map(|h| h.clone_ref(py)) else {
             return self.end(py, Err(err));
         };
         let h = handler.get();
@@ -696,7 +740,9 @@ impl Run {
     fn cancelled_by_asyncio(&mut self, slf: &Bound<'_, Self>, plan: &Plan, err: PyErr) {
         let py = slf.py();
         self.task_failed_event(py, plan, &err);
-        self.notify_cancelled(py, plan);
+        if self.branch.is_none() {
+            self.notify_cancelled(py, plan);
+        }
         self.fail(slf, err);
     }
 
@@ -736,7 +782,7 @@ impl Run {
     #[cold]
     fn attempt_timeout_error(&self, py: Python<'_>, plan: &Plan) -> PyErr {
         let s = self.cursor.state();
-        let limit = plan.handler(s).and_then(|h| h.get().attempt_timeout).unwrap_or(0.0);
+        let limit = self.handler(plan).and_then(|h| h.get().attempt_timeout).unwrap_or(0.0);
         let msg = format!(
             "task '{}' in state {} exceeded its attempt timeout of {limit}s (attempt {})",
             self.task_name(py, plan),
@@ -756,7 +802,7 @@ impl Run {
 
     fn task_succeeded_event(&self, py: Python<'_>, plan: &Plan) {
         if let Some(hub) = &plan.hub {
-            if let Some(h) = plan.handler(self.cursor.state()) {
+            if let Some(h) = self.handler(plan) {
                 let _ = hub
                     .bind(py)
                     .call_method1(intern!(py, "on_task_success"), (h.get().name.bind(py),));
@@ -766,7 +812,7 @@ impl Run {
 
     fn task_failed_event(&self, py: Python<'_>, plan: &Plan, err: &PyErr) {
         if let Some(hub) = &plan.hub {
-            if let Some(h) = plan.handler(self.cursor.state()) {
+            if let Some(h) = self.handler(plan) {
                 let _ = hub.bind(py).call_method1(
                     intern!(py, "on_task_failure"),
                     (h.get().name.bind(py), err.value(py)),
@@ -955,6 +1001,15 @@ impl Run {
         for (_, c) in &self.resume_cursors {
             visit.call(c)?;
         }
+        if let Some(b) = &self.branch {
+            visit.call(b)?;
+        }
+        if let Some((_, o)) = &self.overlay {
+            visit.call(o)?;
+        }
+        if let Some(sp) = &self.split {
+            sp.traverse(&visit)?;
+        }
         match &self.outcome {
             Some(Ok(o)) | Some(Err(o)) => visit.call(o),
             None => Ok(()),
@@ -972,6 +1027,9 @@ impl Run {
         self.step_cursor = None;
         self.failure = None;
         self.resume_cursors.clear();
+        self.branch = None;
+        self.split = None;
+        self.overlay = None;
         self.phase = Phase::Done;
     }
 }

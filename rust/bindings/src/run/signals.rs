@@ -19,6 +19,8 @@ pub const SIG_CANCEL: u8 = 1;
 pub const SIG_TOTAL: u8 = 2;
 /// The attempt timeout expired.
 pub const SIG_ATTEMPT: u8 = 4;
+/// The join timeout of a split expired.
+pub const SIG_JOIN: u8 = 8;
 
 static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -76,11 +78,12 @@ impl Run {
         match kind {
             SIG_ATTEMPT => self.attempt_timer = None,
             SIG_TOTAL => self.total_timer = None,
+            SIG_JOIN => return self.split_timed_out(py),
             _ => {}
         }
         let interruptible = match self.phase {
             Phase::Attempt => kind == SIG_ATTEMPT || !self.uninterruptible,
-            Phase::Sleep => kind != SIG_ATTEMPT,
+            Phase::Sleep | Phase::Split => kind != SIG_ATTEMPT,
             Phase::Teardown | Phase::Done => return,
             _ => false,
         };

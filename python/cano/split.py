@@ -1,0 +1,156 @@
+"""Split / join: run several tasks concurrently in one state and join their outcomes.
+
+``workflow.register_split(state, tasks, JoinConfig(strategy, join_state))`` runs every task
+as its own asyncio task, with its own retries and attempt timeout. The join strategy
+decides when the split is over, as early as possible, and the branches still running are
+cancelled (they see ``asyncio.CancelledError``). On success the run moves to
+``join_state``, whose task can read every branch's outcome::
+
+    result = res.get(cano.SPLIT_RESULT_KEY, cano.SplitResult)
+    for index, state in result.successes: ...
+
+On failure the run raises :class:`cano.WorkflowError` whose ``exceptions`` hold the branch
+errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from cano._duration import Duration, seconds
+from cano.errors import ConfigurationError
+
+__all__ = ["JoinConfig", "JoinStrategy", "SplitResult"]
+
+S = TypeVar("S")
+
+
+class JoinStrategy:
+    """How the branches of a split are joined.
+
+    ``ALL``: every branch must succeed (fails on the first failure). ``ANY``: one success.
+    ``quorum(n)``: n successes. ``percentage(p)``: ``ceil(total * p)`` successes, p in
+    (0, 1]. ``partial_results(min)``: min successes. ``PARTIAL_TIMEOUT``: wait for the join
+    timeout, succeed if at least one branch finished before it.
+    """
+
+    __slots__ = ("kind", "value")
+
+    ALL: ClassVar[JoinStrategy]
+    ANY: ClassVar[JoinStrategy]
+    PARTIAL_TIMEOUT: ClassVar[JoinStrategy]
+
+    def __init__(self, kind: str, value: float = 0.0) -> None:
+        self.kind = kind
+        self.value = value
+
+    @staticmethod
+    def quorum(n: int) -> JoinStrategy:
+        """At least ``n`` successful branches."""
+        return JoinStrategy("quorum", _count(n, "JoinStrategy.quorum"))
+
+    @staticmethod
+    def percentage(p: float) -> JoinStrategy:
+        """At least ``ceil(total * p)`` successful branches; ``p`` in (0, 1]."""
+        if (
+            isinstance(p, bool)
+            or not isinstance(p, int | float)
+            or not (math.isfinite(p) and 0 < p <= 1)
+        ):
+            raise ConfigurationError(
+                f"JoinStrategy.percentage requires a finite value in (0, 1], got {p!r}"
+            )
+        return JoinStrategy("percentage", float(p))
+
+    @staticmethod
+    def partial_results(min: int) -> JoinStrategy:
+        """At least ``min`` successful branches; the others are cancelled once reached."""
+        return JoinStrategy("partial_results", _count(min, "JoinStrategy.partial_results"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JoinStrategy) and (other.kind, other.value) == (
+            self.kind,
+            self.value,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.value))
+
+    def __repr__(self) -> str:
+        if self.kind in ("all", "any", "partial_timeout"):
+            return f"JoinStrategy.{self.kind.upper()}"
+        shown = self.value if self.kind == "percentage" else int(self.value)
+        return f"JoinStrategy.{self.kind}({shown})"
+
+
+JoinStrategy.ALL = JoinStrategy("all")
+JoinStrategy.ANY = JoinStrategy("any")
+JoinStrategy.PARTIAL_TIMEOUT = JoinStrategy("partial_timeout")
+
+
+def _count(n: object, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigurationError(f"{what} expects an int >= 0, got {n!r}")
+    return n
+
+
+class JoinConfig(Generic[S]):
+    """The join of a split: strategy, the state to move to, an optional timeout (seconds)
+    and an optional bulkhead (at most that many branches in flight)."""
+
+    __slots__ = ("bulkhead", "join_state", "strategy", "timeout")
+
+    def __init__(
+        self,
+        strategy: JoinStrategy,
+        join_state: S,
+        *,
+        timeout: Duration | None = None,
+        bulkhead: int | None = None,
+    ) -> None:
+        if not isinstance(strategy, JoinStrategy):
+            raise ConfigurationError(f"JoinConfig expects a JoinStrategy, got {strategy!r}")
+        self.strategy = strategy
+        self.join_state = join_state
+        self.timeout = None if timeout is None else seconds(timeout, "JoinConfig timeout")
+        if bulkhead is not None and (
+            isinstance(bulkhead, bool) or not isinstance(bulkhead, int) or bulkhead < 1
+        ):
+            raise ConfigurationError(
+                f"JoinConfig bulkhead requires a positive number of branches, got {bulkhead!r}"
+            )
+        self.bulkhead = bulkhead
+        if strategy.kind == "partial_timeout" and self.timeout is None:
+            raise ConfigurationError("JoinStrategy.PARTIAL_TIMEOUT requires a timeout")
+
+    def __repr__(self) -> str:
+        return (
+            f"JoinConfig({self.strategy!r}, {self.join_state!r}, timeout={self.timeout!r}, "
+            f"bulkhead={self.bulkhead!r})"
+        )
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """What every branch of a split did, by branch index (the order tasks were given).
+
+    ``successes``: ``(index, returned_value)``; ``errors``: ``(index, exception)``, the
+    exception that branch would raise alone (``TaskError``, ``RetryExhaustedError``, ...);
+    ``cancelled``: indices of branches stopped because the join was already decided.
+    """
+
+    successes: list[tuple[int, Any]] = field(default_factory=list)
+    errors: list[tuple[int, BaseException]] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+    @property
+    def completed_count(self) -> int:
+        """Branches that finished, successfully or not."""
+        return len(self.successes) + len(self.errors)
+
+    @property
+    def total_count(self) -> int:
+        """Every branch of the split."""
+        return self.completed_count + len(self.cancelled)
