@@ -205,7 +205,7 @@ impl Run {
             }
         }
         if sp.decided.is_some() && sp.running == 0 {
-            return self.finish_split(slf, sp);
+            return self.finish_split(slf, *sp);
         }
         let waited = super::signals::running_loop(py)
             .and_then(|lp| lp.call_method0(intern!(py, "create_future")))
@@ -274,7 +274,7 @@ impl Run {
         }
     }
 
-    fn finish_split(&mut self, slf: &Bound<'_, Self>, mut sp: Box<SplitRun>) {
+    fn finish_split(&mut self, slf: &Bound<'_, Self>, mut sp: SplitRun) {
         let py = slf.py();
         if let Some(t) = sp.timer.take() {
             let _ = t.bind(py).call_method0(intern!(py, "cancel"));
