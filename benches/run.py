@@ -316,6 +316,122 @@ def setup_w2(n: int) -> Pair:
 
 
 # --------------------------------------------------------------------------------------------
+# W5: N calls of a no-op function guarded by a CircuitBreaker (decorator form)
+# --------------------------------------------------------------------------------------------
+
+
+def noop() -> None:
+    return None
+
+
+class ClosedCheck:
+    """The floor's breaker state: a failure counter and an open flag, nothing else."""
+
+    __slots__ = ("failures", "open")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.open = False
+
+
+def setup_w5(n: int) -> Pair:
+    guarded = cano.CircuitBreaker()(noop)
+    state = ClosedCheck()
+    threshold = 5
+
+    def run_cano() -> float:
+        call = guarded
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            call()
+        return (time.perf_counter_ns() - t0) / n
+
+    def run_floor() -> float:
+        # The minimal hand-written closed-state check, inlined at the call site: no wrapper
+        # function, no permit, no clock, no thread safety.
+        st, fn = state, noop
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            if st.open:
+                raise cano.CircuitOpenError("open")
+            try:
+                fn()
+            except Exception:
+                st.failures += 1
+                if st.failures >= threshold:
+                    st.open = True
+                raise
+            st.failures = 0
+        return (time.perf_counter_ns() - t0) / n
+
+    return Pair(run_cano, run_floor)
+
+
+# --------------------------------------------------------------------------------------------
+# W6: a BatchTask over N no-op async items, concurrency 64
+# --------------------------------------------------------------------------------------------
+
+W6_CONCURRENCY = 64
+
+
+class NoopBatch(cano.BatchTask[enum.Enum, int, int]):
+    """Loads a prebuilt list, returns each item unchanged, then moves to ``nxt``."""
+
+    def __init__(self, items: list[int], nxt: enum.Enum) -> None:
+        self.items = items
+        self.nxt = nxt
+
+    def concurrency(self) -> int:
+        return W6_CONCURRENCY
+
+    async def load(self, res: cano.Resources[Any]) -> list[int]:
+        return self.items
+
+    async def process_item(self, item: int) -> int:
+        return item
+
+    async def finish(
+        self, res: cano.Resources[Any], results: list[int | BaseException]
+    ) -> enum.Enum:
+        assert len(results) == len(self.items)
+        return self.nxt
+
+
+def setup_w6(n: int) -> Pair:
+    batch = NoopBatch(list(range(n)), B)
+    res: cano.Resources[Any] = cano.Resources.empty()
+    wf: cano.Workflow[enum.Enum] = cano.Workflow(res)
+    wf.register(A, batch).add_exit_state(B).validate()
+    loop = Loop()
+
+    async def run_cano() -> float:
+        t0 = time.perf_counter()
+        out = await wf.orchestrate(A)
+        dt = time.perf_counter() - t0
+        assert out is B, out
+        return n / dt
+
+    async def run_floor() -> float:
+        # The floor: load, one coroutine per item behind a Semaphore, gather, finish.
+        t0 = time.perf_counter()
+        sem = asyncio.Semaphore(W6_CONCURRENCY)
+        process = batch.process_item
+
+        async def one(item: int) -> int:
+            async with sem:
+                return await process(item)
+
+        items = await batch.load(res)
+        results: list[int | BaseException] = list(await asyncio.gather(*map(one, items)))
+        out = await batch.finish(res, results)
+        dt = time.perf_counter() - t0
+        assert out is B, out
+        return n / dt
+
+    return Pair(lambda: loop.run(run_cano()), lambda: loop.run(run_floor()), loop.close)
+
+
+# --------------------------------------------------------------------------------------------
 # W7: N runs parked at once on one asyncio.Event (RSS per run, measured in child processes)
 # --------------------------------------------------------------------------------------------
 
@@ -410,6 +526,26 @@ WORKLOADS: dict[str, Workload] = {
             "higher",
             0.33,
             setup_w2,
+            n=10_000,
+            n_quick=2_000,
+        ),
+        Workload(
+            "W5",
+            "{n:,} calls through @CircuitBreaker",
+            "ns/call",
+            "lower",
+            4.0,
+            setup_w5,
+            n=1_000_000,
+            n_quick=100_000,
+        ),
+        Workload(
+            "W6",
+            "BatchTask, {n:,} no-op items, concurrency 64",
+            "items/s",
+            "higher",
+            1.0,
+            setup_w6,
             n=10_000,
             n_quick=2_000,
         ),

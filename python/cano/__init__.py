@@ -76,6 +76,14 @@ from cano.scheduler import (
     RunningScheduler,
     Scheduler,
 )
+from cano.split import JoinConfig, JoinStrategy, SplitResult
+from cano.store import (
+    CheckpointRow,
+    CheckpointStore,
+    InMemoryCheckpointStore,
+    RedbCheckpointStore,
+    RowKind,
+)
 from cano.stream import (
     CloseReason,
     Continue,
@@ -84,7 +92,6 @@ from cano.stream import (
     StreamTask,
     StreamWindow,
 )
-from cano.split import JoinConfig, JoinStrategy, SplitResult
 from cano.tasks import (
     CompensatableTask,
     Done,
@@ -103,6 +110,11 @@ from cano.tasks import (
 from cano.workflow import Workflow, state_label
 
 __all__ = [
+    "CheckpointRow",
+    "CheckpointStore",
+    "InMemoryCheckpointStore",
+    "RedbCheckpointStore",
+    "RowKind",
     "JoinConfig",
     "JoinStrategy",
     "SplitResult",

@@ -2,11 +2,16 @@
 
 import asyncio as _asyncio
 import os as _os
+from collections.abc import Callable as _Callable
+from collections.abc import Coroutine as _Coroutine
 from collections.abc import Generator, Sequence
+from datetime import timedelta as _timedelta
 from types import TracebackType as _TracebackType
 from typing import Any, Generic, TypeVar, final
+from typing import Literal as _Literal
 from typing import Self as _Self
 
+from cano.resilience import CircuitState as _CircuitState
 from cano.store import CheckpointRow as _CheckpointRow
 from cano.store import RunSummary as _RunSummary
 
@@ -21,6 +26,9 @@ __all__ = [
     "RetryMode",
     "Run",
     "TaskConfig",
+    "_BranchDone",
+    "_Committer",
+    "_SplitMailbox",
     "__version__",
 ]
 
@@ -87,8 +95,31 @@ class Handler:
         config: TaskConfig,
         targets: Sequence[int] | None = None,
     ) -> Handler: ...
+    @staticmethod
+    def split(
+        name: str,
+        branches: Sequence[Handler],
+        *,
+        strategy: str,
+        value: float,
+        strategy_repr: str,
+        join_state: int,
+        timeout: float | None = None,
+        bulkhead: int | None = None,
+    ) -> Handler: ...
     @property
     def name(self) -> str: ...
+
+@final
+class _SplitMailbox: ...
+
+@final
+class _Committer:
+    def __call__(self, cursor: object) -> Any: ...
+
+@final
+class _BranchDone:
+    def __call__(self, _task: object) -> None: ...
 
 @final
 class Plan:
@@ -193,3 +224,171 @@ class RedbCheckpointStore:
         exc_value: BaseException | None,
         traceback: _TracebackType | None,
     ) -> _asyncio.Future[None]: ...
+
+# --- Circuit breaker and rate limiters (rust/bindings/src/{circuit,rate_limit}.rs) --------
+
+__all__ += [
+    "CircuitBreaker",
+    "CircuitPermit",
+    "CircuitPolicy",
+    "GuardedCall",
+    "MultiRateLimiter",
+    "RateLimiter",
+    "WindowedRateLimiter",
+]
+
+_F = TypeVar("_F", bound=_Callable[..., Any])
+
+@final
+class CircuitPolicy:
+    """When a breaker trips and how it recovers."""
+
+    def __new__(
+        cls,
+        failure_threshold: int = 5,
+        reset_timeout: float | _timedelta = 30.0,
+        half_open_max_calls: int = 1,
+    ) -> CircuitPolicy: ...
+    @property
+    def failure_threshold(self) -> int: ...
+    @property
+    def reset_timeout(self) -> float: ...
+    @property
+    def half_open_max_calls(self) -> int: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class CircuitBreaker:
+    """A thread-safe circuit breaker, shared by every caller of one dependency."""
+
+    def __new__(cls, policy: CircuitPolicy | None = None) -> CircuitBreaker: ...
+    @property
+    def state(self) -> _CircuitState: ...
+    @property
+    def policy(self) -> CircuitPolicy: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    def try_acquire(self) -> CircuitPermit: ...
+    def record_success(self, permit: CircuitPermit) -> None: ...
+    def record_failure(self, permit: CircuitPermit) -> None: ...
+    def __call__(self, func: _F) -> _F: ...
+
+@final
+class CircuitPermit:
+    """Permission for one call; a context manager recording the call's outcome."""
+
+    @property
+    def recorded(self) -> bool: ...
+    def __enter__(self) -> _Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None = None,
+        traceback: _TracebackType | None = None,
+    ) -> _Literal[False]: ...
+
+@final
+class GuardedCall:
+    """A sync callable guarded by a breaker (what ``@breaker`` returns for a sync function)."""
+
+    def __new__(cls, breaker: CircuitBreaker, func: _Callable[..., Any]) -> GuardedCall: ...
+    @property
+    def breaker(self) -> CircuitBreaker: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
+
+@final
+class RateLimiter:
+    """A token bucket: ``tokens`` per ``period`` seconds, holding up to ``tokens + burst``."""
+
+    def __new__(cls, tokens: int, period: float | _timedelta, *, burst: int = 0) -> RateLimiter: ...
+    @staticmethod
+    def per_second(n: int) -> RateLimiter: ...
+    def try_acquire(self, cost: int = 1) -> bool: ...
+    def time_until(self, cost: int = 1) -> float: ...
+    def acquire(self, cost: int = 1) -> _Coroutine[Any, Any, None]: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def period(self) -> float: ...
+    @property
+    def burst(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def available(self) -> float: ...
+
+@final
+class WindowedRateLimiter:
+    """At most ``limit`` units per ``window`` seconds (a fixed window)."""
+
+    def __new__(cls, limit: int, window: float | _timedelta) -> WindowedRateLimiter: ...
+    def try_acquire(self, cost: int = 1) -> bool: ...
+    def time_until(self, cost: int = 1) -> float: ...
+    def acquire(self, cost: int = 1) -> _Coroutine[Any, Any, None]: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def window(self) -> float: ...
+    @property
+    def used(self) -> int: ...
+    @property
+    def remaining(self) -> int: ...
+
+@final
+class MultiRateLimiter:
+    """Several limiters charged together: all of them or none."""
+
+    def __new__(cls) -> MultiRateLimiter: ...
+    def with_tier(
+        self, name: str, limiter: RateLimiter | WindowedRateLimiter, cost: int = 1
+    ) -> MultiRateLimiter: ...
+    def try_acquire(self, cost: int = 1) -> bool: ...
+    def time_until(self, cost: int = 1) -> float: ...
+    def acquire(self, cost: int = 1) -> _Coroutine[Any, Any, None]: ...
+    @property
+    def tiers(self) -> list[tuple[str, RateLimiter | WindowedRateLimiter, int]]: ...
+
+# --- Scheduler value objects (rust/bindings/src/schedule.rs) --------------------------------
+# (uses the `_timedelta` alias imported above)
+
+__all__ += ["BackoffPolicy", "CronSchedule"]
+
+@final
+class CronSchedule:
+    """A cron expression (six fields with seconds first, or seven with a year), in UTC."""
+
+    def __new__(cls, expr: str) -> CronSchedule: ...
+    @property
+    def expression(self) -> str: ...
+    def next_after(self, ts: float) -> float | None: ...
+
+@final
+class BackoffPolicy:
+    """How long a failing scheduled flow rests before its next run, and when it trips."""
+
+    def __new__(
+        cls,
+        initial: float | _timedelta = 1.0,
+        multiplier: float = 2.0,
+        max_delay: float | _timedelta = 300.0,
+        jitter: float = 0.1,
+        streak_limit: int | None = None,
+    ) -> BackoffPolicy: ...
+    @staticmethod
+    def with_trip(streak_limit: int) -> BackoffPolicy: ...
+    @property
+    def initial(self) -> float: ...
+    @property
+    def multiplier(self) -> float: ...
+    @property
+    def max_delay(self) -> float: ...
+    @property
+    def jitter(self) -> float: ...
+    @property
+    def streak_limit(self) -> int | None: ...
+    def compute_delay(self, streak: int) -> float: ...
+    def is_tripped(self, streak: int) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...

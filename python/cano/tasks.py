@@ -45,7 +45,7 @@ __all__ = [
 S = TypeVar("S")
 T = TypeVar("T")
 C = TypeVar("C")
-O = TypeVar("O")
+Out = TypeVar("Out")
 
 
 class TaskResult(Generic[S]):
@@ -446,7 +446,7 @@ class SteppedTask(Generic[S, C]):
         raise ConfigurationError(f"stepped task {self.name()!r} does not implement step()")
 
 
-class CompensatableTask(Generic[S, O]):
+class CompensatableTask(Generic[S, Out]):
     """A saga step: ``run`` returns ``(next_state, output)``; ``compensate(res, output)``
     undoes it if a later step fails.
 
@@ -457,7 +457,7 @@ class CompensatableTask(Generic[S, O]):
     Registered with ``register_with_compensation``. Default config ``TaskConfig()``.
     """
 
-    output_type: type[O] | None = None
+    output_type: type[Out] | None = None
 
     def config(self) -> TaskConfig:
         """Retry policy of the forward ``run``; default ``TaskConfig()``."""
@@ -467,11 +467,11 @@ class CompensatableTask(Generic[S, O]):
         """Default: the class's ``__qualname__``; it keys the compensation log."""
         return type(self).__qualname__
 
-    async def run(self, res: Resources[Any]) -> tuple[S, O]:
+    async def run(self, res: Resources[Any]) -> tuple[S, Out]:
         """Does the work; returns ``(next_state, output)``."""
         raise ConfigurationError(f"compensatable task {self.name()!r} does not implement run()")
 
-    async def compensate(self, res: Resources[Any], output: O) -> None:
+    async def compensate(self, res: Resources[Any], output: Out) -> None:
         """Undoes what ``run`` did, given its output."""
         raise ConfigurationError(
             f"compensatable task {self.name()!r} does not implement compensate()"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from cano import _codec, _saga
 from cano._core import CancellationToken, Handler, Plan, TaskConfig
 from cano._duration import Duration, seconds
+from cano.batch import BatchTask, _drive_batch
 from cano.errors import (
     CheckpointError,
     ConfigurationError,
@@ -26,6 +27,8 @@ from cano.errors import (
 from cano.observer import ObserverHub
 from cano.resources import Resources
 from cano.split import JoinConfig, SplitResult
+from cano.store import CheckpointRow, RowKind
+from cano.stream import _drive_stream
 from cano.tasks import (
     CompensatableTask,
     PollTask,
@@ -126,6 +129,33 @@ class _Support:
         shown = "; ".join(f"branch {i}: {_describe_error(e)}" for i, e in errors[:3])
         more = f"; and {len(errors) - 3} more error(s)" if len(errors) > 3 else ""
         return f"{head}; errors: {shown}{more}"
+
+    @staticmethod
+    async def nothing() -> None:
+        """What a stream's commit does when the workflow has no checkpoint store."""
+
+    @staticmethod
+    async def commit_cursor(
+        store: Any,
+        fast: bool,
+        workflow_id: str,
+        sequence: int,
+        state: str,
+        task: str,
+        blob: bytes,
+        version: int,
+        hub: Any,
+    ) -> None:
+        """Appends a stream cursor row and waits until it is durable."""
+        if fast:
+            await store._append_raw(workflow_id, sequence, state, task, 2, blob, version)
+        else:
+            row = CheckpointRow(
+                workflow_id, sequence, state, task, RowKind.STEP_CURSOR, blob, version
+            )
+            await store.append(row)
+        if hub is not None:
+            hub.on_checkpoint(workflow_id, sequence)
 
     @staticmethod
     def encode(value: object, task: str, what: str) -> bytes:
@@ -260,6 +290,20 @@ class Workflow(Generic[S]):
             branches=branches,
             join=join,
         )
+        return self._changed()
+
+    def register_stream(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+        """Consumes a :class:`StreamTask` in ``state`` window by window; with a checkpoint
+        store the cursor of each flushed window is committed, and a resumed run re-opens
+        the stream from the last committed cursor. Cancellation and the total timeout drain
+        the current window cleanly (``on_close(CloseReason.CANCELLED)``)."""
+        for method in ("open", "process_item", "flush_window", "on_close"):
+            if not callable(getattr(task, method, None)):
+                raise ConfigurationError(
+                    f"register_stream for state {state_label(state)} needs a StreamTask; "
+                    f"{task!r} has no {method}() method"
+                )
+        self._entries[self._claim(state)] = self._entry(state, task, to, kind="stream")
         return self._changed()
 
     def register_stepped(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
@@ -528,7 +572,7 @@ class Workflow(Generic[S]):
         for label, blob in latest.items():
             state = by_label.get(label)
             entry = self._entries.get(state) if state is not None else None
-            if entry is None or entry.kind != "stepped":
+            if entry is None or entry.kind not in ("stepped", "stream"):
                 continue
             sid = plan.state_id(state)
             cursor_type = getattr(entry.task, "cursor_type", None)
@@ -746,6 +790,19 @@ def _describe_task(
             problem=problem,
         )
 
+    if kind == "stream":
+        return _Entry(
+            call=functools.partial(_drive_stream, task),
+            takes_resources=True,
+            name=_name_of(task),
+            # Only attempt_timeout applies, per item, inside the driver; no retries.
+            config=TaskConfig.minimal(),
+            kind="stream",
+            targets=targets,
+            task=task,
+        )
+    if isinstance(task, BatchTask):
+        return entry(functools.partial(_drive_batch, task), True, TaskConfig())
     if kind == "stepped" or (kind is None and isinstance(task, SteppedTask)):
         return entry(task.step, True, TaskConfig(), as_kind="stepped")
     if kind == "compensatable" or (kind is None and isinstance(task, CompensatableTask)):

@@ -4,15 +4,21 @@
 //! - [`workflow`]: `Plan` and `Handler`, the compiled snapshot a run executes;
 //! - [`config`]: `RetryMode` and `TaskConfig`;
 //! - [`cancel`]: `CancellationToken` and `CancellationHandle`;
+//! - [`schedule`]: `CronSchedule` and `BackoffPolicy`, the scheduler's value objects;
+//! - [`circuit`], [`rate_limit`]: circuit breakers and rate limiters;
 //! - [`errors`], [`duration`]: conversions at the Python boundary.
 
 use pyo3::prelude::*;
 
 mod cancel;
+mod circuit;
 mod config;
 mod duration;
 mod errors;
+mod rate_limit;
 mod run;
+mod schedule;
+mod store;
 mod workflow;
 
 #[pymodule(gil_used = true)]
@@ -24,6 +30,19 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<workflow::Handler>()?;
     m.add_class::<workflow::Plan>()?;
     m.add_class::<run::Run>()?;
+    m.add_class::<run::Mailbox>()?;
+    m.add_class::<run::BranchDone>()?;
+    m.add_class::<run::Committer>()?;
+    m.add_class::<store::RedbCheckpointStore>()?;
+    m.add_class::<schedule::CronSchedule>()?;
+    m.add_class::<schedule::BackoffPolicy>()?;
+    m.add_class::<circuit::CircuitPolicy>()?;
+    m.add_class::<circuit::CircuitBreaker>()?;
+    m.add_class::<circuit::CircuitPermit>()?;
+    m.add_class::<circuit::GuardedCall>()?;
+    m.add_class::<rate_limit::RateLimiter>()?;
+    m.add_class::<rate_limit::WindowedRateLimiter>()?;
+    m.add_class::<rate_limit::MultiRateLimiter>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -57,6 +57,7 @@ impl Handler {
             "router" => HandlerKind::Router,
             "stepped" => HandlerKind::Stepped,
             "compensatable" => HandlerKind::Compensatable,
+            "stream" => HandlerKind::Stream,
             other => {
                 return Err(errors::configuration(py, format!("unknown handler kind {other:?}")))
             }

@@ -22,4 +22,10 @@ pub enum CoreError {
     TooManyTransitions { limit: u64 },
     #[error("duration must be a finite number of seconds >= 0, got {0}")]
     InvalidDuration(f64),
+    #[error("invalid cron expression {expr:?}: {reason}")]
+    InvalidCron { expr: String, reason: String },
+    #[error("timestamp {0} is not a representable UNIX time in seconds")]
+    InvalidTimestamp(f64),
+    #[error("invalid backoff policy: {0}")]
+    InvalidBackoff(String),
 }

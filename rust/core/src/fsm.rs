@@ -23,6 +23,8 @@ pub enum HandlerKind {
     Compensatable,
     /// Concurrent branches joined by a strategy; moves to its join state.
     Split,
+    /// A stream consumed in windows; its cursor is committed after each window.
+    Stream,
 }
 
 impl HandlerKind {

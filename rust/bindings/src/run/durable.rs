@@ -15,6 +15,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Row kinds, as `cano.store.RowKind` values.
 const ROW_STATE_ENTRY: u8 = 0;
@@ -58,7 +61,7 @@ impl Run {
         };
         let store = store.bind(py);
         let label = plan.label(py, self.cursor.state());
-        let seq = self.sequence;
+        let seq = self.sequence.load(Ordering::Relaxed);
         let made = if plan.fast_store {
             store.call_method1(
                 intern!(py, "_append_raw"),
@@ -92,12 +95,13 @@ impl Run {
         let plan_ref = self.plan.clone_ref(py);
         let plan = plan_ref.get();
         if let (Some(hub), Some(id)) = (&plan.hub, &self.workflow_id) {
-            let _ = hub
-                .bind(py)
-                .call_method1(intern!(py, "on_checkpoint"), (id.bind(py), self.sequence));
+            let _ = hub.bind(py).call_method1(
+                intern!(py, "on_checkpoint"),
+                (id.bind(py), self.sequence.load(Ordering::Relaxed)),
+            );
         }
         if plan.store.is_some() && self.workflow_id.is_some() {
-            self.sequence += 1;
+            self.sequence.fetch_add(1, Ordering::Relaxed);
         }
         match after {
             After::Dispatch => self.dispatch(slf, plan),
@@ -118,7 +122,7 @@ impl Run {
         let id = self.workflow_id.as_ref().map(|i| i.bind(py).to_string()).unwrap_or_default();
         let msg = format!(
             "cannot append checkpoint row {} of workflow {id:?} in state {}",
-            self.sequence,
+            self.sequence.load(Ordering::Relaxed),
             plan.label(py, self.cursor.state())
         );
         let e = self.error(py, plan, "CheckpointError", msg, Some(err), None);
@@ -383,5 +387,69 @@ impl Run {
             Some(h) => h.get().name.bind(py).clone(),
             None => PyString::new(py, ""),
         }
+    }
+}
+
+/// The `commit(cursor)` callable handed to a stream task's driver: appends a cursor row at
+/// the run's next sequence number (shared with the run) and returns an awaitable that
+/// completes once the row is durable. Without a store it does nothing.
+#[pyclass(frozen, module = "cano._core", name = "_Committer")]
+pub struct Committer {
+    plan: Py<Plan>,
+    workflow_id: Option<Py<PyString>>,
+    state: StateId,
+    task_id: Py<PyString>,
+    sequence: Arc<AtomicU64>,
+}
+
+#[pymethods]
+impl Committer {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let plan = self.plan.get();
+        let support = plan.support.bind(py);
+        let (Some(store), Some(id)) = (&plan.store, &self.workflow_id) else {
+            return support.call_method0(intern!(py, "nothing"));
+        };
+        let blob = support
+            .call_method1(intern!(py, "encode"), (cursor, self.task_id.bind(py), "cursor"))?;
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        support.call_method1(
+            intern!(py, "commit_cursor"),
+            (
+                store.bind(py),
+                plan.fast_store,
+                id.bind(py),
+                seq,
+                plan.label(py, self.state),
+                self.task_id.bind(py),
+                blob,
+                plan.version,
+                plan.hub.as_ref().map(|h| h.bind(py)),
+            ),
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.plan)
+    }
+}
+
+impl Run {
+    /// The commit callable for the stream task of the current state.
+    pub(super) fn committer(&self, py: Python<'_>, plan: &Plan) -> PyResult<Py<Committer>> {
+        Py::new(
+            py,
+            Committer {
+                plan: self.plan.clone_ref(py),
+                workflow_id: self.workflow_id.as_ref().map(|i| i.clone_ref(py)),
+                state: self.cursor.state(),
+                task_id: self.task_name_str(py, plan).unbind(),
+                sequence: self.sequence.clone(),
+            },
+        )
     }
 }

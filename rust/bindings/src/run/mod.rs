@@ -18,6 +18,7 @@ mod protocol;
 mod signals;
 mod split;
 
+pub use durable::Committer;
 pub use split::{BranchDone, Mailbox};
 
 use crate::cancel::CancellationToken;
@@ -34,6 +35,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use signals::{SIG_ATTEMPT, SIG_CANCEL, SIG_TOTAL};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the run is waiting on.
@@ -114,7 +117,8 @@ pub struct Run {
     started: Option<Instant>,
     acquired: bool,
     workflow_id: Option<Py<PyString>>,
-    sequence: u64,
+    /// The next checkpoint sequence number (shared with a stream task's committer).
+    sequence: Arc<AtomicU64>,
     /// The cursor handed to the next step of a stepped task.
     step_cursor: Option<Py<PyAny>>,
     resume_cursors: Vec<(StateId, Py<PyAny>)>,
@@ -165,7 +169,7 @@ impl Run {
             started: None,
             acquired: false,
             workflow_id: origin.workflow_id,
-            sequence: origin.sequence,
+            sequence: Arc::new(AtomicU64::new(origin.sequence)),
             step_cursor: None,
             resume_cursors: origin.cursors,
             stack: origin.stack,
@@ -305,7 +309,7 @@ impl Run {
         if let Some(hub) = &plan.get().hub {
             if !self.cursor.path().is_empty() {
                 if let Some(id) = &self.workflow_id {
-                    let resumed_at = self.sequence.saturating_sub(1);
+                    let resumed_at = self.sequence.load(Ordering::Relaxed).saturating_sub(1);
                     let _ = hub
                         .bind(py)
                         .call_method1(intern!(py, "on_resume"), (id.bind(py), resumed_at));
@@ -368,7 +372,7 @@ impl Run {
             return self.start_split(slf, handler);
         }
         self.attempt = 1;
-        if h.kind == HandlerKind::Stepped {
+        if matches!(h.kind, HandlerKind::Stepped | HandlerKind::Stream) {
             self.step_cursor = self.take_resume_cursor(s);
         }
         if let Some(hub) = &plan.hub {
@@ -397,6 +401,11 @@ impl Run {
                 let cursor =
                     self.step_cursor.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py));
                 call.call1((res, cursor))
+            }
+            (HandlerKind::Stream, _) => {
+                let cursor =
+                    self.step_cursor.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py));
+                self.committer(py, plan).and_then(|commit| call.call1((res, cursor, commit)))
             }
             (_, true) => call.call1((res,)),
             (_, false) => call.call0(),
@@ -489,7 +498,10 @@ impl Run {
         }
         let kind = self.handler(plan).map_or(HandlerKind::Single, |h| h.get().kind);
         let value = match kind {
-            HandlerKind::Single | HandlerKind::Router | HandlerKind::Split => value,
+            HandlerKind::Single
+            | HandlerKind::Router
+            | HandlerKind::Split
+            | HandlerKind::Stream => value,
             HandlerKind::Stepped => match self.stepped_outcome(slf, plan, value) {
                 Some(state) => state,
                 None => return,
@@ -963,19 +975,30 @@ impl Run {
         }
     }
 
+    // These never borrow the run: asyncio reads them (task repr) while the run executes.
     #[getter]
-    fn __name__(&self) -> &'static str {
+    fn __name__(_slf: &Bound<'_, Self>) -> &'static str {
         "orchestrate"
     }
 
     #[getter]
-    fn __qualname__(&self) -> &'static str {
+    fn __qualname__(_slf: &Bound<'_, Self>) -> &'static str {
         "Workflow.orchestrate"
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let plan = self.plan.get();
-        format!("<cano Run state={} phase={:?}>", plan.label(py, self.cursor.state()), self.phase)
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        let py = slf.py();
+        match slf.try_borrow() {
+            Ok(run) => {
+                let plan = run.plan.get();
+                format!(
+                    "<cano Run state={} phase={:?}>",
+                    plan.label(py, run.cursor.state()),
+                    run.phase
+                )
+            }
+            Err(_) => "<cano Run (running)>".to_owned(),
+        }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

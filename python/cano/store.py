@@ -1,0 +1,163 @@
+"""Checkpoint logs: the rows a run writes so that it can be resumed after a crash.
+
+A run with a checkpoint store and a workflow id appends one :class:`CheckpointRow` when it
+enters each state (before the state's task runs), one after each compensatable task and one
+per stepped/stream cursor. ``(workflow_id, sequence)`` is unique: appending a second row at
+the same key fails with :class:`cano.CheckpointError` and leaves the stored row alone.
+
+Three stores ship with cano:
+
+- :class:`RedbCheckpointStore` (Rust, embedded, ACID): the durable default, one file per
+  process;
+- :class:`InMemoryCheckpointStore`: for tests and for runs that need no durability;
+- ``SqliteCheckpointStore`` / ``PostgresCheckpointStore`` in :mod:`cano.stores`.
+
+Any object with the four coroutine methods of :class:`CheckpointStore` is a store too::
+
+    class MyStore:
+        async def append(self, row: CheckpointRow) -> None: ...
+        async def load_run(self, workflow_id: str) -> list[CheckpointRow]: ...
+        async def clear(self, workflow_id: str) -> None: ...
+        async def list_runs(self) -> list[str]: ...
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol, TypedDict, runtime_checkable
+
+from cano._core import RedbCheckpointStore
+from cano.errors import CheckpointError
+
+__all__ = [
+    "CheckpointRow",
+    "CheckpointStore",
+    "InMemoryCheckpointStore",
+    "RedbCheckpointStore",
+    "RowKind",
+    "RunSummary",
+    "conflict_message",
+]
+
+
+class RowKind(enum.Enum):
+    """Why a row was written. The values are what stores persist: never renumber them."""
+
+    STATE_ENTRY = 0
+    """The run entered ``state``; written before the state's task runs."""
+    COMPENSATION = 1
+    """A compensatable task succeeded; ``output`` is its output as JSON bytes."""
+    STEP_CURSOR = 2
+    """A stepped or stream task committed a cursor; ``output`` is the cursor as JSON bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """One row of a run's checkpoint log.
+
+    ``state`` is the state's label, ``task_id`` the name of the task registered for it,
+    ``output`` the JSON bytes of a compensation output or cursor (``None`` for state-entry
+    rows) and ``workflow_version`` the version the workflow had when the row was written.
+    """
+
+    workflow_id: str
+    sequence: int
+    state: str
+    task_id: str
+    kind: RowKind
+    output: bytes | None
+    workflow_version: int
+
+
+class RunSummary(TypedDict):
+    """One run of a store, as ``cano runs list`` shows it."""
+
+    workflow_id: str
+    rows: int
+    last_state: str
+    last_sequence: int
+
+
+def conflict_message(workflow_id: str, sequence: int) -> str:
+    """The message every store uses for a duplicate ``(workflow_id, sequence)``."""
+    return (
+        f"checkpoint conflict: workflow {_quoted(workflow_id)} already has a row at sequence "
+        f"{sequence}; resume the existing run or clear it before starting a new one"
+    )
+
+
+def _quoted(text: str) -> str:
+    # The wording of the Rust stores, which quote with Rust's `{:?}`.
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """What the engine needs from a checkpoint store.
+
+    Each method returns an awaitable: ``async def`` methods qualify, and so do methods
+    returning an ``asyncio.Future`` (as :class:`RedbCheckpointStore` does). Calls may be
+    concurrent.
+    """
+
+    def append(self, row: CheckpointRow, /) -> Awaitable[None]:
+        """Persist ``row``; a duplicate ``(workflow_id, sequence)`` raises CheckpointError."""
+        ...
+
+    def load_run(self, workflow_id: str, /) -> Awaitable[list[CheckpointRow]]:
+        """Every row of ``workflow_id``, ascending by sequence; ``[]`` for an unknown id."""
+        ...
+
+    def clear(self, workflow_id: str, /) -> Awaitable[None]:
+        """Remove every row of ``workflow_id``; an unknown id is not an error."""
+        ...
+
+    def list_runs(self) -> Awaitable[list[str]]:
+        """The workflow ids that have rows."""
+        ...
+
+
+class InMemoryCheckpointStore:
+    """A checkpoint store in a dict: for tests and for runs that need no durability.
+
+    It behaves like the durable stores (conflicts, ordering, clearing) but forgets
+    everything when the process ends::
+
+        store = InMemoryCheckpointStore()
+        wf.with_checkpoint_store(store)
+    """
+
+    __slots__ = ("_runs",)
+
+    def __init__(self) -> None:
+        self._runs: dict[str, dict[int, CheckpointRow]] = {}
+
+    async def append(self, row: CheckpointRow) -> None:
+        """Store ``row``; a row already at ``(workflow_id, sequence)`` raises CheckpointError."""
+        rows = self._runs.setdefault(row.workflow_id, {})
+        if row.sequence in rows:
+            raise CheckpointError(conflict_message(row.workflow_id, row.sequence))
+        rows[row.sequence] = row
+
+    async def load_run(self, workflow_id: str) -> list[CheckpointRow]:
+        """Every row of ``workflow_id``, ascending by sequence."""
+        rows = self._runs.get(workflow_id, {})
+        return [rows[seq] for seq in sorted(rows)]
+
+    async def clear(self, workflow_id: str) -> None:
+        """Forget ``workflow_id``'s rows (a no-op for an unknown id)."""
+        self._runs.pop(workflow_id, None)
+
+    async def list_runs(self) -> list[str]:
+        """The workflow ids that have rows, sorted."""
+        return sorted(self._runs)
+
+    def __len__(self) -> int:
+        """How many rows the store holds, over all runs."""
+        return sum(len(rows) for rows in self._runs.values())
+
+    def __repr__(self) -> str:
+        return f"InMemoryCheckpointStore(runs={len(self._runs)}, rows={len(self)})"

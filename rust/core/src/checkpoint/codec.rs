@@ -1,0 +1,274 @@
+//! The stored value of a row: a small versioned binary envelope.
+//!
+//! The key `(workflow_id, sequence)` carries the rest of the row. Layout of version 1:
+//!
+//! ```text
+//! u8      envelope version (1)
+//! u8      row kind (0 state entry, 1 compensation, 2 step cursor)
+//! varint  workflow version
+//! varint  length of the state label, then its UTF-8 bytes
+//! varint  length of the task id, then its UTF-8 bytes
+//! u8      0 = no output, 1 = output follows
+//! varint  length of the output, then its bytes (only when the flag is 1)
+//! ```
+//!
+//! Varints are unsigned LEB128. Nothing may follow the last field. A reader refuses an envelope
+//! version it does not know rather than guessing.
+
+use super::error::StoreError;
+use super::row::{Row, RowKind};
+
+/// The envelope version this build writes.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Encodes everything of `row` except its key.
+pub fn encode(row: &Row) -> Vec<u8> {
+    let output_len = row.output.as_ref().map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(2 + 5 + row.state.len() + row.task_id.len() + output_len + 21);
+    out.push(ENVELOPE_VERSION);
+    out.push(row.kind as u8);
+    put_varint(&mut out, u64::from(row.workflow_version));
+    put_bytes(&mut out, row.state.as_bytes());
+    put_bytes(&mut out, row.task_id.as_bytes());
+    match &row.output {
+        None => out.push(0),
+        Some(bytes) => {
+            out.push(1);
+            put_bytes(&mut out, bytes);
+        }
+    }
+    out
+}
+
+/// Decodes the value stored under `(workflow_id, sequence)`.
+pub fn decode(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, StoreError> {
+    decode_fields(workflow_id, sequence, value).map_err(|reason| StoreError::Decode {
+        workflow_id: workflow_id.to_owned(),
+        sequence,
+        reason,
+    })
+}
+
+/// Decodes only the state label (for run summaries).
+pub fn decode_state(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<String, StoreError> {
+    decode(workflow_id, sequence, value).map(|row| row.state)
+}
+
+fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, String> {
+    let mut r = Reader { bytes: value, at: 0 };
+    let version = r.byte("envelope version")?;
+    if version != ENVELOPE_VERSION {
+        return Err(format!(
+            "unknown envelope version {version} (this cano reads version {ENVELOPE_VERSION}; \
+             was the row written by a newer cano?)"
+        ));
+    }
+    let kind_byte = r.byte("row kind")?;
+    let kind =
+        RowKind::from_u8(kind_byte).ok_or_else(|| format!("unknown row kind {kind_byte}"))?;
+    let workflow_version = u32::try_from(r.varint("workflow version")?)
+        .map_err(|_| "workflow version does not fit in 32 bits".to_owned())?;
+    let state = r.text("state label")?;
+    let task_id = r.text("task id")?;
+    let output = match r.byte("output flag")? {
+        0 => None,
+        1 => Some(r.bytes("output")?.to_vec()),
+        other => return Err(format!("invalid output flag {other}")),
+    };
+    if r.at != value.len() {
+        return Err(format!("{} unexpected trailing bytes", value.len() - r.at));
+    }
+    Ok(Row {
+        workflow_id: workflow_id.to_owned(),
+        sequence,
+        state,
+        task_id,
+        kind,
+        output,
+        workflow_version,
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self, what: &str) -> Result<u8, String> {
+        let b = *self.bytes.get(self.at).ok_or_else(|| format!("truncated before the {what}"))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self, what: &str) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte(what)?;
+            let low = u64::from(b & 0x7f);
+            if shift == 63 && low > 1 {
+                break;
+            }
+            value |= low << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(format!("the {what} is not a valid varint"))
+    }
+
+    fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+        let len = self.varint(what)?;
+        let remaining = self.bytes.len() - self.at;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= remaining)
+            .ok_or_else(|| format!("the {what} claims {len} bytes but only {remaining} remain"))?;
+        let slice = &self.bytes[self.at..self.at + len];
+        self.at += len;
+        Ok(slice)
+    }
+
+    fn text(&mut self, what: &str) -> Result<String, String> {
+        let bytes = self.bytes(what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| format!("the {what} is not valid UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: RowKind, output: Option<Vec<u8>>) -> Row {
+        Row {
+            workflow_id: "order-1".into(),
+            sequence: 7,
+            state: "Charge".into(),
+            task_id: "ChargeCard".into(),
+            kind,
+            output,
+            workflow_version: 3,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        for (kind, output) in [
+            (RowKind::StateEntry, None),
+            (RowKind::Compensation, Some(b"{\"id\":1}".to_vec())),
+            (RowKind::StepCursor, Some(Vec::new())),
+        ] {
+            let r = row(kind, output);
+            assert_eq!(decode("order-1", 7, &encode(&r)).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn empty_output_differs_from_no_output() {
+        let none = encode(&row(RowKind::StepCursor, None));
+        let empty = encode(&row(RowKind::StepCursor, Some(Vec::new())));
+        assert_ne!(none, empty);
+        assert_eq!(decode("order-1", 7, &empty).unwrap().output, Some(Vec::new()));
+    }
+
+    #[test]
+    fn layout_is_compact_and_stable() {
+        let r = Row::state_entry("w", 0, "A", "t");
+        assert_eq!(encode(&r), vec![1, 0, 0, 1, b'A', 1, b't', 0]);
+    }
+
+    #[test]
+    fn randomized_round_trips() {
+        let mut rng = fastrand::Rng::with_seed(0x00ca_0c0d);
+        let alphabet: Vec<char> = "aZ09_-é漢🦀 \u{0}\n".chars().collect();
+        for _ in 0..2_000 {
+            let text = |rng: &mut fastrand::Rng| -> String {
+                let n = rng.usize(0..40);
+                (0..n).map(|_| alphabet[rng.usize(0..alphabet.len())]).collect()
+            };
+            let output = if rng.bool() {
+                let n = rng.usize(0..600);
+                Some((0..n).map(|_| rng.u8(..)).collect())
+            } else {
+                None
+            };
+            let r = Row {
+                workflow_id: text(&mut rng),
+                sequence: rng.u64(..),
+                state: text(&mut rng),
+                task_id: text(&mut rng),
+                kind: RowKind::from_u8(rng.u8(0..3)).unwrap(),
+                output,
+                workflow_version: if rng.bool() { rng.u32(..) } else { rng.u32(0..200) },
+            };
+            let value = encode(&r);
+            assert_eq!(decode(&r.workflow_id, r.sequence, &value).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn randomized_garbage_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let valid = encode(&row(RowKind::Compensation, Some(vec![9; 300])));
+        for _ in 0..5_000 {
+            let mut bytes = valid.clone();
+            match rng.u8(0..3) {
+                0 => bytes.truncate(rng.usize(0..bytes.len())),
+                1 => {
+                    let i = rng.usize(0..bytes.len());
+                    bytes[i] = rng.u8(..);
+                }
+                _ => bytes = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect(),
+            }
+            let _ = decode("w", 1, &bytes);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_workflow_and_sequence() {
+        let err = decode("order-9", 12, &[1, 0, 0, 5, b'A']).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("decode checkpoint row at workflow_id=\"order-9\" sequence=12:"));
+        assert!(text.contains("state label"), "{text}");
+    }
+
+    #[test]
+    fn refuses_unknown_versions_kinds_and_trailing_bytes() {
+        let mut v = encode(&row(RowKind::StateEntry, None));
+        v[0] = 2;
+        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("envelope version 2"));
+        let mut v = encode(&row(RowKind::StateEntry, None));
+        v[1] = 9;
+        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("row kind 9"));
+        let mut v = encode(&row(RowKind::StateEntry, None));
+        v.push(0);
+        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("trailing"));
+        assert!(decode("w", 0, &[]).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            let mut r = Reader { bytes: &out, at: 0 };
+            assert_eq!(r.varint("v").unwrap(), value);
+            assert_eq!(r.at, out.len());
+        }
+        let overlong = [0xff; 11];
+        assert!(Reader { bytes: &overlong, at: 0 }.varint("v").is_err());
+    }
+}

@@ -1,0 +1,361 @@
+use super::*;
+use crate::checkpoint::RowKind;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Barrier;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cano-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.join("checkpoints.redb")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Parks the writer thread inside a completion until the returned closure is called, so that
+/// everything submitted meanwhile is queued into one batch.
+fn hold_writer(store: &RedbStore) -> impl FnOnce() {
+    let entered = Arc::new(Barrier::new(2));
+    let release = Arc::new(Barrier::new(2));
+    let (e, r) = (entered.clone(), release.clone());
+    store
+        .flush(move |_| {
+            e.wait();
+            r.wait();
+        })
+        .unwrap();
+    entered.wait();
+    move || {
+        release.wait();
+    }
+}
+
+fn row(id: &str, sequence: u64, state: &str) -> Row {
+    Row::state_entry(id, sequence, state, "task")
+}
+
+#[test]
+fn append_then_load_round_trips_every_field() {
+    let dir = TempDir::new("roundtrip");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    let full = Row {
+        workflow_id: "order-1".into(),
+        sequence: 1,
+        state: "Charge".into(),
+        task_id: "ChargeCard".into(),
+        kind: RowKind::Compensation,
+        output: Some(b"{\"charge\":12}".to_vec()),
+        workflow_version: 4,
+    };
+    store.append_blocking(row("order-1", 0, "Start")).unwrap();
+    store.append_blocking(full.clone()).unwrap();
+    assert_eq!(store.load_run_blocking("order-1").unwrap(), vec![row("order-1", 0, "Start"), full]);
+    assert_eq!(store.load_run_blocking("unknown").unwrap(), vec![]);
+}
+
+#[test]
+fn load_is_ascending_whatever_the_append_order() {
+    let dir = TempDir::new("ascending");
+    let store = RedbStore::open(dir.file(), Durability::Eventual).unwrap();
+    for seq in [5, 0, 300, 2, 1, 256] {
+        store.append_blocking(row("w", seq, &format!("S{seq}"))).unwrap();
+    }
+    // A neighbouring id that sorts right after must not leak into the range.
+    store.append_blocking(row("w\0", 0, "other")).unwrap();
+    store.append_blocking(row("v", 9, "other")).unwrap();
+    let seqs: Vec<u64> = store.load_run_blocking("w").unwrap().iter().map(|r| r.sequence).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 5, 256, 300]);
+}
+
+#[test]
+fn conflict_rejects_only_the_duplicate_row_of_a_batch() {
+    let dir = TempDir::new("conflict");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("w", 0, "Original")).unwrap();
+
+    let release = hold_writer(&store);
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let rows = [row("w", 1, "A"), row("w", 0, "Duplicate"), row("x", 0, "B"), row("w", 1, "Again")];
+    for r in rows {
+        let results = results.clone();
+        let key = (r.workflow_id.clone(), r.sequence, r.state.clone());
+        store.append(r, move |outcome| results.lock().push((key, outcome))).unwrap();
+    }
+    let commits_before = store.commit_count();
+    release();
+    store.flush_blocking().unwrap();
+    assert_eq!(store.commit_count(), commits_before + 1, "the appends share one commit");
+
+    let results = results.lock();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].1, Ok(()));
+    assert_eq!(results[1].1, Err(StoreError::Conflict { workflow_id: "w".into(), sequence: 0 }));
+    assert_eq!(results[2].1, Ok(()));
+    assert_eq!(results[3].1, Err(StoreError::Conflict { workflow_id: "w".into(), sequence: 1 }));
+    let states: Vec<String> =
+        store.load_run_blocking("w").unwrap().into_iter().map(|r| r.state).collect();
+    assert_eq!(states, vec!["Original", "A"]);
+    assert_eq!(store.load_run_blocking("x").unwrap().len(), 1);
+}
+
+#[test]
+fn clear_removes_only_that_run() {
+    let dir = TempDir::new("clear");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    for id in ["a", "ab", "b"] {
+        for seq in 0..3 {
+            store.append_blocking(row(id, seq, "S")).unwrap();
+        }
+    }
+    store.clear_blocking("a").unwrap();
+    store.clear_blocking("never-existed").unwrap();
+    assert!(store.load_run_blocking("a").unwrap().is_empty());
+    assert_eq!(store.load_run_blocking("ab").unwrap().len(), 3);
+    assert_eq!(store.load_run_blocking("b").unwrap().len(), 3);
+    // A cleared id can start again at sequence 0.
+    store.append_blocking(row("a", 0, "Again")).unwrap();
+}
+
+#[test]
+fn list_runs_summarises_each_run() {
+    let dir = TempDir::new("list");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    assert!(store.list_runs_blocking().unwrap().is_empty());
+    store.append_blocking(row("b", 0, "Start")).unwrap();
+    store.append_blocking(row("a", 0, "Start")).unwrap();
+    store.append_blocking(row("a", 1, "Pay")).unwrap();
+    let runs = store.list_runs_blocking().unwrap();
+    assert_eq!(
+        runs,
+        vec![
+            RunSummary {
+                workflow_id: "a".into(),
+                rows: 2,
+                last_state: "Pay".into(),
+                last_sequence: 1
+            },
+            RunSummary {
+                workflow_id: "b".into(),
+                rows: 1,
+                last_state: "Start".into(),
+                last_sequence: 0
+            },
+        ]
+    );
+}
+
+#[test]
+fn group_commit_batches_concurrent_appends() {
+    let dir = TempDir::new("group");
+    let store = Arc::new(RedbStore::open(dir.file(), Durability::Immediate).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let (tx, rx) = mpsc::channel();
+                for i in 0..125 {
+                    let tx = tx.clone();
+                    store
+                        .append(row(&format!("run-{t}"), i, "S"), move |r| tx.send(r).unwrap())
+                        .unwrap();
+                }
+                drop(tx);
+                let outcomes: Vec<_> = rx.iter().collect();
+                assert_eq!(outcomes.len(), 125);
+                assert!(outcomes.iter().all(Result::is_ok));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let commits = store.commit_count();
+    assert!(commits < 500, "1,000 appends took {commits} commits");
+    let total: u64 = store.list_runs_blocking().unwrap().iter().map(|r| r.rows).sum();
+    assert_eq!(total, 1000);
+}
+
+#[test]
+fn queued_requests_share_one_commit() {
+    let dir = TempDir::new("onecommit");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    let release = hold_writer(&store);
+    let done = Arc::new(AtomicUsize::new(0));
+    for i in 0..999 {
+        let done = done.clone();
+        store
+            .append(row("w", i, "S"), move |r| {
+                assert_eq!(r, Ok(()));
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+    }
+    let before = store.commit_count();
+    release();
+    store.flush_blocking().unwrap();
+    assert_eq!(done.load(Ordering::Relaxed), 999);
+    assert_eq!(store.commit_count() - before, 1);
+}
+
+#[test]
+fn reopen_after_close_sees_the_rows() {
+    let dir = TempDir::new("reopen");
+    for durability in [Durability::Immediate, Durability::Eventual] {
+        let path = dir.0.join(durability.as_str());
+        let store = RedbStore::open(&path, durability).unwrap();
+        store.append_blocking(row("w", 0, "Start")).unwrap();
+        store.append_blocking(row("w", 1, "Next")).unwrap();
+        store.close().unwrap();
+        store.close().unwrap(); // idempotent
+        assert!(matches!(store.append_blocking(row("w", 2, "X")), Err(StoreError::Closed { .. })));
+        drop(store);
+
+        let again = RedbStore::open(&path, durability).unwrap();
+        assert_eq!(again.load_run_blocking("w").unwrap().len(), 2);
+    }
+}
+
+#[test]
+fn dropping_closes_and_releases_the_file() {
+    let dir = TempDir::new("drop");
+    let store = RedbStore::open(dir.file(), Durability::Eventual).unwrap();
+    store.append_blocking(row("w", 0, "Start")).unwrap();
+    drop(store);
+    let again = RedbStore::open(dir.file(), Durability::Eventual).unwrap();
+    assert_eq!(again.load_run_blocking("w").unwrap().len(), 1);
+}
+
+#[test]
+fn close_with_releases_the_file_before_completing() {
+    let dir = TempDir::new("closewith");
+    let store = RedbStore::open(dir.file(), Durability::Eventual).unwrap();
+    store.append_blocking(row("w", 0, "Start")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    store.close_with(move |r| tx.send(r).unwrap()).unwrap();
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    let again = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    assert_eq!(again.load_run_blocking("w").unwrap().len(), 1);
+    assert!(matches!(store.close_with(|_| {}), Err(StoreError::Closed { .. })));
+}
+
+#[test]
+fn eventual_rows_are_visible_before_any_flush() {
+    let dir = TempDir::new("eventual");
+    let store = RedbStore::open(dir.file(), Durability::Eventual).unwrap();
+    for seq in 0..10 {
+        store.append(row("w", seq, "S"), |_| {}).unwrap();
+    }
+    assert_eq!(store.load_run_blocking("w").unwrap().len(), 10);
+    let commits = store.commit_count();
+    store.flush_blocking().unwrap();
+    assert_eq!(store.commit_count(), commits + 1, "flush makes the eventual commits durable");
+    store.flush_blocking().unwrap();
+    assert_eq!(store.commit_count(), commits + 1, "nothing left to sync");
+}
+
+#[test]
+fn second_open_of_the_same_file_fails_fast() {
+    let dir = TempDir::new("inuse");
+    let _first = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    let err = RedbStore::open(dir.file(), Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&dir.file().display().to_string()), "{text}");
+    assert!(text.contains("single-process"), "{text}");
+}
+
+#[test]
+fn garbage_file_is_not_a_store() {
+    let dir = TempDir::new("garbage");
+    let mut junk = b"this is not a redb file, just some text\n".repeat(200);
+    junk.extend((0..=255u8).cycle().take(8192));
+    std::fs::write(dir.file(), &junk).unwrap();
+    let err = RedbStore::open(dir.file(), Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    assert!(err.to_string().contains(&dir.file().display().to_string()), "{err}");
+}
+
+#[test]
+fn missing_directory_is_an_io_error_naming_the_file() {
+    let dir = TempDir::new("missing");
+    let path = dir.0.join("no/such/dir/c.redb");
+    let err = RedbStore::open(&path, Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("no/such/dir/c.redb"), "{err}");
+}
+
+#[test]
+fn damaged_row_is_reported_with_its_key() {
+    let dir = TempDir::new("damaged");
+    {
+        let db = Database::create(dir.file()).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(TABLE).unwrap().insert(("w", 3u64), [9u8, 9, 9].as_slice()).unwrap();
+        tx.commit().unwrap();
+    }
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    let err = store.load_run_blocking("w").unwrap_err();
+    assert!(err.to_string().starts_with("decode checkpoint row at workflow_id=\"w\" sequence=3"));
+}
+
+#[test]
+fn batch_hook_runs_after_each_batch() {
+    let dir = TempDir::new("hook");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let hook: BatchHook = Box::new(move || {
+        c.fetch_add(1, Ordering::Relaxed);
+    });
+    let store = RedbStore::open_with_hook(dir.file(), Durability::Immediate, Some(hook)).unwrap();
+    store.append_blocking(row("w", 0, "S")).unwrap();
+    store.close().unwrap();
+    assert_eq!(calls.load(Ordering::Relaxed), store.batch_count() as usize);
+    assert!(calls.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn redb_file_with_a_foreign_table_layout_is_not_a_store() {
+    let dir = TempDir::new("foreign");
+    {
+        let db = Database::create(dir.file()).unwrap();
+        let tx = db.begin_write().unwrap();
+        let foreign: TableDefinition<&str, u64> = TableDefinition::new("cano_checkpoints");
+        tx.open_table(foreign).unwrap().insert("x", 1).unwrap();
+        tx.commit().unwrap();
+    }
+    let err = RedbStore::open(dir.file(), Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+}
+
+#[test]
+fn requests_from_the_writer_thread_do_not_deadlock() {
+    // A completion that closes the store (as a Python object dropped by its last future
+    // would) must not wait for the writer it runs on.
+    let dir = TempDir::new("selfclose");
+    let store = Arc::new(RedbStore::open(dir.file(), Durability::Immediate).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let inner = store.clone();
+    store
+        .flush(move |_| {
+            tx.send(inner.close()).unwrap();
+        })
+        .unwrap();
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    store.close().unwrap();
+    assert!(store.is_closed());
+}

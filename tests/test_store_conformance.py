@@ -1,0 +1,214 @@
+"""Checkpoint store conformance: what every store must do, checked on every store we ship.
+
+The suite is plain data: ``CHECKS`` is a list of ``async def check(store)`` functions, and
+:func:`run_conformance` runs them all on a fresh store from any factory. A custom store is
+checked by adding its factory to ``FACTORIES`` (or by calling ``run_conformance`` itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import cano
+import pytest
+from cano.store import (
+    CheckpointRow,
+    CheckpointStore,
+    InMemoryCheckpointStore,
+    RedbCheckpointStore,
+    RowKind,
+    conflict_message,
+)
+
+# --------------------------------------------------------------------------------------------
+# stores under test
+
+
+class DictStore:
+    """The smallest store a user could write: a dict of rows keyed by (id, sequence)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], CheckpointRow] = {}
+
+    async def append(self, row: CheckpointRow) -> None:
+        key = (row.workflow_id, row.sequence)
+        if key in self.rows:
+            raise cano.CheckpointError(conflict_message(*key))
+        self.rows[key] = row
+
+    async def load_run(self, workflow_id: str) -> list[CheckpointRow]:
+        return sorted(
+            (r for (wid, _), r in self.rows.items() if wid == workflow_id),
+            key=lambda r: r.sequence,
+        )
+
+    async def clear(self, workflow_id: str) -> None:
+        for key in [k for k in self.rows if k[0] == workflow_id]:
+            del self.rows[key]
+
+    async def list_runs(self) -> list[str]:
+        return sorted({wid for wid, _ in self.rows})
+
+
+StoreFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[Any]]
+
+
+@contextlib.asynccontextmanager
+async def redb_store(tmp: Path, durability: str = "immediate") -> AsyncIterator[Any]:
+    async with RedbCheckpointStore(tmp / "checkpoints.redb", durability=durability) as store:
+        yield store
+
+
+@contextlib.asynccontextmanager
+async def plain(store: Any) -> AsyncIterator[Any]:
+    yield store
+
+
+FACTORIES: dict[str, StoreFactory] = {
+    "redb": redb_store,
+    "redb-eventual": lambda tmp: redb_store(tmp, "eventual"),
+    "memory": lambda _tmp: plain(InMemoryCheckpointStore()),
+    "dict": lambda _tmp: plain(DictStore()),
+}
+
+# --------------------------------------------------------------------------------------------
+# the checks
+
+
+def row(
+    workflow_id: str,
+    sequence: int,
+    state: str = "S",
+    *,
+    task_id: str = "task",
+    kind: RowKind = RowKind.STATE_ENTRY,
+    output: bytes | None = None,
+    version: int = 0,
+) -> CheckpointRow:
+    return CheckpointRow(workflow_id, sequence, state, task_id, kind, output, version)
+
+
+async def check_round_trip_every_field(store: CheckpointStore) -> None:
+    rows = [
+        row("order-1", 0, "Start"),
+        row("order-1", 1, "Charge", task_id="ChargeCard", kind=RowKind.COMPENSATION,
+            output=b'{"charge_id": "ch_1"}', version=3),
+        row("order-1", 2, "Ship", kind=RowKind.STEP_CURSOR, output=b""),
+    ]  # fmt: skip
+    for r in rows:
+        await store.append(r)
+    loaded = await store.load_run("order-1")
+    assert loaded == rows
+    assert all(type(r) is CheckpointRow and type(r.kind) is RowKind for r in loaded)
+    assert loaded[2].output == b""  # empty output is not None
+
+
+async def check_unknown_run_is_empty(store: CheckpointStore) -> None:
+    assert await store.load_run("never-written") == []
+    assert await store.list_runs() == []
+
+
+async def check_load_is_ascending(store: CheckpointStore) -> None:
+    for seq in [5, 0, 300, 2, 1, 256]:
+        await store.append(row("w", seq, f"S{seq}"))
+    assert [r.sequence for r in await store.load_run("w")] == [0, 1, 2, 5, 256, 300]
+
+
+async def check_duplicate_is_a_conflict_and_keeps_the_row(store: CheckpointStore) -> None:
+    await store.append(row("w", 0, "Original"))
+    with pytest.raises(cano.CheckpointError) as info:
+        await store.append(row("w", 0, "Intruder"))
+    assert str(info.value) == conflict_message("w", 0)
+    assert "already has a row at sequence 0" in str(info.value)
+    assert [r.state for r in await store.load_run("w")] == ["Original"]
+    # The same sequence under another id is not a conflict.
+    await store.append(row("other", 0))
+
+
+async def check_clear_removes_only_that_run(store: CheckpointStore) -> None:
+    for wid in ["a", "ab", "b"]:
+        for seq in range(3):
+            await store.append(row(wid, seq))
+    await store.clear("a")
+    await store.clear("never-existed")
+    assert await store.load_run("a") == []
+    assert len(await store.load_run("ab")) == 3
+    assert len(await store.load_run("b")) == 3
+    assert sorted(await store.list_runs()) == ["ab", "b"]
+    await store.append(row("a", 0, "Again"))  # a cleared id starts over
+    assert [r.state for r in await store.load_run("a")] == ["Again"]
+
+
+async def check_list_runs(store: CheckpointStore) -> None:
+    await store.append(row("b", 0))
+    await store.append(row("a", 0))
+    await store.append(row("a", 1))
+    runs = await store.list_runs()
+    assert sorted(runs) == ["a", "b"]
+    assert all(isinstance(r, str) for r in runs)
+
+
+async def check_concurrent_appends(store: CheckpointStore) -> None:
+    await asyncio.gather(*(store.append(row(f"run-{i % 5}", i // 5)) for i in range(100)))
+    for i in range(5):
+        assert [r.sequence for r in await store.load_run(f"run-{i}")] == list(range(20))
+
+
+async def check_racing_duplicates_one_wins(store: CheckpointStore) -> None:
+    results = await asyncio.gather(
+        *(store.append(row("race", 0, f"S{i}")) for i in range(10)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, cano.CheckpointError) for r in results if r is not None)
+    assert len(await store.load_run("race")) == 1
+
+
+async def check_unicode_and_large_values(store: CheckpointStore) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB
+    r = row("заказ-🦀", 0, "État", task_id="tâche\n", kind=RowKind.COMPENSATION, output=big,
+            version=2**32 - 1)  # fmt: skip
+    await store.append(r)
+    assert await store.load_run("заказ-🦀") == [r]
+    assert await store.load_run("заказ") == []
+
+
+CHECKS: list[Callable[[CheckpointStore], Awaitable[None]]] = [
+    check_round_trip_every_field,
+    check_unknown_run_is_empty,
+    check_load_is_ascending,
+    check_duplicate_is_a_conflict_and_keeps_the_row,
+    check_clear_removes_only_that_run,
+    check_list_runs,
+    check_concurrent_appends,
+    check_racing_duplicates_one_wins,
+    check_unicode_and_large_values,
+]
+
+
+async def run_conformance(factory: StoreFactory, tmp: Path) -> None:
+    """Runs every check, each on a fresh store from ``factory`` (in its own directory)."""
+    for i, check in enumerate(CHECKS):
+        directory = tmp / f"{i}-{check.__name__}"
+        directory.mkdir()
+        async with factory(directory) as store:
+            await check(store)
+
+
+# --------------------------------------------------------------------------------------------
+# the tests
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("store_name", list(FACTORIES))
+async def test_conformance(store_name: str, check: Any, tmp_path: Path) -> None:
+    async with FACTORIES[store_name](tmp_path) as store:
+        assert isinstance(store, CheckpointStore)
+        await check(store)
+
+
+async def test_run_conformance_is_pluggable(tmp_path: Path) -> None:
+    await run_conformance(FACTORIES["dict"], tmp_path)
