@@ -1,7 +1,9 @@
 //! `RetryMode` and `TaskConfig`: frozen value objects whose maths lives in `cano_core`.
 
+use crate::circuit::CircuitBreaker;
 use crate::duration;
 use crate::errors;
+use crate::rate_limit::{MultiRateLimiter, RateLimiter, WindowedRateLimiter};
 use cano_core::retry::RetryMode as CoreRetry;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
@@ -116,12 +118,16 @@ impl RetryMode {
     }
 }
 
-/// Per-task policy: retries, attempt timeout, which exceptions are retried.
+/// Per-task policy: retries, attempt timeout, which exceptions are retried, and the
+/// circuit breaker and rate limiter guarding each attempt.
 #[pyclass(frozen, module = "cano._core", name = "TaskConfig")]
 pub struct TaskConfig {
     pub retry: CoreRetry,
     pub attempt_timeout: Option<f64>,
     pub retry_on: Option<Py<PyTuple>>,
+    pub breaker: Option<Py<CircuitBreaker>>,
+    /// `(limiter, cost)`: acquired before every attempt.
+    pub rate_limiter: Option<(Py<PyAny>, u64)>,
 }
 
 impl TaskConfig {
@@ -130,6 +136,18 @@ impl TaskConfig {
             retry: self.retry,
             attempt_timeout: self.attempt_timeout,
             retry_on: self.retry_on.as_ref().map(|t| t.clone_ref(py)),
+            breaker: self.breaker.as_ref().map(|b| b.clone_ref(py)),
+            rate_limiter: self.rate_limiter.as_ref().map(|(l, c)| (l.clone_ref(py), *c)),
+        }
+    }
+
+    fn plain(retry: CoreRetry) -> Self {
+        TaskConfig {
+            retry,
+            attempt_timeout: None,
+            retry_on: None,
+            breaker: None,
+            rate_limiter: None,
         }
     }
 }
@@ -139,13 +157,61 @@ impl TaskConfig {
     /// The default: exponential backoff with 3 retries (4 attempts), no timeout.
     #[new]
     fn new() -> Self {
-        TaskConfig { retry: CoreRetry::default(), attempt_timeout: None, retry_on: None }
+        TaskConfig::plain(CoreRetry::default())
     }
 
     /// No retries, no timeout.
     #[staticmethod]
     fn minimal() -> Self {
-        TaskConfig { retry: CoreRetry::None, attempt_timeout: None, retry_on: None }
+        TaskConfig::plain(CoreRetry::None)
+    }
+
+    /// A copy checking `breaker` before every attempt: an open breaker fails the task at
+    /// once with `CircuitOpenError` (no retry consumed); each attempt's outcome is recorded.
+    fn with_circuit_breaker(&self, py: Python<'_>, breaker: Py<CircuitBreaker>) -> Self {
+        TaskConfig { breaker: Some(breaker), ..self.with(py) }
+    }
+
+    /// A copy acquiring `cost` units of `limiter` (`RateLimiter`, `WindowedRateLimiter` or
+    /// `MultiRateLimiter`) before every attempt, waiting as long as needed.
+    #[pyo3(signature = (limiter, cost=1))]
+    fn with_rate_limiter(
+        &self,
+        py: Python<'_>,
+        limiter: &Bound<'_, PyAny>,
+        cost: i64,
+    ) -> PyResult<Self> {
+        let known = limiter.is_instance_of::<RateLimiter>()
+            || limiter.is_instance_of::<WindowedRateLimiter>()
+            || limiter.is_instance_of::<MultiRateLimiter>();
+        let shown = limiter.repr().map(|r| r.to_string()).unwrap_or_default();
+        if !known {
+            return Err(errors::configuration(
+                py,
+                format!(
+                    "TaskConfig.with_rate_limiter expects a RateLimiter, WindowedRateLimiter or \
+                     MultiRateLimiter, got {shown}"
+                ),
+            ));
+        }
+        let cost = u64::try_from(cost).map_err(|_| {
+            errors::configuration(
+                py,
+                format!("TaskConfig.with_rate_limiter cost must be >= 0, got {cost}"),
+            )
+        })?;
+        let wait: f64 =
+            limiter.call_method1(pyo3::intern!(py, "time_until"), (cost,))?.extract()?;
+        if wait.is_infinite() {
+            return Err(errors::configuration(
+                py,
+                format!(
+                    "TaskConfig.with_rate_limiter: a cost of {cost} can never be granted by \
+                     {shown} (it exceeds the limiter's capacity)"
+                ),
+            ));
+        }
+        Ok(TaskConfig { rate_limiter: Some((limiter.clone().unbind(), cost)), ..self.with(py) })
     }
 
     /// A copy with another retry mode.
@@ -219,10 +285,16 @@ impl TaskConfig {
         self.retry_on.as_ref().map(|t| t.clone_ref(py))
     }
 
-    /// Always `None` until circuit breakers are wired into task configs.
+    /// The circuit breaker guarding each attempt, or `None`.
     #[getter]
-    fn circuit_breaker(&self, py: Python<'_>) -> Py<PyAny> {
-        py.None()
+    fn circuit_breaker(&self, py: Python<'_>) -> Option<Py<CircuitBreaker>> {
+        self.breaker.as_ref().map(|b| b.clone_ref(py))
+    }
+
+    /// The rate limiter acquired before each attempt, or `None`.
+    #[getter]
+    fn rate_limiter(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.rate_limiter.as_ref().map(|(l, _)| l.clone_ref(py))
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -242,6 +314,12 @@ impl TaskConfig {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(t) = &self.retry_on {
             visit.call(t)?;
+        }
+        if let Some(b) = &self.breaker {
+            visit.call(b)?;
+        }
+        if let Some((l, _)) = &self.rate_limiter {
+            visit.call(l)?;
         }
         Ok(())
     }

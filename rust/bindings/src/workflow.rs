@@ -3,6 +3,7 @@
 //! run holds the snapshot it started with.
 
 use crate::cancel::CancellationToken;
+use crate::circuit::CircuitBreaker;
 use crate::config::TaskConfig;
 use crate::errors;
 use crate::run::{Origin, Run};
@@ -27,6 +28,8 @@ pub struct Handler {
     pub retry_on: Option<Py<PyTuple>>,
     pub targets: Option<Vec<StateId>>,
     pub split: Option<SplitSpec>,
+    pub breaker: Option<Py<CircuitBreaker>>,
+    pub rate_limiter: Option<(Py<PyAny>, u64)>,
 }
 
 /// The branches and join of a split state.
@@ -72,6 +75,8 @@ impl Handler {
             retry_on: config.retry_on.as_ref().map(|t| t.clone_ref(py)),
             targets,
             split: None,
+            breaker: config.breaker.as_ref().map(|b| b.clone_ref(py)),
+            rate_limiter: config.rate_limiter.as_ref().map(|(l, c)| (l.clone_ref(py), *c)),
         })
     }
 
@@ -132,6 +137,8 @@ impl Handler {
                 bulkhead,
                 join_state,
             }),
+            breaker: None,
+            rate_limiter: None,
         })
     }
 
@@ -150,6 +157,12 @@ impl Handler {
             for b in &split.branches {
                 visit.call(b)?;
             }
+        }
+        if let Some(b) = &self.breaker {
+            visit.call(b)?;
+        }
+        if let Some((l, _)) = &self.rate_limiter {
+            visit.call(l)?;
         }
         Ok(())
     }

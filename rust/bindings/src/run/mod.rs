@@ -24,6 +24,7 @@ pub use split::{BranchDone, Mailbox};
 use crate::cancel::CancellationToken;
 use crate::errors::{self, Context};
 use crate::workflow::{Handler, Plan};
+use cano_core::circuit::{Permit, Rejection, SystemClock};
 use cano_core::fsm::{Cursor, Entry, HandlerKind, StateId};
 use cano_core::retry::Verdict;
 use cano_core::CoreError;
@@ -52,6 +53,8 @@ enum Phase {
     Attempt,
     /// Driving the sleep before a retry.
     Sleep,
+    /// Waiting for the task's rate limiter before an attempt.
+    Throttle,
     /// Waiting for split branches to report.
     Split,
     /// Driving `store.clear()` after success or a clean rollback.
@@ -127,6 +130,10 @@ pub struct Run {
     failure: Option<Py<PyAny>>,
     /// The run's result while cleanup runs: the final state, or the exception to raise.
     outcome: Option<Result<Py<PyAny>, Py<PyAny>>>,
+    /// The circuit-breaker permit of the attempt in flight.
+    permit: Option<Permit>,
+    /// The rate limiter granted the attempt about to start.
+    throttled: bool,
     /// Branch mode: run only this handler's retry loop and return its raw result.
     branch: Option<Py<Handler>>,
     /// The split in progress.
@@ -175,6 +182,8 @@ impl Run {
             stack: origin.stack,
             failure: None,
             outcome: None,
+            permit: None,
+            throttled: false,
             branch: None,
             split: None,
             overlay: None,
@@ -384,6 +393,22 @@ impl Run {
     /// Calls the handler and installs its coroutine as the inner awaitable.
     fn start_attempt(&mut self, slf: &Bound<'_, Self>, plan: &Plan, h: &Handler) {
         let py = slf.py();
+        if let Some((limiter, cost)) = &h.rate_limiter {
+            if !std::mem::take(&mut self.throttled) {
+                let wait = limiter.bind(py).call_method1(intern!(py, "acquire"), (*cost,));
+                if let Err(e) = wait.and_then(|aw| self.install(py, Phase::Throttle, aw)) {
+                    self.task_failed_event(py, plan, &e);
+                    self.fail(slf, e);
+                }
+                return;
+            }
+        }
+        if let Some(breaker) = &h.breaker {
+            match breaker.get().inner.try_acquire(SystemClock) {
+                Ok(permit) => self.permit = Some(permit),
+                Err(rejection) => return self.circuit_rejected(slf, plan, h, &rejection),
+            }
+        }
         if let Some(limit) = h.attempt_timeout {
             match self.arm(slf, limit, SIG_ATTEMPT) {
                 Ok(t) => self.attempt_timer = Some(t),
@@ -420,6 +445,33 @@ impl Run {
         }
     }
 
+    /// The breaker refused the attempt: the task fails at once, no retry consumed.
+    #[cold]
+    fn circuit_rejected(&mut self, slf: &Bound<'_, Self>, plan: &Plan, h: &Handler, r: &Rejection) {
+        let py = slf.py();
+        if let Some(hub) = &plan.hub {
+            let _ = hub.bind(py).call_method1(intern!(py, "on_circuit_open"), (h.name.bind(py),));
+        }
+        let task = h.name.bind(py).to_string();
+        let msg = format!(
+            "task '{task}' in state {}: {}",
+            plan.label(py, self.cursor.state()),
+            r.message(None)
+        );
+        let e = self.error_at(py, plan, "CircuitOpenError", msg, 0, None, None);
+        self.task_failed_event(py, plan, &e);
+        self.fail(slf, e);
+    }
+
+    /// Hands the attempt's outcome to its circuit breaker.
+    fn record_permit(&mut self, plan: &Plan, success: bool) {
+        if let Some(permit) = self.permit.take() {
+            if let Some(b) = self.handler(plan).and_then(|h| h.get().breaker.as_ref()) {
+                b.get().inner.record(permit, success, SystemClock);
+            }
+        }
+    }
+
     #[cold]
     fn not_awaitable(
         &mut self,
@@ -450,6 +502,10 @@ impl Run {
                 if self.attempt_timer.is_some() {
                     self.disarm_attempt(py);
                 }
+                if self.permit.is_some() {
+                    let plan_ref = self.plan.clone_ref(py);
+                    self.record_permit(plan_ref.get(), true);
+                }
                 if self.cancel_owed {
                     self.settle_cancel(py);
                 }
@@ -457,7 +513,8 @@ impl Run {
                 self.uninterruptible = false;
                 self.completed(slf, value);
             }
-            Phase::Sleep => {
+            Phase::Sleep | Phase::Throttle => {
+                self.throttled = self.phase == Phase::Throttle;
                 let plan_ref = self.plan.clone_ref(py);
                 let plan = plan_ref.get();
                 match self.handler(plan).map(|h| h.clone_ref(py)) {
@@ -595,7 +652,7 @@ impl Run {
     fn on_raise(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
         let py = slf.py();
         match self.phase {
-            Phase::Attempt | Phase::Sleep => self.attempt_raised(slf, err),
+            Phase::Attempt | Phase::Sleep | Phase::Throttle => self.attempt_raised(slf, err),
             Phase::Saving(_) => self.save_failed(slf, err),
             Phase::Split => self.split_raised(slf, err),
             Phase::Clearing => self.clear_failed(py, err),
@@ -627,12 +684,17 @@ impl Run {
         if self.attempt_timer.is_some() {
             self.disarm_attempt(py);
         }
+        if self.permit.is_some() {
+            self.record_permit(plan, false);
+        }
+        if self.phase == Phase::Throttle && !is_cancel_error(py, &err) {
+            // The limiter itself failed (a cost it can never grant): not retried.
+            self.task_failed_event(py, plan, &err);
+            return self.fail(slf, err);
+        }
         self.uninterruptible = false;
         let external = if self.cancel_owed { self.settle_cancel(py) } else { false };
-        let is_cancel = CANCELLED_ERROR
-            .import(py, "asyncio", "CancelledError")
-            .is_ok_and(|c| err.is_instance(py, c));
-        if is_cancel {
+        if is_cancel_error(py, &err) {
             if external || self.signals & (SIG_CANCEL | SIG_TOTAL | SIG_ATTEMPT) == 0 {
                 return self.cancelled_by_asyncio(slf, plan, err);
             }
@@ -1055,6 +1117,10 @@ impl Run {
         self.overlay = None;
         self.phase = Phase::Done;
     }
+}
+
+fn is_cancel_error(py: Python<'_>, err: &PyErr) -> bool {
+    CANCELLED_ERROR.import(py, "asyncio", "CancelledError").is_ok_and(|c| err.is_instance(py, c))
 }
 
 fn already_running() -> PyErr {

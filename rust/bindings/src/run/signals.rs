@@ -83,7 +83,7 @@ impl Run {
         }
         let interruptible = match self.phase {
             Phase::Attempt => kind == SIG_ATTEMPT || !self.uninterruptible,
-            Phase::Sleep | Phase::Split => kind != SIG_ATTEMPT,
+            Phase::Sleep | Phase::Split | Phase::Throttle => kind != SIG_ATTEMPT,
             Phase::Teardown | Phase::Done => return,
             _ => false,
         };
