@@ -1,0 +1,139 @@
+"""The ``cano`` command: demo, runs list/show/clear, graph, and its error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cano
+import pytest
+from cano.cli import main
+
+
+class Step(enum.Enum):
+    FETCH = enum.auto()
+    PARSE = enum.auto()
+    DONE = enum.auto()
+
+
+def _failing_log(path: Path, workflow_id: str = "run-7") -> None:
+    """Leaves a kept log: FETCH ran, PARSE failed."""
+
+    async def fetch() -> Step:
+        return Step.PARSE
+
+    async def parse() -> Step:
+        raise RuntimeError("parser crashed")
+
+    async def go() -> None:
+        with cano.RedbCheckpointStore(path) as store:
+            wf = (
+                cano.Workflow.bare()
+                .register(Step.FETCH, fetch)
+                .register(Step.PARSE, cano.task(parse, config=cano.TaskConfig.minimal()))
+                .add_exit_state(Step.DONE)
+                .with_checkpoint_store(store)
+            )
+            with pytest.raises(cano.TaskError):
+                await wf.orchestrate(Step.FETCH, workflow_id=workflow_id)
+
+    asyncio.run(go())
+
+
+def test_demo_crashes_a_child_and_resumes(tmp_path: Path) -> None:
+    store = tmp_path / "demo.redb"
+    out = subprocess.run(
+        [sys.executable, "-m", "cano", "demo", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "the worker died" in out.stdout
+    assert "charged the card" in out.stdout
+    assert "The card was charged 1 time(s); 5 distinct items were packed" in out.stdout
+
+
+def test_runs_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.redb"
+    _failing_log(store)
+    assert main(["runs", "list", "--store", str(store), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [
+        {"workflow_id": "run-7", "rows": 2, "last_state": "PARSE", "last_sequence": 1}
+    ]
+    assert main(["runs", "show", "run-7", "--store", str(store), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["sequence"], r["state"], r["kind"]) for r in rows] == [
+        (0, "FETCH", "STATE_ENTRY"),
+        (1, "PARSE", "STATE_ENTRY"),
+    ]
+    assert set(rows[0]) == {
+        "workflow_id",
+        "sequence",
+        "state",
+        "task_id",
+        "kind",
+        "output",
+        "workflow_version",
+    }
+    assert main(["runs", "show", "run-7", "--store", str(store)]) == 0
+    assert "PARSE" in capsys.readouterr().out
+
+
+def test_runs_clear_then_show_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.redb"
+    _failing_log(store)
+    assert main(["runs", "clear", "run-7", "--store", str(store)]) == 0
+    assert "cleared 2 rows" in capsys.readouterr().out
+    assert main(["runs", "show", "run-7", "--store", str(store)]) == 1
+    assert "no run 'run-7'" in capsys.readouterr().err
+
+
+def test_missing_store_exits_1_without_creating_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.redb"
+    assert main(["runs", "list", "--store", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
+    assert not missing.exists()
+
+
+def test_corrupt_store_exits_1_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.redb"
+    bad.write_bytes(b"this is not a redb file" * 100)
+    assert main(["runs", "list", "--store", str(bad)]) == 1
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "frobnicate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err and "Traceback" not in err
+    assert main([]) == 2
+    assert main(["graph", "no-colon"]) == 2
+
+
+def test_graph_prints_mermaid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "my_flow.py").write_text(
+        "import enum, cano\n"
+        "class S(enum.Enum):\n    A = 1\n    B = 2\n"
+        "async def a() -> S:\n    return S.B\n"
+        "def build() -> cano.Workflow[S]:\n"
+        "    return cano.Workflow.bare().register(S.A, a, to=[S.B]).add_exit_state(S.B)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["graph", "my_flow:build"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("stateDiagram-v2") and "--> [*]" in out
+    assert main(["graph", "my_flow:missing"]) == 1
