@@ -25,9 +25,12 @@ import itertools
 import json
 import os
 import platform
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
@@ -49,6 +52,10 @@ class Pair:
     cano: Callable[[], float]
     floor: Callable[[], float]
     close: Callable[[], None] = lambda: None
+    # More floors to measure and print beside the table (same unit, interleaved with the
+    # others); the target still compares cano with ``floor``.
+    extra_floors: dict[str, Callable[[], float]] = field(default_factory=dict)
+    note: str = ""  # printed under the table, e.g. the shape of the workload
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class Result:
     target: str
     cano: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
+    extra_floors: dict[str, list[float]] = field(default_factory=dict)
+    note: str = ""
 
     @property
     def cano_median(self) -> float:
@@ -111,20 +120,30 @@ def measure(w: Workload, quick: bool, reps: int) -> Result:
     n = w.n_quick if quick else w.n
     pair = w.setup(n)
     res = Result(w.id, w.name.format(n=n), w.unit, w.direction, w.factor, w.target)
+    res.note = pair.note
+    res.extra_floors = {name: [] for name in pair.extra_floors}
     try:
         gc.collect()
         pair.cano()  # warm-up
         gc.collect()
         pair.floor()  # warm-up
+        for fn in pair.extra_floors.values():
+            gc.collect()
+            fn()  # warm-up
         for i in range(reps):
             # Alternate which side goes first so neither always runs on a "cooler" machine.
-            order = (("cano", pair.cano), ("floor", pair.floor))
+            order = [("cano", pair.cano), ("floor", pair.floor), *pair.extra_floors.items()]
             if i % 2:
                 order = order[::-1]
             for side, fn in order:
                 gc.collect()
                 value = fn()
-                (res.cano if side == "cano" else res.floor).append(value)
+                if side == "cano":
+                    res.cano.append(value)
+                elif side == "floor":
+                    res.floor.append(value)
+                else:
+                    res.extra_floors[side].append(value)
     finally:
         pair.close()
     return res
@@ -311,6 +330,43 @@ def setup_w2(n: int) -> Pair:
         for _ in range(n):
             await floor_walk(handlers, A, C, res)
         return n / (time.perf_counter() - t0)
+
+    return Pair(lambda: loop.run(run_cano()), lambda: loop.run(run_floor()), loop.close)
+
+
+# --------------------------------------------------------------------------------------------
+# W3: one state splitting into N no-op branches, join ALL
+# --------------------------------------------------------------------------------------------
+
+Fan = enum.Enum("Fan", ["SPLIT", "DONE"])
+SPLIT, DONE = Fan.SPLIT, Fan.DONE
+
+
+def setup_w3(n: int) -> Pair:
+    # N distinct task objects (the usual shape: one per source / shard / item), each a
+    # no-op with the default TaskConfig, so every branch arms its own retry loop.
+    branches = [Goto(DONE) for _ in range(n)]
+    res: cano.Resources[Any] = cano.Resources.empty()
+    wf: cano.Workflow[enum.Enum] = cano.Workflow(res)
+    wf.register_split(SPLIT, branches, cano.JoinConfig(cano.JoinStrategy.ALL, DONE))
+    wf.add_exit_state(DONE).validate()
+    loop = Loop()
+
+    async def run_cano() -> float:
+        t0 = time.perf_counter_ns()
+        out = await wf.orchestrate(SPLIT)
+        dt = time.perf_counter_ns() - t0
+        assert out is DONE, out
+        return dt / 1e6
+
+    async def run_floor() -> float:
+        # The floor: every branch's coroutine gathered (one asyncio task each), all must
+        # succeed, then the join state.
+        t0 = time.perf_counter_ns()
+        results = await asyncio.gather(*[b.run(res) for b in branches])
+        dt = time.perf_counter_ns() - t0
+        assert len(results) == n and results[-1] is DONE
+        return dt / 1e6
 
     return Pair(lambda: loop.run(run_cano()), lambda: loop.run(run_floor()), loop.close)
 
@@ -530,6 +586,16 @@ WORKLOADS: dict[str, Workload] = {
             n_quick=2_000,
         ),
         Workload(
+            "W3",
+            "one state split into {n:,} no-op branches, join ALL",
+            "ms/fan-out",
+            "lower",
+            1.5,
+            setup_w3,
+            n=1_000,
+            n_quick=200,
+        ),
+        Workload(
             "W5",
             "{n:,} calls through @CircuitBreaker",
             "ns/call",
@@ -607,6 +673,15 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
 
     print(table(results))
+    for r in results:
+        if r.note:
+            print(f"\n{r.id}: {r.note}")
+        for name, values in r.extra_floors.items():
+            print(
+                f"{r.id} floor {name}: median {fmt(statistics.median(values))}, "
+                f"best {fmt(r.best(values))} {r.unit}; cano is "
+                f"{r.cano_median / statistics.median(values):.2f}x of it"
+            )
     print(f"\n{elapsed:.1f} s total")
     if args.json:
         payload = {

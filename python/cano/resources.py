@@ -56,10 +56,10 @@ else:
 T = TypeVar("T")
 
 SPLIT_RESULT_KEY: Final[str] = "cano.split_result"
+"""The key under which a join-state task finds the :class:`cano.SplitResult` of its split."""
 
 # Teardowns started without an awaiting run (kept referenced until they finish).
 _BACKGROUND: set[asyncio.Task[None]] = set()
-"""The key under which a join-state task finds the :class:`cano.SplitResult` of its split."""
 
 _log = logging.getLogger("cano")
 

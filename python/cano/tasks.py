@@ -174,7 +174,13 @@ FnTask = Callable[..., Awaitable[Any]]
 
 
 @overload
-def task(fn: Callable[..., Awaitable[S | TaskResult[S]]], /) -> Task[S]: ...
+def task(
+    fn: Callable[..., Awaitable[S | TaskResult[S]]],
+    /,
+    *,
+    name: str | None = None,
+    config: TaskConfig | None = None,
+) -> Task[S]: ...
 
 
 @overload

@@ -42,6 +42,15 @@ pub fn make<'py>(
     }
 }
 
+static CANO_ERROR: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+
+/// True for instances of `cano.CanoError`.
+pub fn is_cano_error(py: Python<'_>, value: &Bound<'_, pyo3::exceptions::PyBaseException>) -> bool {
+    CANO_ERROR
+        .import(py, "cano.errors", "CanoError")
+        .is_ok_and(|c| value.is_instance(c).unwrap_or(false))
+}
+
 /// A `ConfigurationError` with no run context.
 pub fn configuration(py: Python<'_>, message: String) -> PyErr {
     make(py, "ConfigurationError", message, Context::none(), None, None)

@@ -377,8 +377,11 @@ impl Run {
         what: &str,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let task = self.task_name(py, plan);
-        let bytes =
-            plan.support.bind(py).call_method1(intern!(py, "encode"), (value, task, what))?;
+        let bytes = plan
+            .support
+            .bind(py)
+            .call_method1(intern!(py, "encode"), (value, task, what))
+            .map_err(|e| self.contextualise(py, plan, e))?;
         Ok(bytes.cast_into::<PyBytes>()?)
     }
 

@@ -550,6 +550,11 @@ impl Run {
             }
         }
         if self.branch.is_some() {
+            // A branch's value is recorded, not routed; unwrap TaskResult.single(...).
+            let value = match plan.lookup(&value) {
+                Some(_) => value,
+                None => self.unwrap_task_result(py, plan, value),
+            };
             self.task_succeeded_event(py, plan);
             return self.end(py, Ok(value.unbind()));
         }
@@ -591,6 +596,39 @@ impl Run {
                 self.fail(slf, err);
             }
         }
+    }
+
+    #[cold]
+    fn unwrap_task_result<'py>(
+        &self,
+        py: Python<'py>,
+        plan: &Plan,
+        value: Bound<'py, PyAny>,
+    ) -> Bound<'py, PyAny> {
+        let task = self.task_name(py, plan);
+        let label = plan.label(py, self.cursor.state());
+        let verdict = plan
+            .support
+            .bind(py)
+            .call_method1(intern!(py, "explain_return"), (&value, label, task))
+            .and_then(|v| v.extract::<(u8, Bound<'py, PyAny>)>());
+        match verdict {
+            Ok((0, state)) => state,
+            _ => value,
+        }
+    }
+
+    /// Adds this run's state, attempt and path to an engine error raised by Python code
+    /// (a store, the codec) that had no run context.
+    pub(super) fn contextualise(&self, py: Python<'_>, plan: &Plan, err: PyErr) -> PyErr {
+        let value = err.value(py);
+        let is_cano = errors::is_cano_error(py, value);
+        if is_cano && value.getattr(intern!(py, "state")).is_ok_and(|s| s.is_none()) {
+            let _ = value.setattr(intern!(py, "state"), plan.label(py, self.cursor.state()));
+            let _ = value.setattr(intern!(py, "attempt"), self.attempt);
+            let _ = value.setattr(intern!(py, "path"), plan.labels_of(py, self.cursor.path()));
+        }
+        err
     }
 
     /// A returned value that is not a state by identity or equality: a `TaskResult`, an

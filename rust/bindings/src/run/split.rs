@@ -185,9 +185,13 @@ impl Run {
         collect(py, &mut sp);
         if sp.decided.is_none() {
             let strategy = sp.handler.get().split.as_ref().map(|s| s.strategy);
+            // Outcomes collected in the same loop turn as the deadline count: the join is
+            // judged on them first, and timed out only if they left it undecided.
             let verdict = match strategy {
-                Some(s) if sp.timed_out => s.on_timeout(sp.tally),
-                Some(s) => s.evaluate(sp.tally),
+                Some(s) => match s.evaluate(sp.tally) {
+                    Verdict::Pending if sp.timed_out => s.on_timeout(sp.tally),
+                    v => v,
+                },
                 None => Verdict::Failed,
             };
             match verdict {
@@ -355,8 +359,15 @@ fn collect(py: Python<'_>, sp: &mut SplitRun) {
         sp.running = sp.running.saturating_sub(1);
         let cancelled =
             task.call_method0(intern!(py, "cancelled")).and_then(|c| c.extract()).unwrap_or(false);
-        sp.slots[i] = if cancelled {
+        sp.slots[i] = if cancelled && sp.decided.is_some() {
             Slot::Cancelled
+        } else if cancelled {
+            // The branch cancelled itself (raised CancelledError): a failure, not a hang.
+            sp.tally.failed += 1;
+            match task.call_method0(intern!(py, "result")) {
+                Err(e) => Slot::Failed(e.into_value(py).into_any()),
+                Ok(v) => Slot::Failed(v.unbind()),
+            }
         } else {
             match task.call_method0(intern!(py, "exception")) {
                 Ok(exc) if !exc.is_none() => {
