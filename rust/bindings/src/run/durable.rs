@@ -92,7 +92,7 @@ impl Run {
     /// The row is durable: report it and carry on.
     pub(super) fn saved(&mut self, slf: &Bound<'_, Self>, after: After) {
         let py = slf.py();
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         if let (Some(hub), Some(id)) = (&plan.hub, &self.workflow_id) {
             let _ = hub.bind(py).call_method1(
@@ -117,7 +117,7 @@ impl Run {
     /// The store refused or failed the append: the run fails, its log stays as it was.
     pub(super) fn save_failed(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
         let py = slf.py();
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let id = self.workflow_id.as_ref().map(|i| i.bind(py).to_string()).unwrap_or_default();
         let msg = format!(
@@ -204,7 +204,7 @@ impl Run {
             return self.enter_interrupted(slf, plan);
         }
         self.attempt = 1;
-        match self.handler(plan).map(|h| h.clone_ref(py)) {
+        match self.handler(plan).map(|h| h.bind(py).clone()) {
             Some(h) => self.start_attempt(slf, plan, h.get()),
             None => self.end(py, Err(pyo3::exceptions::PyRuntimeError::new_err("handler missing"))),
         }
@@ -282,7 +282,7 @@ impl Run {
     }
 
     pub(super) fn resume_drain(&mut self, py: Python<'_>) {
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let entries = self.stack.drain(..).map(|(name, blob)| {
             PyTuple::new(py, [name.into_any(), blob.into_any()]).map(|t| t.unbind())
@@ -310,7 +310,7 @@ impl Run {
     /// The drain finished: `errors` lists what could not be undone.
     pub(super) fn drained(&mut self, slf: &Bound<'_, Self>, errors: Bound<'_, PyAny>) {
         let py = slf.py();
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let Some(original) = self.failure.take() else {
             return self
@@ -338,7 +338,7 @@ impl Run {
 
     /// Clears the log (when there is one), then ends with `outcome`.
     pub(super) fn clear_log(&mut self, py: Python<'_>, outcome: Result<Py<PyAny>, Py<PyAny>>) {
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let (Some(store), Some(id)) = (&plan.store, &self.workflow_id) else {
             return self.end(py, outcome.map_err(|o| PyErr::from_value(o.into_bound(py))));
@@ -357,7 +357,7 @@ impl Run {
 
     /// Clearing is best effort: report it and keep the run's outcome.
     pub(super) fn clear_failed(&mut self, py: Python<'_>, err: PyErr) {
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         if let (Some(hub), Some(id)) = (&plan_ref.get().hub, &self.workflow_id) {
             let _ = hub.bind(py).call_method1(
                 intern!(py, "on_checkpoint_clear_failed"),

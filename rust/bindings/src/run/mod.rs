@@ -33,7 +33,7 @@ use pyo3::exceptions::{PyException, PyGeneratorExit, PyRuntimeError, PyStopItera
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString, PyType};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use signals::{SIG_ATTEMPT, SIG_CANCEL, SIG_TOTAL};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +130,8 @@ pub struct Run {
     failure: Option<Py<PyAny>>,
     /// The run's result while cleanup runs: the final state, or the exception to raise.
     outcome: Option<Result<Py<PyAny>, Py<PyAny>>>,
+    /// `(resources,)`, the argument tuple of most task calls.
+    res_args: Option<Py<PyTuple>>,
     /// The circuit-breaker permit of the attempt in flight.
     permit: Option<Permit>,
     /// The rate limiter granted the attempt about to start.
@@ -182,6 +184,7 @@ impl Run {
             stack: origin.stack,
             failure: None,
             outcome: None,
+            res_args: None,
             permit: None,
             throttled: false,
             branch: None,
@@ -212,11 +215,13 @@ impl Run {
         loop {
             match self.inner.take() {
                 Some(inner) => {
-                    let sent = resume(py, inner.bind(py), input);
+                    // A Bound drops with a plain decref (a Py would check the GIL first).
+                    let inner = inner.into_bound(py);
+                    let sent = resume(py, &inner, input);
                     input = Input::Send(None);
                     match sent {
                         Sent::Yield(y) => {
-                            self.inner = Some(inner);
+                            self.inner = Some(inner.unbind());
                             return Ok(y.unbind());
                         }
                         Sent::Return(v) => {
@@ -285,7 +290,7 @@ impl Run {
     fn begin(&mut self, slf: &Bound<'_, Self>) {
         let py = slf.py();
         if self.branch.is_some() {
-            let plan_ref = self.plan.clone_ref(py);
+            let plan_ref = self.plan.bind(py).clone();
             return self.dispatch(slf, plan_ref.get());
         }
         if let Some(lease) = &self.lease {
@@ -301,7 +306,7 @@ impl Run {
     /// After setup: arm the total timeout and the token, then enter the first state.
     fn begin_states(&mut self, slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let plan = self.plan.clone_ref(py);
+        let plan = self.plan.bind(py).clone();
         if let Some(limit) = plan.get().total_timeout {
             self.started = Some(Instant::now());
             match self.arm(slf, limit, SIG_TOTAL) {
@@ -332,7 +337,7 @@ impl Run {
     /// dispatch.
     fn enter(&mut self, slf: &Bound<'_, Self>) {
         let py = slf.py();
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let s = self.cursor.state();
         if self.signals & SIG_CANCEL != 0 || self.token.as_ref().is_some_and(|t| t.get().fired()) {
@@ -373,12 +378,12 @@ impl Run {
             let err = self.total_timeout_error(py, plan, false);
             return self.fail(slf, err);
         }
-        let Some(handler) = self.handler(plan).map(|h| h.clone_ref(py)) else {
+        let Some(handler) = self.handler(plan).map(|h| h.bind(py).clone()) else {
             return self.end(py, Err(PyRuntimeError::new_err("cano: handler missing")));
         };
         let h = handler.get();
         if h.kind == HandlerKind::Split {
-            return self.start_split(slf, handler);
+            return self.start_split(slf, handler.unbind());
         }
         self.attempt = 1;
         if matches!(h.kind, HandlerKind::Stepped | HandlerKind::Stream) {
@@ -417,10 +422,11 @@ impl Run {
         }
         self.uninterruptible = h.kind == HandlerKind::Compensatable;
         let call = h.call.bind(py);
-        let res = match &self.overlay {
-            Some((state, o)) if *state == self.cursor.state() => o.bind(py),
-            _ => self.resources.bind(py),
+        let overlay = match &self.overlay {
+            Some((state, o)) if *state == self.cursor.state() => Some(o.bind(py)),
+            _ => None,
         };
+        let res = overlay.unwrap_or_else(|| self.resources.bind(py));
         let made = match (h.kind, h.takes_resources) {
             (HandlerKind::Stepped, _) => {
                 let cursor =
@@ -431,6 +437,15 @@ impl Run {
                 let cursor =
                     self.step_cursor.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py));
                 self.committer(py, plan).and_then(|commit| call.call1((res, cursor, commit)))
+            }
+            (_, true) if overlay.is_none() => {
+                // One `(resources,)` tuple per run: no tuple allocation per transition.
+                let args = match &self.res_args {
+                    Some(a) => Ok(a.bind(py).clone()),
+                    None => PyTuple::new(py, [res])
+                        .inspect(|a| self.res_args = Some(a.clone().unbind())),
+                };
+                args.and_then(|args| call.call(args, None))
             }
             (_, true) => call.call1((res,)),
             (_, false) => call.call0(),
@@ -503,7 +518,7 @@ impl Run {
                     self.disarm_attempt(py);
                 }
                 if self.permit.is_some() {
-                    let plan_ref = self.plan.clone_ref(py);
+                    let plan_ref = self.plan.bind(py).clone();
                     self.record_permit(plan_ref.get(), true);
                 }
                 if self.cancel_owed {
@@ -515,9 +530,9 @@ impl Run {
             }
             Phase::Sleep | Phase::Throttle => {
                 self.throttled = self.phase == Phase::Throttle;
-                let plan_ref = self.plan.clone_ref(py);
+                let plan_ref = self.plan.bind(py).clone();
                 let plan = plan_ref.get();
-                match self.handler(plan).map(|h| h.clone_ref(py)) {
+                match self.handler(plan).map(|h| h.bind(py).clone()) {
                     Some(h) => self.start_attempt(slf, plan, h.get()),
                     None => self.end(py, Err(PyRuntimeError::new_err("cano: handler missing"))),
                 }
@@ -541,7 +556,7 @@ impl Run {
     /// A task attempt returned `value`: interpret it by handler kind and move on.
     fn completed(&mut self, slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) {
         let py = slf.py();
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let s = self.cursor.state();
         if let Some((state, _)) = &self.overlay {
@@ -717,7 +732,7 @@ impl Run {
 
     fn attempt_raised(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
         let py = slf.py();
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         if self.attempt_timer.is_some() {
             self.disarm_attempt(py);
@@ -773,7 +788,7 @@ impl Run {
     ) {
         let py = slf.py();
         let s = self.cursor.state();
-        let Some(handler) = self.handler(plan).map(|h| h.clone_ref(py)) else {
+        let Some(handler) = self.handler(plan).map(|h| h.bind(py).clone()) else {
             return self.end(py, Err(err));
         };
         let h = handler.get();

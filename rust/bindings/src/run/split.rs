@@ -246,7 +246,7 @@ impl Run {
     /// The parent was cancelled or timed out while waiting on its branches.
     pub(super) fn split_raised(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
         let py = slf.py();
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let external = if self.cancel_owed { self.settle_cancel(py) } else { false };
         let e = if external || self.signals & (SIG_CANCEL | SIG_TOTAL) == 0 {
@@ -283,7 +283,7 @@ impl Run {
         if let Some(t) = sp.timer.take() {
             let _ = t.bind(py).call_method0(intern!(py, "cancel"));
         }
-        let plan_ref = self.plan.clone_ref(py);
+        let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         let successes = PyList::empty(py);
         let errors = PyList::empty(py);
