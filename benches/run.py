@@ -372,6 +372,146 @@ def setup_w3(n: int) -> Pair:
 
 
 # --------------------------------------------------------------------------------------------
+# W4 / W4c: durable checkpoints on RedbCheckpointStore(durability="immediate")
+# --------------------------------------------------------------------------------------------
+
+RECORD = b"r" * 64  # about the size of one state-entry row
+SQLITE_FLOOR = "sqlite3 INSERT (journal DELETE, synchronous FULL)"
+
+
+def bench_dir() -> str:
+    """A fresh directory on the disk being measured: ``$CANO_BENCH_DIR`` or the temp dir."""
+    return tempfile.mkdtemp(prefix="cano-bench-", dir=os.environ.get("CANO_BENCH_DIR"))
+
+
+def fsync_seconds(path: str, count: int) -> float:
+    """The raw durability floor: seconds per (write one small record + ``os.fsync``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(count):
+            os.write(fd, RECORD)
+            os.fsync(fd)
+        return (time.perf_counter() - t0) / count
+    finally:
+        os.close(fd)
+
+
+def sqlite_floor(path: str, count: int) -> tuple[Callable[[], float], Callable[[], None]]:
+    """µs per committed INSERT of one checkpoint row (autocommit: a transaction each)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS checkpoints (workflow_id TEXT, sequence INTEGER, "
+        "state TEXT, task_id TEXT, kind INTEGER, output BLOB, workflow_version INTEGER, "
+        "PRIMARY KEY (workflow_id, sequence))"
+    )
+    reps = itertools.count()
+
+    def run() -> float:
+        wid = f"floor-{next(reps)}"
+        insert = "INSERT INTO checkpoints VALUES (?, ?, ?, 'Goto', 0, NULL, 0)"
+        t0 = time.perf_counter_ns()
+        for i in range(count):
+            conn.execute(insert, (wid, i, f"S{i}"))
+        dt = time.perf_counter_ns() - t0
+        conn.execute("DELETE FROM checkpoints WHERE workflow_id = ?", (wid,))  # not timed
+        return dt / count / 1_000
+
+    return run, conn.close
+
+
+def durable_chain(name: str, n: int, store: cano.RedbCheckpointStore) -> cano.Workflow[enum.Enum]:
+    """N no-op states (default TaskConfig) plus an exit state, checkpointed in ``store``."""
+    states = enum.Enum(name, [f"S{i}" for i in range(n + 1)])  # type: ignore[misc]
+    members: list[enum.Enum] = list(states)
+    handlers: Handlers = {a: Goto(b) for a, b in itertools.pairwise(members)}
+    wf = chain_workflow(members, handlers, cano.Resources.empty())
+    wf.with_checkpoint_store(store)
+    wf.validate()
+    return wf
+
+
+def setup_w4(n: int) -> Pair:
+    tmp = bench_dir()
+    store = cano.RedbCheckpointStore(os.path.join(tmp, "w4.redb"), durability="immediate")
+    wf = durable_chain("Durable", n, store)
+    first, end = min(wf.registered_states, key=lambda s: s.value), next(iter(wf.exit_states))
+    loop = Loop()
+    reps = itertools.count()
+
+    async def run_cano() -> float:
+        wid = f"w4-{next(reps)}"
+        t0 = time.perf_counter_ns()
+        out = await wf.orchestrate(first, workflow_id=wid)
+        dt = time.perf_counter_ns() - t0
+        assert out is end, out
+        return dt / n / 1_000
+
+    fsync_path = os.path.join(tmp, "fsync.bin")
+    sqlite_run, sqlite_close = sqlite_floor(os.path.join(tmp, "w4.sqlite"), n)
+
+    def close() -> None:
+        store.close()
+        loop.close()
+        sqlite_close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return Pair(
+        lambda: loop.run(run_cano()),
+        lambda: fsync_seconds(fsync_path, n) * 1e6,
+        close,
+        extra_floors={SQLITE_FLOOR: sqlite_run},
+        note=(
+            f"floor = one os.fsync after a {len(RECORD)}-byte write ({n:,} in a row), in the "
+            f"same directory as the redb and sqlite files (under {os.path.dirname(tmp)})"
+        ),
+    )
+
+
+W4C_SHAPES = {10_000: (100, 100), 1_000: (20, 50)}  # transitions -> (runs, states per run)
+
+
+def setup_w4c(n: int) -> Pair:
+    runs, per_run = W4C_SHAPES.get(n, (100, max(1, n // 100)))
+    tmp = bench_dir()
+    store = cano.RedbCheckpointStore(os.path.join(tmp, "w4c.redb"), durability="immediate")
+    wf = durable_chain("Concurrent", per_run, store)
+    first, end = min(wf.registered_states, key=lambda s: s.value), next(iter(wf.exit_states))
+    loop = Loop()
+    reps = itertools.count()
+    fsync_path = os.path.join(tmp, "fsync.bin")
+    fsyncs = min(max(runs * per_run // 20, 200), 1_000)
+
+    async def run_cano() -> float:
+        k = next(reps)
+        t0 = time.perf_counter()
+        outs = await asyncio.gather(
+            *(wf.orchestrate(first, workflow_id=f"w4c-{k}-{i}") for i in range(runs))
+        )
+        dt = time.perf_counter() - t0
+        assert all(out is end for out in outs), outs
+        return runs * per_run / dt
+
+    def close() -> None:
+        store.close()
+        loop.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return Pair(
+        lambda: loop.run(run_cano()),
+        lambda: 1 / fsync_seconds(fsync_path, fsyncs),
+        close,
+        note=(
+            f"{runs} concurrent runs x {per_run} durable states on one store; floor = "
+            f"os.fsync calls/s ({len(RECORD)}-byte write + fsync, {fsyncs} in a row, same "
+            f"directory as the store, under {os.path.dirname(tmp)})"
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # W5: N calls of a no-op function guarded by a CircuitBreaker (decorator form)
 # --------------------------------------------------------------------------------------------
 
@@ -596,6 +736,26 @@ WORKLOADS: dict[str, Workload] = {
             n_quick=200,
         ),
         Workload(
+            "W4",
+            "one run, {n:,} durable states (redb, immediate)",
+            "µs/checkpointed transition",
+            "lower",
+            1.5,
+            setup_w4,
+            n=1_000,
+            n_quick=200,
+        ),
+        Workload(
+            "W4c",
+            "{n:,} durable transitions, concurrent runs, one store",
+            "checkpointed transitions/s",
+            "higher",
+            20.0,
+            setup_w4c,
+            n=10_000,
+            n_quick=1_000,
+        ),
+        Workload(
             "W5",
             "{n:,} calls through @CircuitBreaker",
             "ns/call",
@@ -650,7 +810,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ids = list(WORKLOADS)
     if args.only:
-        ids = [s.strip().upper() for s in args.only.split(",") if s.strip()]
+        by_upper = {wid.upper(): wid for wid in WORKLOADS}  # "w4c" and "W4C" mean W4c
+        ids = [by_upper.get(s.strip().upper(), s.strip()) for s in args.only.split(",")]
+        ids = [i for i in ids if i]
         unknown = [i for i in ids if i not in WORKLOADS]
         if unknown:
             p.error(f"unknown workload id(s): {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
