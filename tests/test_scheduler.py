@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cano
+import cano.testing
 import pytest
 from cano import (
     BackoffPolicy,
@@ -864,3 +865,68 @@ async def test_list_is_in_registration_order() -> None:
     )
     assert [f.id for f in running.list()] == ["z", "a", "m"]
     await running.stop()
+
+
+async def test_scheduler_events_reach_the_workflows_observers() -> None:
+    class Flow(enum.Enum):
+        WORK = enum.auto()
+        DONE = enum.auto()
+
+    attempts = {"n": 0}
+
+    async def work() -> Flow:
+        attempts["n"] += 1
+        if attempts["n"] <= 2:
+            raise RuntimeError(f"failure {attempts['n']}")
+        return Flow.DONE
+
+    recorder = cano.testing.RecordingObserver()
+    events: list[tuple[str, tuple[object, ...]]] = []
+
+    class FlowEvents(cano.WorkflowObserver):
+        def on_flow_start(self, flow_id: str, run: int) -> None:
+            events.append(("start", (flow_id, run)))
+
+        def on_flow_finish(self, flow_id: str, outcome: str, duration: float) -> None:
+            assert duration >= 0
+            events.append(("finish", (flow_id, outcome)))
+
+        def on_flow_backoff(self, flow_id: str, streak: int, delay: float) -> None:
+            events.append(("backoff", (flow_id, streak)))
+
+        def on_flow_tripped(self, flow_id: str, streak: int) -> None:
+            events.append(("tripped", (flow_id, streak)))
+
+    wf = (
+        cano.Workflow[Flow]
+        .bare()
+        .register(Flow.WORK, cano.task(work, config=cano.TaskConfig.minimal()))
+        .add_exit_state(Flow.DONE)
+        .with_observer(FlowEvents())
+        .with_observer(recorder)
+    )
+    scheduler = (
+        cano.Scheduler()
+        .manual("job", wf, Flow.WORK)
+        .set_backoff("job", cano.BackoffPolicy(initial=0.001, streak_limit=2))
+    )
+    async with scheduler.running() as running:
+        for _ in range(2):
+            await running.trigger("job")
+            while running.has_running_flows():
+                await asyncio.sleep(0.001)
+        await running.reset_flow("job")
+        await running.trigger("job")
+        while running.has_running_flows():
+            await asyncio.sleep(0.001)
+    assert events == [
+        ("start", ("job", 1)),
+        ("finish", ("job", "failed")),
+        ("backoff", ("job", 1)),
+        ("start", ("job", 2)),
+        ("finish", ("job", "failed")),
+        ("tripped", ("job", 2)),
+        ("start", ("job", 3)),
+        ("finish", ("job", "completed")),
+    ]
+    assert recorder.states_entered.count("WORK") == 3

@@ -30,6 +30,10 @@ HOOKS: tuple[str, ...] = (
     "on_cancelled",
     "on_checkpoint_clear_failed",
     "on_unknown_resume_state",
+    "on_flow_start",
+    "on_flow_finish",
+    "on_flow_backoff",
+    "on_flow_tripped",
 )
 
 
@@ -71,6 +75,20 @@ class WorkflowObserver:
 
     def on_unknown_resume_state(self, workflow_id: str, sequence: int, label: str) -> None:
         """A resumed log names a state this workflow no longer has."""
+
+    # Scheduler events (fired for the observers of a scheduled flow's workflow).
+
+    def on_flow_start(self, flow_id: str, run: int) -> None:
+        """The scheduler started run number ``run`` of flow ``flow_id``."""
+
+    def on_flow_finish(self, flow_id: str, outcome: str, duration: float) -> None:
+        """A scheduled run ended: ``outcome`` is "completed", "failed" or "cancelled"."""
+
+    def on_flow_backoff(self, flow_id: str, streak: int, delay: float) -> None:
+        """A failed flow waits ``delay`` seconds before it may run again."""
+
+    def on_flow_tripped(self, flow_id: str, streak: int) -> None:
+        """A flow failed ``streak`` times in a row and stops until ``reset_flow``."""
 
 
 def _implemented(observer: object, hook: str) -> Callable[..., Any] | None:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cano._core import BackoffPolicy, CancellationHandle, CancellationToken, CronSchedule
 from cano._duration import Duration, seconds
 from cano.errors import ConfigurationError, WorkflowCancelledError, WorkflowError
+from cano.observer import ObserverHub
 from cano.resources import Resources
 from cano.workflow import Workflow, state_label
 
@@ -145,6 +146,22 @@ class _Flow:
     last_error: BaseException | None = None
     cancel: CancellationHandle | None = None
     run: asyncio.Task[None] | None = None
+    hub: ObserverHub | None = None
+    run_started: float = 0.0
+
+    def notify(self, hook: str, *args: object) -> None:
+        """Tells the flow's workflow observers about a scheduler event."""
+        if self.hub is None:
+            observers = self.workflow._observers
+            if not observers:
+                return
+            self.hub = ObserverHub(observers)
+        getattr(self.hub, hook)(self.id, *args)
+
+    def elapsed(self) -> float:
+        if not self.run_started:
+            return 0.0  # cancelled before it started
+        return max(asyncio.get_running_loop().time() - self.run_started, 0.0)
 
     def info(self) -> FlowInfo:
         return FlowInfo(
@@ -535,7 +552,9 @@ class RunningScheduler:
         number = flow.run_count
         if not started.done():
             started.set_result(None)
+        flow.run_started = asyncio.get_running_loop().time()
         logger.info("flow %r: run %d started", flow.id, number)
+        flow.notify("on_flow_start", number)
         try:
             # A checkpointed workflow needs one id per run; the firing time keeps them
             # unique and tells an operator which tick a crashed run belonged to.
@@ -578,15 +597,18 @@ class RunningScheduler:
         flow.last_error = None
         self._finish(flow, FlowStatus.COMPLETED)
         logger.info("flow %r: run %d finished in state %s", flow.id, number, state_label(final))
+        flow.notify("on_flow_finish", "completed", flow.elapsed())
 
     def _cancelled(self, flow: _Flow, number: int) -> None:
         self._finish(flow, FlowStatus.IDLE)
         logger.info("flow %r: run %d cancelled", flow.id, number)
+        flow.notify("on_flow_finish", "cancelled", flow.elapsed())
 
     def _failed(self, flow: _Flow, number: int, err: BaseException) -> None:
         flow.streak += 1
         flow.last_error = err
         logger.warning("flow %r: run %d failed: %s: %s", flow.id, number, type(err).__name__, err)
+        flow.notify("on_flow_finish", "failed", flow.elapsed())
         if flow.policy.is_tripped(flow.streak):
             flow.next_eligible = None
             self._finish(flow, FlowStatus.TRIPPED)
@@ -595,6 +617,7 @@ class RunningScheduler:
                 flow.id,
                 flow.streak,
             )
+            flow.notify("on_flow_tripped", flow.streak)
             return
         delay = min(flow.policy.compute_delay(flow.streak), _LONGEST_BACKOFF)
         flow.next_eligible = self._clock.now() + timedelta(seconds=delay)
@@ -606,6 +629,7 @@ class RunningScheduler:
             flow.next_eligible.isoformat(),
             flow.streak,
         )
+        flow.notify("on_flow_backoff", flow.streak, delay)
 
     def _flow(self, flow_id: str) -> _Flow:
         flow = self._flows.get(flow_id)
