@@ -307,6 +307,44 @@ def setup_w1(n: int) -> Pair:
     return Pair(lambda: loop.run(run_cano()), lambda: loop.run(run_floor()), loop.close)
 
 
+class _CountingObserver(cano.WorkflowObserver):
+    """An observer with real work per hook: what W1o pays for observability."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def on_state_enter(self, state: str) -> None:
+        self.entered += 1
+
+    def on_task_success(self, task_id: str) -> None:
+        self.entered += 0
+
+
+def setup_w1o(n: int) -> Pair:
+    """W1 with one observer attached: the cost of observability per transition. The floor
+    is W1 without an observer, so the ratio is the price of attaching one (W1 itself shows
+    that an unobserved workflow pays nothing for the feature)."""
+    states = enum.Enum("Chain", [f"S{i}" for i in range(n + 1)])  # type: ignore[misc]
+    members: list[enum.Enum] = list(states)
+    handlers: Handlers = {a: Goto(b) for a, b in itertools.pairwise(members)}
+    res: cano.Resources[Any] = cano.Resources.empty()
+    plain = chain_workflow(members, handlers, res)
+    observed = chain_workflow(members, handlers, res).with_observer(_CountingObserver())
+    first, end = members[0], members[-1]
+    loop = Loop()
+
+    def runner(wf: cano.Workflow[Any]) -> Callable[[], float]:
+        async def run() -> float:
+            t0 = time.perf_counter_ns()
+            out = await wf.orchestrate(first)
+            assert out is end, out
+            return (time.perf_counter_ns() - t0) / n
+
+        return lambda: loop.run(run())
+
+    return Pair(runner(observed), runner(plain), loop.close)
+
+
 # --------------------------------------------------------------------------------------------
 # W2: N separate runs of a 3-state workflow
 # --------------------------------------------------------------------------------------------
@@ -712,6 +750,16 @@ WORKLOADS: dict[str, Workload] = {
             "lower",
             1.0,
             setup_w1,
+            n=10_000,
+            n_quick=2_000,
+        ),
+        Workload(
+            "W1o",
+            "W1 with an observer (floor: W1 without one)",
+            "ns/transition",
+            "lower",
+            3.0,
+            setup_w1o,
             n=10_000,
             n_quick=2_000,
         ),

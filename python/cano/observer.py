@@ -106,9 +106,24 @@ class ObserverHub:
 
     def __init__(self, observers: Sequence[object]) -> None:
         self._observers = tuple(observers)
+        self._targets: dict[str, tuple[Callable[..., Any], ...]] = {}
         for hook in HOOKS:
             targets = tuple(m for o in self._observers if (m := _implemented(o, hook)))
+            self._targets[hook] = targets
             setattr(self, hook, self._fan_out(hook, targets))
+
+    def targets(self, hook: str) -> tuple[Callable[..., Any], ...]:
+        """The observer methods implementing ``hook`` (the dispatcher calls them directly)."""
+        return self._targets.get(hook, ())
+
+    @staticmethod
+    def report(hook: str, error: BaseException) -> None:
+        """Logs an observer hook that raised (called by the dispatcher)."""
+        logger.error(
+            "cano: observer hook %s raised; ignored",
+            hook,
+            exc_info=(type(error), error, error.__traceback__),
+        )
 
     @staticmethod
     def _fan_out(hook: str, targets: tuple[Callable[..., Any], ...]) -> Callable[..., None]:

@@ -168,6 +168,61 @@ impl Handler {
     }
 }
 
+/// The observer hooks the dispatcher fires.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    StateEnter,
+    TaskStart,
+    TaskSuccess,
+    TaskFailure,
+    Retry,
+    CircuitOpen,
+    Checkpoint,
+    Resume,
+    WorkflowTimeout,
+    Cancelled,
+    ClearFailed,
+}
+
+impl Hook {
+    const ALL: [Hook; 11] = [
+        Hook::StateEnter,
+        Hook::TaskStart,
+        Hook::TaskSuccess,
+        Hook::TaskFailure,
+        Hook::Retry,
+        Hook::CircuitOpen,
+        Hook::Checkpoint,
+        Hook::Resume,
+        Hook::WorkflowTimeout,
+        Hook::Cancelled,
+        Hook::ClearFailed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hook::StateEnter => "on_state_enter",
+            Hook::TaskStart => "on_task_start",
+            Hook::TaskSuccess => "on_task_success",
+            Hook::TaskFailure => "on_task_failure",
+            Hook::Retry => "on_retry",
+            Hook::CircuitOpen => "on_circuit_open",
+            Hook::Checkpoint => "on_checkpoint",
+            Hook::Resume => "on_resume",
+            Hook::WorkflowTimeout => "on_workflow_timeout",
+            Hook::Cancelled => "on_cancelled",
+            Hook::ClearFailed => "on_checkpoint_clear_failed",
+        }
+    }
+}
+
+/// The observer methods implementing each hook, resolved once per plan, so that a hook no
+/// observer implements costs one branch and an implemented one a direct call.
+struct Observers {
+    targets: Vec<Vec<Py<PyAny>>>,
+    hub: Py<PyAny>,
+}
+
 /// The compiled workflow. Frozen: runs read it without borrowing.
 #[pyclass(frozen, module = "cano._core", name = "Plan")]
 pub struct Plan {
@@ -178,6 +233,7 @@ pub struct Plan {
     pub graph: Graph,
     handlers: Vec<Option<Py<Handler>>>,
     pub hub: Option<Py<PyAny>>,
+    observers: Option<Observers>,
     pub support: Py<PyAny>,
     pub total_timeout: Option<f64>,
     /// The checkpoint store, if any, and whether it has the raw-row fast path.
@@ -202,6 +258,38 @@ impl Plan {
     fn lookup_by_value(&self, value: &Bound<'_, PyAny>) -> Option<StateId> {
         let found = self.by_value.bind(value.py()).get_item(value).ok().flatten()?;
         found.extract::<StateId>().ok()
+    }
+
+    /// True when some observer implements `hook`.
+    #[inline]
+    pub fn observes(&self, hook: Hook) -> bool {
+        self.observers.as_ref().is_some_and(|o| !o.targets[hook as usize].is_empty())
+    }
+
+    /// Calls every observer method implementing `hook`; one that raises is logged on the
+    /// `cano` logger and ignored.
+    pub fn notify<'py, A>(&self, py: Python<'py>, hook: Hook, args: A)
+    where
+        A: IntoPyObject<'py, Target = PyTuple>,
+    {
+        let Some(obs) = &self.observers else { return };
+        let targets = &obs.targets[hook as usize];
+        if targets.is_empty() {
+            return;
+        }
+        let Ok(args) = args.into_pyobject(py) else { return };
+        let args = pyo3::BoundObject::into_bound(args);
+        for target in targets {
+            if let Err(e) = target.bind(py).call(&args, None) {
+                let reported = obs
+                    .hub
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "report"), (hook.name(), e.value(py)));
+                if let Err(e) = reported {
+                    e.write_unraisable(py, None);
+                }
+            }
+        }
     }
 
     /// The handler of state `s` (present for every dispatchable state).
@@ -306,6 +394,18 @@ impl Plan {
             compensation_timeout.map(secs),
         )
         .map(|d| d.as_secs_f64());
+        let observers = match &hub {
+            Some(h) => {
+                let mut targets = Vec::with_capacity(Hook::ALL.len());
+                for hook in Hook::ALL {
+                    let found =
+                        h.bind(py).call_method1(pyo3::intern!(py, "targets"), (hook.name(),))?;
+                    targets.push(found.extract::<Vec<Py<PyAny>>>()?);
+                }
+                Some(Observers { targets, hub: h.clone_ref(py) })
+            }
+            None => None,
+        };
         let plan = Plan {
             states,
             labels,
@@ -314,6 +414,7 @@ impl Plan {
             graph,
             handlers: table,
             hub,
+            observers,
             support,
             total_timeout,
             store,
@@ -406,6 +507,12 @@ impl Plan {
         }
         if let Some(h) = &self.hub {
             visit.call(h)?;
+        }
+        if let Some(obs) = &self.observers {
+            visit.call(&obs.hub)?;
+            for t in obs.targets.iter().flatten() {
+                visit.call(t)?;
+            }
         }
         if let Some(st) = &self.store {
             visit.call(st)?;

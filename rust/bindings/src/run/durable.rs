@@ -9,7 +9,7 @@
 //!   keeps it, so the run can be inspected and resumed.
 
 use super::{After, Phase, Run};
-use crate::workflow::{Handler, Plan};
+use crate::workflow::{Handler, Hook, Plan};
 use cano_core::fsm::StateId;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -94,11 +94,8 @@ impl Run {
         let py = slf.py();
         let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
-        if let (Some(hub), Some(id)) = (&plan.hub, &self.workflow_id) {
-            let _ = hub.bind(py).call_method1(
-                intern!(py, "on_checkpoint"),
-                (id.bind(py), self.sequence.load(Ordering::Relaxed)),
-            );
+        if let Some(id) = &self.workflow_id {
+            plan.notify(py, Hook::Checkpoint, (id.bind(py), self.sequence.load(Ordering::Relaxed)));
         }
         if plan.store.is_some() && self.workflow_id.is_some() {
             self.sequence.fetch_add(1, Ordering::Relaxed);
@@ -358,11 +355,8 @@ impl Run {
     /// Clearing is best effort: report it and keep the run's outcome.
     pub(super) fn clear_failed(&mut self, py: Python<'_>, err: PyErr) {
         let plan_ref = self.plan.bind(py).clone();
-        if let (Some(hub), Some(id)) = (&plan_ref.get().hub, &self.workflow_id) {
-            let _ = hub.bind(py).call_method1(
-                intern!(py, "on_checkpoint_clear_failed"),
-                (id.bind(py), err.value(py)),
-            );
+        if let Some(id) = &self.workflow_id {
+            plan_ref.get().notify(py, Hook::ClearFailed, (id.bind(py), err.value(py)));
         }
         self.cleared(py);
     }

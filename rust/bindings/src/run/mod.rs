@@ -23,7 +23,7 @@ pub use split::{BranchDone, Mailbox};
 
 use crate::cancel::CancellationToken;
 use crate::errors::{self, Context};
-use crate::workflow::{Handler, Plan};
+use crate::workflow::{Handler, Hook, Plan};
 use cano_core::circuit::{Permit, Rejection, SystemClock};
 use cano_core::fsm::{Cursor, Entry, HandlerKind, StateId};
 use cano_core::retry::Verdict;
@@ -320,14 +320,10 @@ impl Run {
                 return self.end(py, Err(e));
             }
         }
-        if let Some(hub) = &plan.get().hub {
-            if !self.cursor.path().is_empty() {
-                if let Some(id) = &self.workflow_id {
-                    let resumed_at = self.sequence.load(Ordering::Relaxed).saturating_sub(1);
-                    let _ = hub
-                        .bind(py)
-                        .call_method1(intern!(py, "on_resume"), (id.bind(py), resumed_at));
-                }
+        if !self.cursor.path().is_empty() {
+            if let Some(id) = &self.workflow_id {
+                let resumed_at = self.sequence.load(Ordering::Relaxed).saturating_sub(1);
+                plan.get().notify(py, Hook::Resume, (id.bind(py), resumed_at));
             }
         }
         self.enter(slf);
@@ -343,8 +339,8 @@ impl Run {
         if self.signals & SIG_CANCEL != 0 || self.token.as_ref().is_some_and(|t| t.get().fired()) {
             return self.cancelled_at_boundary(py, plan);
         }
-        if let Some(hub) = &plan.hub {
-            let _ = hub.bind(py).call_method1(intern!(py, "on_state_enter"), (plan.label(py, s),));
+        if plan.observes(Hook::StateEnter) {
+            plan.notify(py, Hook::StateEnter, (plan.label(py, s),));
         }
         match self.cursor.enter(&plan.graph) {
             Some(Entry::Exit) => {
@@ -389,8 +385,8 @@ impl Run {
         if matches!(h.kind, HandlerKind::Stepped | HandlerKind::Stream) {
             self.step_cursor = self.take_resume_cursor(s);
         }
-        if let Some(hub) = &plan.hub {
-            let _ = hub.bind(py).call_method1(intern!(py, "on_task_start"), (h.name.bind(py),));
+        if plan.observes(Hook::TaskStart) {
+            plan.notify(py, Hook::TaskStart, (h.name.bind(py),));
         }
         self.start_attempt(slf, plan, h);
     }
@@ -464,9 +460,7 @@ impl Run {
     #[cold]
     fn circuit_rejected(&mut self, slf: &Bound<'_, Self>, plan: &Plan, h: &Handler, r: &Rejection) {
         let py = slf.py();
-        if let Some(hub) = &plan.hub {
-            let _ = hub.bind(py).call_method1(intern!(py, "on_circuit_open"), (h.name.bind(py),));
-        }
+        plan.notify(py, Hook::CircuitOpen, (h.name.bind(py),));
         let task = h.name.bind(py).to_string();
         let msg = format!(
             "task '{task}' in state {}: {}",
@@ -803,11 +797,7 @@ impl Run {
         };
         match verdict {
             Verdict::Retry(delay) => {
-                if let Some(hub) = &plan.hub {
-                    let _ = hub
-                        .bind(py)
-                        .call_method1(intern!(py, "on_retry"), (h.name.bind(py), self.attempt));
-                }
+                plan.notify(py, Hook::Retry, (h.name.bind(py), self.attempt));
                 self.attempt += 1;
                 if delay.is_zero() {
                     return self.start_attempt(slf, plan, h);
@@ -874,10 +864,7 @@ impl Run {
     }
 
     fn notify_cancelled(&self, py: Python<'_>, plan: &Plan) {
-        if let Some(hub) = &plan.hub {
-            let label = plan.label(py, self.cursor.state());
-            let _ = hub.bind(py).call_method1(intern!(py, "on_cancelled"), (label,));
-        }
+        plan.notify(py, Hook::Cancelled, (plan.label(py, self.cursor.state()),));
     }
 
     fn cancel_error(&self, py: Python<'_>, plan: &Plan) -> PyErr {
@@ -900,9 +887,7 @@ impl Run {
         if in_flight {
             self.task_failed_event(py, plan, &err);
         }
-        if let Some(hub) = &plan.hub {
-            let _ = hub.bind(py).call_method1(intern!(py, "on_workflow_timeout"), (elapsed, limit));
-        }
+        plan.notify(py, Hook::WorkflowTimeout, (elapsed, limit));
         err
     }
 
@@ -928,22 +913,17 @@ impl Run {
     }
 
     fn task_succeeded_event(&self, py: Python<'_>, plan: &Plan) {
-        if let Some(hub) = &plan.hub {
+        if plan.observes(Hook::TaskSuccess) {
             if let Some(h) = self.handler(plan) {
-                let _ = hub
-                    .bind(py)
-                    .call_method1(intern!(py, "on_task_success"), (h.get().name.bind(py),));
+                plan.notify(py, Hook::TaskSuccess, (h.get().name.bind(py),));
             }
         }
     }
 
     fn task_failed_event(&self, py: Python<'_>, plan: &Plan, err: &PyErr) {
-        if let Some(hub) = &plan.hub {
+        if plan.observes(Hook::TaskFailure) {
             if let Some(h) = self.handler(plan) {
-                let _ = hub.bind(py).call_method1(
-                    intern!(py, "on_task_failure"),
-                    (h.get().name.bind(py), err.value(py)),
-                );
+                plan.notify(py, Hook::TaskFailure, (h.get().name.bind(py), err.value(py)));
             }
         }
     }
