@@ -7,6 +7,7 @@ import enum
 from typing import Any
 
 import cano
+import cano.observer
 import cano.testing
 import pytest
 from cano.testing import (
@@ -163,6 +164,44 @@ async def test_records_timeout_and_cancellation_hooks() -> None:
     with pytest.raises(cano.WorkflowCancelledError):
         await flow(Hang(), rec2).orchestrate(Step.FETCH, cancel=token)
     assert rec2.events_named("on_cancelled") == [("FETCH",)]
+
+
+async def test_records_circuit_breaker_rejections() -> None:
+    breaker = cano.CircuitBreaker(cano.CircuitPolicy(failure_threshold=1, reset_timeout=60))
+    guarded = panic_on_attempt(5, Step.PARSE).with_config(MINIMAL.with_circuit_breaker(breaker))
+    rec = RecordingObserver()
+    wf = flow(guarded, rec)
+    with pytest.raises(cano.TaskError):
+        await wf.orchestrate(Step.FETCH)
+    rec.clear()
+    with pytest.raises(cano.CircuitOpenError):
+        await wf.orchestrate(Step.FETCH)
+    assert [hook for hook, _ in rec.events] == [
+        "on_state_enter",
+        "on_task_start",
+        "on_circuit_open",
+        "on_task_failure",
+    ]
+    assert isinstance(rec.events_named("on_task_failure")[0][1], cano.CircuitOpenError)
+
+
+def test_records_scheduler_flow_hooks() -> None:
+    rec = RecordingObserver()
+    rec.on_flow_start("nightly", 1)
+    rec.on_flow_finish("nightly", "failed", 0.5)
+    rec.on_flow_backoff("nightly", 1, 2.0)
+    rec.on_flow_tripped("nightly", 3)
+    assert rec.events == [
+        ("on_flow_start", ("nightly", 1)),
+        ("on_flow_finish", ("nightly", "failed", 0.5)),
+        ("on_flow_backoff", ("nightly", 1, 2.0)),
+        ("on_flow_tripped", ("nightly", 3)),
+    ]
+    # Every hook of the observer protocol is recorded.
+    assert all(
+        getattr(RecordingObserver, hook) is not getattr(cano.WorkflowObserver, hook)
+        for hook in cano.observer.HOOKS
+    )
 
 
 async def test_state_coverage_assertions() -> None:

@@ -52,8 +52,9 @@ class RecordingObserver(WorkflowObserver):
     """An observer that records every hook call, in order, for assertions.
 
     ``events`` is a list of ``(hook_name, args)`` tuples, e.g. ``("on_retry", ("fetch", 1))``
-    or ``("on_state_enter", ("DONE",))``; all twelve hooks of :class:`cano.WorkflowObserver`
-    are recorded. State arguments are labels (``member.name`` for an Enum).
+    or ``("on_state_enter", ("DONE",))``; every hook of :class:`cano.WorkflowObserver` is
+    recorded, the scheduler's ``on_flow_*`` ones included. State arguments are labels
+    (``member.name`` for an Enum).
 
     The assertion helpers accept states or labels: ``assert_path([Step.A, Step.B])`` and
     ``assert_path(["A", "B"])`` are the same check. One observer attached to a workflow
@@ -195,6 +196,18 @@ class RecordingObserver(WorkflowObserver):
 
     def on_unknown_resume_state(self, workflow_id: str, sequence: int, label: str) -> None:
         self.events.append(("on_unknown_resume_state", (workflow_id, sequence, label)))
+
+    def on_flow_start(self, flow_id: str, run: int) -> None:
+        self.events.append(("on_flow_start", (flow_id, run)))
+
+    def on_flow_finish(self, flow_id: str, outcome: str, duration: float) -> None:
+        self.events.append(("on_flow_finish", (flow_id, outcome, duration)))
+
+    def on_flow_backoff(self, flow_id: str, streak: int, delay: float) -> None:
+        self.events.append(("on_flow_backoff", (flow_id, streak, delay)))
+
+    def on_flow_tripped(self, flow_id: str, streak: int) -> None:
+        self.events.append(("on_flow_tripped", (flow_id, streak)))
 
     def __repr__(self) -> str:
         return f"RecordingObserver(events={len(self.events)}, path={self.states_entered})"
