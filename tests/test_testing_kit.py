@@ -71,6 +71,7 @@ async def test_recording_observer_records_hooks_in_order() -> None:
     assert await flow(flaky, rec).orchestrate(Step.FETCH) is Step.DONE
 
     assert rec.events == [
+        ("on_run_start", (None,)),
         ("on_state_enter", ("FETCH",)),
         ("on_task_start", ("PanicOnAttempt",)),
         ("on_retry", ("PanicOnAttempt", 1)),
@@ -80,6 +81,7 @@ async def test_recording_observer_records_hooks_in_order() -> None:
         ("on_task_start", ("parse",)),
         ("on_task_success", ("parse",)),
         ("on_state_enter", ("DONE",)),
+        ("on_run_finish", ("DONE", None)),
     ]
     assert rec.states_entered == ["FETCH", "PARSE", "DONE"]
     assert rec.events_named("on_retry") == [("PanicOnAttempt", 1), ("PanicOnAttempt", 2)]
@@ -99,7 +101,7 @@ async def test_clear_and_take() -> None:
     assert rec.states_entered == []
     await wf.orchestrate(Step.FETCH)
     taken = rec.take()
-    assert taken[0] == ("on_state_enter", ("FETCH",))
+    assert taken[:2] == [("on_run_start", (None,)), ("on_state_enter", ("FETCH",))]
     assert rec.events == []
 
 
@@ -177,10 +179,12 @@ async def test_records_circuit_breaker_rejections() -> None:
     with pytest.raises(cano.CircuitOpenError):
         await wf.orchestrate(Step.FETCH)
     assert [hook for hook, _ in rec.events] == [
+        "on_run_start",
         "on_state_enter",
         "on_task_start",
         "on_circuit_open",
         "on_task_failure",
+        "on_run_finish",
     ]
     assert isinstance(rec.events_named("on_task_failure")[0][1], cano.CircuitOpenError)
 

@@ -30,6 +30,8 @@ HOOKS: tuple[str, ...] = (
     "on_cancelled",
     "on_checkpoint_clear_failed",
     "on_unknown_resume_state",
+    "on_run_start",
+    "on_run_finish",
     "on_flow_start",
     "on_flow_finish",
     "on_flow_backoff",
@@ -75,6 +77,14 @@ class WorkflowObserver:
 
     def on_unknown_resume_state(self, workflow_id: str, sequence: int, label: str) -> None:
         """A resumed log names a state this workflow no longer has."""
+
+    def on_run_start(self, workflow_id: str | None) -> None:
+        """A run started (after resource setup), fresh or resumed; ``workflow_id`` when it
+        has one. Every ``on_run_start`` is followed by exactly one ``on_run_finish``."""
+
+    def on_run_finish(self, state: str | None, error: BaseException | None) -> None:
+        """The run ended: in exit ``state`` on success, else with ``error`` (what the run
+        raises, including ``asyncio.CancelledError``)."""
 
     # Scheduler events (fired for the observers of a scheduled flow's workflow).
 

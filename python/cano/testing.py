@@ -197,6 +197,12 @@ class RecordingObserver(WorkflowObserver):
     def on_unknown_resume_state(self, workflow_id: str, sequence: int, label: str) -> None:
         self.events.append(("on_unknown_resume_state", (workflow_id, sequence, label)))
 
+    def on_run_start(self, workflow_id: str | None) -> None:
+        self.events.append(("on_run_start", (workflow_id,)))
+
+    def on_run_finish(self, state: str | None, error: BaseException | None) -> None:
+        self.events.append(("on_run_finish", (state, error)))
+
     def on_flow_start(self, flow_id: str, run: int) -> None:
         self.events.append(("on_flow_start", (flow_id, run)))
 

@@ -182,10 +182,12 @@ pub enum Hook {
     WorkflowTimeout,
     Cancelled,
     ClearFailed,
+    RunStart,
+    RunFinish,
 }
 
 impl Hook {
-    const ALL: [Hook; 11] = [
+    const ALL: [Hook; 13] = [
         Hook::StateEnter,
         Hook::TaskStart,
         Hook::TaskSuccess,
@@ -197,6 +199,8 @@ impl Hook {
         Hook::WorkflowTimeout,
         Hook::Cancelled,
         Hook::ClearFailed,
+        Hook::RunStart,
+        Hook::RunFinish,
     ];
 
     fn name(self) -> &'static str {
@@ -212,6 +216,8 @@ impl Hook {
             Hook::WorkflowTimeout => "on_workflow_timeout",
             Hook::Cancelled => "on_cancelled",
             Hook::ClearFailed => "on_checkpoint_clear_failed",
+            Hook::RunStart => "on_run_start",
+            Hook::RunFinish => "on_run_finish",
         }
     }
 }
@@ -493,7 +499,14 @@ impl Plan {
         {
             return Err(errors::configuration(py, format!("cannot resume at state #{state}")));
         }
-        let origin = Origin { workflow_id: Some(workflow_id), sequence, path, cursors, stack };
+        let origin = Origin {
+            workflow_id: Some(workflow_id),
+            sequence,
+            path,
+            cursors,
+            stack,
+            resumed: true,
+        };
         Ok(Run::new(slf.clone().unbind(), state, resources, lease, token, origin))
     }
 

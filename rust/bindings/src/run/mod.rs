@@ -90,6 +90,8 @@ pub struct Origin {
     pub cursors: Vec<(StateId, Py<PyAny>)>,
     /// The rehydrated compensation stack: (task name, output JSON).
     pub stack: Vec<(Py<PyString>, Py<PyBytes>)>,
+    /// The run continues a checkpoint log.
+    pub resumed: bool,
 }
 
 static CANCELLED_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -130,6 +132,10 @@ pub struct Run {
     failure: Option<Py<PyAny>>,
     /// The run's result while cleanup runs: the final state, or the exception to raise.
     outcome: Option<Result<Py<PyAny>, Py<PyAny>>>,
+    /// The run continues a checkpoint log.
+    resumed: bool,
+    /// `on_run_start` fired: `on_run_finish` is owed.
+    began: bool,
     /// `(resources,)`, the argument tuple of most task calls.
     res_args: Option<Py<PyTuple>>,
     /// The circuit-breaker permit of the attempt in flight.
@@ -184,6 +190,8 @@ impl Run {
             stack: origin.stack,
             failure: None,
             outcome: None,
+            resumed: origin.resumed,
+            began: false,
             res_args: None,
             permit: None,
             throttled: false,
@@ -320,7 +328,9 @@ impl Run {
                 return self.end(py, Err(e));
             }
         }
-        if !self.cursor.path().is_empty() {
+        self.began = true;
+        plan.get().notify(py, Hook::RunStart, (self.workflow_id.as_ref().map(|i| i.bind(py)),));
+        if self.resumed {
             if let Some(id) = &self.workflow_id {
                 let resumed_at = self.sequence.load(Ordering::Relaxed).saturating_sub(1);
                 plan.get().notify(py, Hook::Resume, (id.bind(py), resumed_at));
@@ -764,6 +774,9 @@ impl Run {
         if !err.is_instance_of::<PyException>(py) {
             // KeyboardInterrupt, SystemExit: never retried, never wrapped, no cleanup awaits.
             self.disarm(py);
+            if std::mem::take(&mut self.began) {
+                self.finished_event(py, Err(&err));
+            }
             self.phase = Phase::Done;
             self.outcome = Some(Err(err.into_value(py).into_any()));
             return;
@@ -912,6 +925,20 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// `on_run_finish(final_state_label | None, error | None)`, once per run.
+    fn finished_event(&self, py: Python<'_>, outcome: Result<&Py<PyAny>, &PyErr>) {
+        let plan = self.plan.get();
+        if !plan.observes(Hook::RunFinish) {
+            return;
+        }
+        match outcome {
+            Ok(_) => {
+                plan.notify(py, Hook::RunFinish, (plan.label(py, self.cursor.state()), py.None()))
+            }
+            Err(e) => plan.notify(py, Hook::RunFinish, (py.None(), e.value(py))),
+        }
+    }
+
     fn task_succeeded_event(&self, py: Python<'_>, plan: &Plan) {
         if plan.observes(Hook::TaskSuccess) {
             if let Some(h) = self.handler(plan) {
@@ -950,6 +977,9 @@ impl Run {
     /// Ends the run with `outcome`; tears resources down first when they were set up.
     fn end(&mut self, py: Python<'_>, outcome: PyResult<Py<PyAny>>) {
         self.disarm(py);
+        if std::mem::take(&mut self.began) {
+            self.finished_event(py, outcome.as_ref());
+        }
         self.outcome = Some(outcome.map_err(|e| e.into_value(py).into_any()));
         if self.acquired {
             if let Some(lease) = &self.lease {
