@@ -8,16 +8,14 @@ workflow never affects runs already in flight.
 from __future__ import annotations
 
 import asyncio
-import enum
-import functools
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from cano import _codec, _saga
+from cano import _codec
 from cano._core import CancellationToken, Handler, Plan, TaskConfig
 from cano._duration import Duration, seconds
-from cano.batch import BatchTask, _drive_batch
+from cano._registration import _describe_task, _Entry, state_label
+from cano._support import _Support
 from cano.errors import (
     CheckpointError,
     ConfigurationError,
@@ -26,22 +24,7 @@ from cano.errors import (
 )
 from cano.observer import ObserverHub
 from cano.resources import Resources
-from cano.split import JoinConfig, SplitResult
-from cano.store import CheckpointRow, RowKind
-from cano.stream import _drive_stream
-from cano.tasks import (
-    CompensatableTask,
-    PollTask,
-    RouterTask,
-    SteppedTask,
-    Task,
-    TaskResult,
-    TimerTask,
-    _drive_poll,
-    _drive_timer,
-    _FunctionTask,
-    _takes_resources,
-)
+from cano.split import JoinConfig
 
 if TYPE_CHECKING:
     from typing import Self
@@ -54,149 +37,6 @@ else:
     S = TypeVar("S")
 
 __all__ = ["Workflow", "state_label"]
-
-
-def state_label(state: object) -> str:
-    """The label of a state: ``member.name`` for an Enum, ``str(s)`` for str/int, else repr."""
-    if isinstance(state, enum.Enum):
-        return state.name
-    if isinstance(state, str | int):
-        return str(state)
-    return repr(state)
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """A registered state: how to call its task and with which policy."""
-
-    call: Any
-    takes_resources: bool
-    name: str
-    config: TaskConfig
-    kind: str
-    targets: tuple[Any, ...] | None
-    task: object
-    problem: str | None = None
-    branches: tuple[_Entry, ...] = ()
-    join: JoinConfig[Any] | None = None
-
-
-class _Support:
-    """Cold-path helpers the dispatcher calls when a task returns something unexpected."""
-
-    def __init__(
-        self,
-        state_types: frozenset[type],
-        compensators: dict[str, tuple[Any, float | None]],
-    ) -> None:
-        self._state_types = state_types
-        self._compensators = compensators
-
-    @staticmethod
-    def split_result(
-        successes: list[tuple[int, Any]],
-        errors: list[tuple[int, BaseException]],
-        cancelled: list[int],
-    ) -> SplitResult:
-        """The SplitResult handed to the join state's task."""
-        return SplitResult(successes, errors, cancelled)
-
-    @staticmethod
-    def split_message(
-        state: str,
-        strategy: str,
-        total: int,
-        succeeded: int,
-        errors: list[tuple[int, BaseException]],
-        timed_out: bool,
-        timeout: float | None,
-    ) -> str:
-        """The message of a failed split: the counts and up to three branch errors."""
-        if timed_out and strategy == "JoinStrategy.PARTIAL_TIMEOUT":
-            head = f"split in state {state}: no branch finished before the {timeout}s timeout"
-        elif timed_out:
-            head = (
-                f"split in state {state} timed out after {timeout}s: {succeeded} of {total} "
-                f"branches succeeded, strategy {strategy}"
-            )
-        else:
-            head = (
-                f"split in state {state}: join condition not met: {succeeded} of {total} "
-                f"branches succeeded, strategy {strategy}"
-            )
-        if not errors:
-            return head
-        shown = "; ".join(f"branch {i}: {_describe_error(e)}" for i, e in errors[:3])
-        more = f"; and {len(errors) - 3} more error(s)" if len(errors) > 3 else ""
-        return f"{head}; errors: {shown}{more}"
-
-    @staticmethod
-    async def nothing() -> None:
-        """What a stream's commit does when the workflow has no checkpoint store."""
-
-    @staticmethod
-    async def commit_cursor(
-        store: Any,
-        fast: bool,
-        workflow_id: str,
-        sequence: int,
-        state: str,
-        task: str,
-        blob: bytes,
-        version: int,
-        hub: Any,
-    ) -> None:
-        """Appends a stream cursor row and waits until it is durable."""
-        if fast:
-            await store._append_raw(workflow_id, sequence, state, task, 2, blob, version)
-        else:
-            row = CheckpointRow(
-                workflow_id, sequence, state, task, RowKind.STEP_CURSOR, blob, version
-            )
-            await store.append(row)
-        if hub is not None:
-            hub.on_checkpoint(workflow_id, sequence)
-
-    @staticmethod
-    def encode(value: object, task: str, what: str) -> bytes:
-        """JSON bytes of a cursor or compensation output (CheckpointError otherwise)."""
-        return _codec.encode(value, task=task, what=what)
-
-    def drain(
-        self, stack: list[tuple[str, bytes]], resources: object, budget: float | None
-    ) -> Coroutine[Any, Any, list[BaseException]]:
-        """The compensation drain for ``stack`` (a coroutine the dispatcher drives)."""
-        return _saga.drain(stack, self._compensators, resources, budget)
-
-    @staticmethod
-    def label(value: object) -> str:
-        """The label of a value that may or may not be a state."""
-        return state_label(value)
-
-    def explain_return(self, value: object, state: str, task: str) -> tuple[int, object]:
-        """(0, state) to retry the lookup on an unwrapped TaskResult, else (1, message)."""
-        if isinstance(value, TaskResult):
-            if value.is_split:
-                return 1, (
-                    f"task '{task}' in state {state} returned {value!r}, but a single-task "
-                    "state cannot fan out; use register_split() for split tasks"
-                )
-            return 0, value.state
-        if type(value) in self._state_types and not isinstance(value, bool):
-            return 1, (
-                f"task '{task}' in state {state} returned {state_label(value)}, which is "
-                "neither a registered nor an exit state"
-            )
-        expected = " or ".join(sorted(t.__qualname__ for t in self._state_types))
-        return 1, (
-            f"task '{task}' in state {state} returned {value!r} ({type(value).__qualname__}), "
-            f"which is not a state of this workflow (expected {expected})"
-        )
-
-
-def _describe_error(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 async def _raise(err: BaseException) -> Any:
@@ -726,126 +566,3 @@ class Workflow(Generic[S]):
             f"<cano.Workflow states={[state_label(s) for s in self._entries]} "
             f"exits={[state_label(s) for s in self._exits]}>"
         )
-
-
-def _config_of(task: Any, default: TaskConfig) -> TaskConfig:
-    method = getattr(task, "config", None)
-    if method is None:
-        return default
-    config = method() if callable(method) else method
-    if not isinstance(config, TaskConfig):
-        raise ConfigurationError(
-            f"task {_name_of(task)!r}: config() returned {config!r}, expected a TaskConfig"
-        )
-    return config
-
-
-def _name_of(task: Any) -> str:
-    method = getattr(task, "name", None)
-    if callable(method):
-        try:
-            name = method()
-        except TypeError:
-            name = None
-        if isinstance(name, str):
-            return name
-    if isinstance(task, functools.partial):
-        return _name_of(task.func)
-    qualname = getattr(task, "__qualname__", None)
-    if isinstance(qualname, str):
-        return qualname
-    return type(task).__qualname__
-
-
-def _overrides(task: object, base: type, method: str) -> bool:
-    return getattr(type(task), method, None) is not getattr(base, method)
-
-
-def _describe_task(
-    state: Any, task: Any, targets: tuple[Any, ...] | None, *, kind: str | None
-) -> _Entry:
-    """Works out how to call ``task``, as which kind of handler, with which policy.
-
-    ``kind`` is set by ``register_router`` / ``register_stepped`` /
-    ``register_with_compensation``; plain ``register`` infers it from the task's class.
-    """
-    label = state_label(state)
-    router = kind == "router"
-
-    def entry(
-        call: Any,
-        takes: bool,
-        default: TaskConfig,
-        problem: str | None = None,
-        as_kind: str = "single",
-    ) -> _Entry:
-        return _Entry(
-            call=call,
-            takes_resources=takes,
-            name=_name_of(task),
-            config=_config_of(task, default),
-            kind="router" if router else as_kind,
-            targets=targets,
-            task=task,
-            problem=problem,
-        )
-
-    if kind == "stream":
-        return _Entry(
-            call=functools.partial(_drive_stream, task),
-            takes_resources=True,
-            name=_name_of(task),
-            # Only attempt_timeout applies, per item, inside the driver; no retries.
-            config=TaskConfig.minimal(),
-            kind="stream",
-            targets=targets,
-            task=task,
-        )
-    if isinstance(task, BatchTask):
-        return entry(functools.partial(_drive_batch, task), True, TaskConfig())
-    if kind == "stepped" or (kind is None and isinstance(task, SteppedTask)):
-        return entry(task.step, True, TaskConfig(), as_kind="stepped")
-    if kind == "compensatable" or (kind is None and isinstance(task, CompensatableTask)):
-        return entry(task.run, True, TaskConfig(), as_kind="compensatable")
-
-    if isinstance(task, _FunctionTask):
-        return entry(task.fn, task.takes_resources, TaskConfig())
-    if isinstance(task, RouterTask) or (router and hasattr(task, "route")):
-        return entry(task.route, True, TaskConfig())
-    if isinstance(task, PollTask):
-        return entry(functools.partial(_drive_poll, task), True, TaskConfig.minimal())
-    if isinstance(task, TimerTask):
-        return entry(functools.partial(_drive_timer, task), True, TaskConfig.minimal())
-    if isinstance(task, Task):
-        if _overrides(task, Task, "run"):
-            return entry(task.run, True, TaskConfig())
-        if _overrides(task, Task, "run_bare"):
-            return entry(task.run_bare, False, TaskConfig())
-        return entry(
-            task.run,
-            True,
-            TaskConfig(),
-            problem=f"task {_name_of(task)!r} for state {label} implements neither run(res) "
-            "nor run_bare()",
-        )
-    if hasattr(task, "run") and callable(task.run):
-        return entry(task.run, True, TaskConfig())
-    if hasattr(task, "run_bare") and callable(task.run_bare):
-        return entry(task.run_bare, False, TaskConfig())
-    if callable(task) and not isinstance(task, type):
-        return _Entry(
-            call=task,
-            takes_resources=_takes_resources(task),
-            name=_name_of(task),
-            config=TaskConfig(),
-            kind="router" if router else "single",
-            targets=targets,
-            task=task,
-        )
-    raise ConfigurationError(
-        f"cannot register {task!r} for state {label}: expected a Task, an object with an async "
-        "run(res) or run_bare() method, or an async function"
-    )
-
-
-_ = WorkflowError  # re-exported through cano.errors; imported here for readers of the dispatcher
