@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,8 @@ class Step(enum.Enum):
     DONE = enum.auto()
 
 
-def _failing_log(path: Path, workflow_id: str = "run-7") -> None:
-    """Leaves a kept log: FETCH ran, PARSE failed."""
+def _failing_log(path: Path, workflow_id: str = "run-7", *, sqlite: bool = False) -> None:
+    """Leaves a kept log: FETCH ran, PARSE failed (in a redb or a SQLite store)."""
 
     async def fetch() -> Step:
         return Step.PARSE
@@ -30,7 +31,8 @@ def _failing_log(path: Path, workflow_id: str = "run-7") -> None:
         raise RuntimeError("parser crashed")
 
     async def go() -> None:
-        with cano.RedbCheckpointStore(path) as store:
+        opened = cano.SqliteCheckpointStore(path) if sqlite else cano.RedbCheckpointStore(path)
+        with opened as store:
             wf = (
                 cano.Workflow.bare()
                 .register(Step.FETCH, fetch)
@@ -112,6 +114,68 @@ def test_corrupt_store_exits_1_naming_the_file(
     bad.write_bytes(b"this is not a redb file" * 100)
     assert main(["runs", "list", "--store", str(bad)]) == 1
     assert str(bad) in capsys.readouterr().err
+
+
+def test_runs_on_a_sqlite_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "runs.db"
+    _failing_log(path, sqlite=True)
+    expected = [{"workflow_id": "run-7", "rows": 2, "last_state": "PARSE", "last_sequence": 1}]
+    for spec in (f"sqlite://{path}", str(path)):  # a sqlite:/// URL, or a .db path
+        assert main(["runs", "list", "--store", spec, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == expected
+    assert main(["runs", "show", "run-7", "--store", f"sqlite://{path}", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["sequence"], r["state"], r["kind"]) for r in rows] == [
+        (0, "FETCH", "STATE_ENTRY"),
+        (1, "PARSE", "STATE_ENTRY"),
+    ]
+    # A SQLite file is known by its header, whatever its name.
+    renamed = path.rename(tmp_path / "checkpoints")
+    assert main(["runs", "list", "--store", str(renamed)]) == 0
+    assert "run-7" in capsys.readouterr().out
+    assert main(["runs", "clear", "run-7", "--store", f"sqlite://{renamed}"]) == 0
+    assert "cleared 2 rows" in capsys.readouterr().out
+    assert main(["runs", "show", "run-7", "--store", f"sqlite://{renamed}"]) == 1
+    assert "no run 'run-7'" in capsys.readouterr().err
+
+
+def test_sqlite_store_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.db"
+    for spec in (f"sqlite://{missing}", str(missing)):
+        assert main(["runs", "list", "--store", spec]) == 1
+        err = capsys.readouterr().err
+        assert str(missing) in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing created, not even -wal/-shm files
+
+    monkeypatch.chdir(tmp_path)  # sqlite:REL/PATH is relative to the working directory
+    assert main(["runs", "list", "--store", "sqlite:rel.sqlite3"]) == 1
+    assert "rel.sqlite3" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a sqlite file" * 100)
+    assert main(["runs", "list", "--store", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not a cano checkpoint store" in err
+
+    foreign = tmp_path / "app.db"  # a SQLite database, but not a checkpoint store
+    sqlite3.connect(foreign).execute("CREATE TABLE users (name TEXT)").connection.close()
+    assert main(["runs", "list", "--store", f"sqlite://{foreign}"]) == 1
+    assert "no cano_checkpoints table" in capsys.readouterr().err
+
+    assert main(["runs", "list", "--store", "sqlite://"]) == 2
+    assert main(["runs", "list", "--store", "postgresql://localhost/cano"]) == 1
+    assert "not available" in capsys.readouterr().err
+
+
+def test_a_redb_file_named_db_is_still_redb(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "runs.db"
+    _failing_log(store)
+    assert main(["runs", "list", "--store", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["workflow_id"] == "run-7"
 
 
 def test_bad_arguments_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

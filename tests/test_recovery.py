@@ -54,12 +54,16 @@ class DictStore:
         return sorted({wid for wid, _ in self.rows})
 
 
-@pytest.fixture(params=["redb", "memory", "dict"])
+@pytest.fixture(params=["redb", "sqlite", "memory", "dict"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "redb":
         redb = RedbCheckpointStore(tmp_path / "checkpoints.redb")
         yield redb
         redb.close()
+    elif request.param == "sqlite":
+        sqlite = cano.SqliteCheckpointStore(tmp_path / "checkpoints.db")
+        yield sqlite
+        sqlite.close()
     elif request.param == "memory":
         yield InMemoryCheckpointStore()
     else:

@@ -68,9 +68,16 @@ async def plain(store: Any) -> AsyncIterator[Any]:
     yield store
 
 
+@contextlib.asynccontextmanager
+async def plain_closing(store: Any) -> AsyncIterator[Any]:
+    async with store:
+        yield store
+
+
 FACTORIES: dict[str, StoreFactory] = {
     "redb": redb_store,
     "redb-eventual": lambda tmp: redb_store(tmp, "eventual"),
+    "sqlite": lambda tmp: plain_closing(cano.SqliteCheckpointStore(tmp / "checkpoints.db")),
     "memory": lambda _tmp: plain(InMemoryCheckpointStore()),
     "dict": lambda _tmp: plain(DictStore()),
 }

@@ -84,6 +84,7 @@ from cano.store import (
     RedbCheckpointStore,
     RowKind,
 )
+from cano.stores import SqliteCheckpointStore
 from cano.stream import (
     CloseReason,
     Continue,
@@ -115,6 +116,7 @@ __all__ = [
     "InMemoryCheckpointStore",
     "RedbCheckpointStore",
     "RowKind",
+    "SqliteCheckpointStore",
     "JoinConfig",
     "JoinStrategy",
     "SplitResult",

@@ -8,8 +8,9 @@
     cano runs clear ID --store PATH
     cano graph MODULE:ATTR [--format mermaid]
 
-Bad arguments print one line and exit 2; a missing or unreadable store exits 1 naming
-the file. User errors never print a traceback.
+A store PATH is a redb or SQLite file, or a ``sqlite:///ABSOLUTE/PATH`` URL. Bad arguments
+print one line and exit 2; a missing or unreadable store exits 1 naming the file. User
+errors never print a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +32,7 @@ from cano import _demo as demo
 from cano._demo import describe_output
 from cano.errors import CanoError
 from cano.store import CheckpointRow, RedbCheckpointStore
+from cano.stores import SqliteCheckpointStore
 from cano.workflow import Workflow
 
 __all__ = ["main"]
@@ -72,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         if name != "list":
             action.add_argument("workflow_id", metavar="ID")
         action.add_argument(
-            "--store", metavar="PATH", required=True, help="the store (a redb file)"
+            "--store",
+            metavar="PATH",
+            required=True,
+            help="the store: a redb or SQLite file, or sqlite:///PATH",
         )
         if name != "clear":
             action.add_argument("--json", action="store_true", help="print JSON")
@@ -107,13 +113,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----- runs -----------------------------------------------------------------------------
 
 
-def _open_store(spec: str) -> RedbCheckpointStore:
-    if spec.startswith(("sqlite:", "postgresql:", "postgres:")):
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_REDB_MAGIC = b"redb"
+
+
+def _open_store(spec: str) -> RedbCheckpointStore | SqliteCheckpointStore:
+    """The store named by ``--store``: ``sqlite:///ABS/PATH`` or ``sqlite:REL/PATH``, a
+    ``postgresql://`` URL (not available yet), or a file path: a SQLite file (by its header,
+    or by a .db/.sqlite/.sqlite3 name) or a redb file. Never creates anything."""
+    if spec.startswith(("postgresql:", "postgres:")):
         scheme = spec.split(":", 1)[0]
         raise Failure(f"{scheme} checkpoint stores are not available in this version of cano")
-    if not Path(spec).is_file():
-        raise Failure(f"no checkpoint store at {spec}: the file does not exist")
-    return RedbCheckpointStore(spec)
+    sqlite = spec.startswith("sqlite:")
+    path = _sqlite_url_path(spec) if sqlite else spec
+    if not Path(path).is_file():
+        raise Failure(f"no checkpoint store at {path}: the file does not exist")
+    if not sqlite:
+        try:
+            with open(path, "rb") as file:
+                header = file.read(len(_SQLITE_MAGIC))
+        except OSError as err:
+            raise Failure(f"cannot read the checkpoint store {path}: {err}") from err
+        sqlite = header == _SQLITE_MAGIC or (
+            not header.startswith(_REDB_MAGIC) and path.lower().endswith(_SQLITE_SUFFIXES)
+        )
+    if sqlite:
+        return SqliteCheckpointStore(path, create=False)
+    return RedbCheckpointStore(path)
+
+
+def _sqlite_url_path(spec: str) -> str:
+    """``sqlite:///var/runs.db`` -> ``/var/runs.db``; ``sqlite:runs.db`` -> ``runs.db``
+    (and SQLAlchemy's ``sqlite:////var/runs.db`` -> ``/var/runs.db``). Percent-decoded."""
+    rest = spec.removeprefix("sqlite:")
+    rest = rest.removeprefix("//")
+    if rest.startswith("//"):
+        rest = "/" + rest.lstrip("/")
+    path = urllib.parse.unquote(rest)
+    if not path:
+        raise UsageError(
+            f"cano: --store {spec}: expected sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH"
+        )
+    return path
 
 
 async def _runs(args: argparse.Namespace) -> int:

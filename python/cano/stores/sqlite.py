@@ -1,0 +1,665 @@
+"""SqliteCheckpointStore: one SQLite file shared by several processes on one machine.
+
+Every process opens its own store on the same file; WAL mode lets readers run beside the
+single writer, and ``busy_timeout`` makes a process wait (instead of failing with "database
+is locked") while another one commits::
+
+    async with cano.SqliteCheckpointStore("runs.db") as store:
+        wf.with_checkpoint_store(store)
+        await wf.orchestrate(Step.START, workflow_id="order-7")
+
+Each store owns one connection and one writer thread, so the event loop never blocks on the
+file. Appends that arrive while the thread is committing are committed together in the next
+transaction (group commit): one ``BEGIN IMMEDIATE … COMMIT`` and one fsync for the whole
+batch. Reads go through the same thread, in the order they were called, so a ``load_run``
+sees every append called before it. Open one store per file per process and share it
+between runs (several stores on one file work, but they contend for the write lock).
+
+The table is ``cano_checkpoints(workflow_id, sequence, state, task_id, kind, output,
+workflow_version)`` keyed by ``(workflow_id, sequence)``; other tables in the file are left
+alone, so the log can live in an application's own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self, TypeAlias
+
+from cano.errors import CheckpointError, ConfigurationError
+from cano.store import CheckpointRow, RowKind, RunSummary, _quoted, conflict_message
+
+__all__ = ["SqliteCheckpointStore"]
+
+_COLUMNS: Final = (
+    "workflow_id",
+    "sequence",
+    "state",
+    "task_id",
+    "kind",
+    "output",
+    "workflow_version",
+)
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS cano_checkpoints (
+    workflow_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    output BLOB,
+    workflow_version INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, sequence)
+) WITHOUT ROWID
+"""
+_HAS_TABLE: Final = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cano_checkpoints'"
+_INSERT: Final = "INSERT INTO cano_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SELECT_RUN: Final = (
+    "SELECT sequence, state, task_id, kind, output, workflow_version "
+    "FROM cano_checkpoints WHERE workflow_id = ? ORDER BY sequence"
+)
+_DELETE_RUN: Final = "DELETE FROM cano_checkpoints WHERE workflow_id = ?"
+_LIST_RUNS: Final = "SELECT DISTINCT workflow_id FROM cano_checkpoints ORDER BY workflow_id"
+# SQLite takes the bare columns (state) from the row holding the max(sequence).
+_SUMMARY: Final = (
+    "SELECT workflow_id, count(*), state, max(sequence) FROM cano_checkpoints "
+    "GROUP BY workflow_id ORDER BY workflow_id"
+)
+
+_MAX_SEQUENCE: Final = 2**63 - 1  # SQLite INTEGER is a signed 64-bit integer
+_MAX_VERSION: Final = 2**32 - 1
+_MAX_BATCH: Final = 4096  # requests per transaction: bounds the latency of the first one
+_KINDS: Final = {kind.value: kind for kind in RowKind}
+_DURABILITY: Final = {"immediate": "FULL", "eventual": "NORMAL"}
+
+# Request operations. A request is (op, argument, loop, future); loop is None for the
+# blocking calls (flush, close), whose future is a concurrent.futures.Future.
+_APPEND, _LOAD, _CLEAR, _LIST, _SUMMARY_OP, _FLUSH, _CLOSE = range(7)
+_WRITES: Final = frozenset({_APPEND, _CLEAR})
+_Request: TypeAlias = tuple[int, Any, "asyncio.AbstractEventLoop | None", Any]
+_Outcome: TypeAlias = tuple[Any, "BaseException | None"]
+
+# Bumped in every fork() child: a store opened before the fork cannot be used after it.
+_fork_generation = [0]
+
+
+def _after_fork_in_child() -> None:
+    _fork_generation[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """Resolves, on their own loop, the futures of one batch (cancelled ones are skipped)."""
+    for future, value, error in items:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+class _Engine:
+    """The connection and its writer thread. Holds no reference to the store object, so a
+    store that is dropped without ``close()`` is closed (and flushed) by its finalizer."""
+
+    def __init__(self, label: str, durability: str, busy_timeout: float, create: bool) -> None:
+        self.label = label  # the path as the user gave it, for messages
+        # The file as an absolute path (None in memory), and as the URI SQLite opens: a URI
+        # so that no file name is mistaken for one, and so that create=False can say mode=rw.
+        self.file = None if label == ":memory:" else str(Path(label).absolute())
+        self.uri = (
+            "file::memory:"
+            if self.file is None
+            else f"{Path(self.file).as_uri()}?mode={'rwc' if create else 'rw'}"
+        )
+        self.create = create
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self.queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.closed = False
+        self.pid = os.getpid()
+        self.generation = _fork_generation[0]
+        self.conn = self._connect()
+        self.thread = threading.Thread(
+            target=self._run, name=f"cano-sqlite-writer({label})", daemon=True
+        )
+        self.thread.start()
+
+    # ----- opening ----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.uri,
+                timeout=self.busy_timeout,
+                isolation_level=None,  # no implicit transactions: BEGIN/COMMIT are ours
+                check_same_thread=False,  # opened here, then used by the writer thread only
+                uri=True,
+            )
+        except sqlite3.Error as e:
+            raise self.error(e, opening=True) from e
+        try:
+            if not self.create and not conn.execute(_HAS_TABLE).fetchall():
+                conn.close()
+                raise CheckpointError(
+                    f"checkpoint store {_quoted(self.label)} is not a cano checkpoint store: "
+                    "the SQLite file has no cano_checkpoints table"
+                )
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            conn.execute(f"PRAGMA synchronous={_DURABILITY[self.durability]}")
+            conn.execute(_SCHEMA)
+            columns = tuple(r[1] for r in conn.execute("PRAGMA table_info(cano_checkpoints)"))
+        except sqlite3.Error as e:
+            conn.close()
+            raise self.error(e, opening=True) from e
+        if columns != _COLUMNS:
+            conn.close()
+            raise CheckpointError(
+                f"checkpoint store {_quoted(self.label)} is not a cano checkpoint store or is "
+                f"corrupted: its table cano_checkpoints has the columns {list(columns)}, "
+                f"expected {list(_COLUMNS)}"
+            )
+        return conn
+
+    def error(self, e: BaseException, *, opening: bool = False) -> CheckpointError:
+        """A CheckpointError naming the file for a failure of SQLite (or of the OS)."""
+        where = f"checkpoint store {_quoted(self.label)}"
+        name = getattr(e, "sqlite_errorname", "")
+        if isinstance(e, sqlite3.DatabaseError) and name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return CheckpointError(f"{where} is not a cano checkpoint store or is corrupted: {e}")
+        if name.startswith("SQLITE_BUSY") or "database is locked" in str(e):
+            return CheckpointError(
+                f"{where}: sqlite: {e} (another connection held the file's write lock for "
+                f"longer than busy_timeout={self.busy_timeout:g}s)"
+            )
+        if opening and name == "SQLITE_CANTOPEN":
+            return CheckpointError(f"{where}: cannot open the file: {e}")
+        return CheckpointError(f"{where}: sqlite: {e}")
+
+    # ----- calls from any thread --------------------------------------------------------
+
+    def refused(self) -> bool:
+        return self.closed or self.generation != _fork_generation[0]
+
+    def refusal(self) -> CheckpointError:
+        """Why requests are refused: a fork() child, or a closed store."""
+        if self.generation != _fork_generation[0]:
+            return CheckpointError(
+                f"checkpoint store {_quoted(self.label)} was opened by process {self.pid} and "
+                f"cannot be used from process {os.getpid()} (a fork() child); open a new store "
+                "in the child"
+            )
+        return CheckpointError(f"checkpoint store {_quoted(self.label)} is closed")
+
+    def call_blocking(self, op: int) -> None:
+        """Runs ``op`` (flush) on the writer thread and waits for it."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self.lock:
+            if self.refused():
+                raise self.refusal()
+            self.queue.put((op, None, None, done))
+        done.result()
+
+    def close(self) -> None:
+        """Flushes, closes the connection and stops the thread; waits unless called from the
+        writer thread itself. Idempotent; a fork() child only forgets the store."""
+        if self.generation != _fork_generation[0]:
+            self.closed = True  # the connection and thread belong to the parent
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self.lock:
+            first = not self.closed
+            self.closed = True
+            if first:
+                self.queue.put((_CLOSE, None, None, done))
+        if threading.current_thread() is self.thread:
+            return  # the writer dropped the store (a GC pass): it closes after this batch
+        self.thread.join()
+        if first:
+            done.result()
+
+    def close_async(self) -> asyncio.Future[None]:
+        """``close()`` without blocking the loop: the future completes once it is closed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self.generation != _fork_generation[0]:
+            self.closed = True
+            future.set_result(None)
+            return future
+        with self.lock:
+            first = not self.closed
+            self.closed = True
+            if first:
+                self.queue.put((_CLOSE, None, loop, future))
+        if not first:
+            # Closed already, or closing: wait for the thread without blocking the loop.
+            if self.thread.is_alive():
+                return asyncio.ensure_future(asyncio.to_thread(self.thread.join))
+            future.set_result(None)
+        return future
+
+    # ----- the writer thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        get, get_nowait = self.queue.get, self.queue.get_nowait
+        batch: list[_Request] = []
+        try:
+            while True:
+                batch = [get()]
+                with contextlib.suppress(queue.Empty):
+                    while len(batch) < _MAX_BATCH:
+                        batch.append(get_nowait())
+                if self._handle(batch):
+                    return
+        except BaseException as e:  # a bug: fail every waiter, never leave one hanging
+            with self.lock:
+                self.closed = True
+            failure = CheckpointError(
+                f"checkpoint store {_quoted(self.label)}: the writer thread failed: {e!r}"
+            )
+            unresolved = [req for req in batch if not req[3].done()]
+            self._fail_rest(
+                failure,
+                deliver_first=(
+                    unresolved,
+                    [(None, CheckpointError(str(failure))) for _ in unresolved],
+                ),
+            )
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            raise
+
+    def _handle(self, batch: list[_Request]) -> bool:
+        """Runs one batch; True once the store is closed."""
+        stop = next((i for i, req in enumerate(batch) if req[0] == _CLOSE), len(batch))
+        work, tail = batch[:stop], batch[stop:]
+        outcomes = self._execute(work) if work else []
+        if any(req[0] == _FLUSH for req in work) and self.durability == "eventual":
+            problem = self._fsync()
+            if problem is not None:
+                outcomes = [
+                    (None, problem) if req[0] == _FLUSH else out
+                    for req, out in zip(work, outcomes, strict=True)
+                ]
+        if tail:
+            closing: BaseException | None = self._fsync() if self.durability == "eventual" else None
+            try:
+                self.conn.close()
+            except sqlite3.Error as e:
+                closing = closing or self.error(e)
+            outcomes.append((None, closing))
+            gone = CheckpointError(f"checkpoint store {_quoted(self.label)} is closed")
+            outcomes.extend((None, CheckpointError(str(gone))) for _ in tail[1:])
+            work.extend(tail)
+            self._fail_rest(gone, deliver_first=(work, outcomes))
+            return True
+        self._deliver(work, outcomes)
+        return False
+
+    def _execute(self, work: list[_Request]) -> list[_Outcome]:
+        conn = self.conn
+        outcomes: list[_Outcome] = []
+        write = any(req[0] in _WRITES for req in work)
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                for op, argument, _, _ in work:
+                    if op == _APPEND:
+                        outcomes.append(self._insert(argument))
+                    elif op == _LOAD:
+                        outcomes.append(self._load(argument))
+                    elif op == _CLEAR:
+                        conn.execute(_DELETE_RUN, (argument,))
+                        outcomes.append((None, None))
+                    elif op == _LIST:
+                        outcomes.append(([r[0] for r in conn.execute(_LIST_RUNS)], None))
+                    elif op == _SUMMARY_OP:
+                        summaries: list[RunSummary] = [
+                            {"workflow_id": w, "rows": n, "last_state": s, "last_sequence": q}
+                            for w, n, s, q in conn.execute(_SUMMARY)
+                        ]
+                        outcomes.append((summaries, None))
+                    else:  # _FLUSH: ordered after everything before it; synced below
+                        outcomes.append((None, None))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            # Nothing of the batch was committed: every request fails, each with its own error.
+            return [(None, self.error(e)) for _ in work]
+        return outcomes
+
+    def _insert(self, values: tuple[Any, ...]) -> _Outcome:
+        try:
+            self.conn.execute(_INSERT, values)
+        except sqlite3.IntegrityError as e:
+            if e.sqlite_errorname in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
+                return None, CheckpointError(conflict_message(values[0], values[1]))
+            return None, self.error(e)  # the statement alone was undone; the batch goes on
+        except (ValueError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError) as e:
+            # A value SQLite cannot take (e.g. a lone surrogate in a str): this row only.
+            return None, CheckpointError(
+                f"checkpoint store {_quoted(self.label)}: cannot store the row of workflow "
+                f"{_quoted(str(values[0]))} at sequence {values[1]}: {e}"
+            )
+        return None, None
+
+    def _load(self, workflow_id: str) -> _Outcome:
+        rows: list[CheckpointRow] = []
+        for sequence, state, task_id, kind_value, output, version in self.conn.execute(
+            _SELECT_RUN, (workflow_id,)
+        ):
+            kind = _KINDS.get(kind_value)
+            if (
+                kind is None
+                or type(state) is not str
+                or type(task_id) is not str
+                or type(version) is not int
+                or not (output is None or type(output) is bytes)
+            ):
+                reason = (
+                    f"unknown row kind {kind_value!r}"
+                    if kind is None
+                    else "a column holds a value of the wrong type "
+                    f"(state={state!r}, task_id={task_id!r}, output is "
+                    f"{type(output).__name__}, workflow_version={version!r})"
+                )
+                return None, CheckpointError(
+                    f"decode checkpoint row at workflow_id={_quoted(workflow_id)} "
+                    f"sequence={sequence}: {reason}"
+                )
+            rows.append(CheckpointRow(workflow_id, sequence, state, task_id, kind, output, version))
+        return rows, None
+
+    def _fsync(self) -> CheckpointError | None:
+        """Makes every commit durable in "eventual" mode (synchronous=NORMAL skips the WAL
+        fsync at commit): syncs the WAL file, then the database file."""
+        if self.file is None:
+            return None
+        for name in (self.file + "-wal", self.file):
+            try:
+                fd = os.open(name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                return CheckpointError(f"checkpoint store {_quoted(self.label)}: I/O error: {e}")
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                return CheckpointError(f"checkpoint store {_quoted(self.label)}: I/O error: {e}")
+            finally:
+                os.close(fd)
+        return None
+
+    def _deliver(self, work: list[_Request], outcomes: list[_Outcome]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for (_, _, loop, future), (value, error) in zip(work, outcomes, strict=True):
+            if loop is None:
+                if error is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(error)
+            else:
+                items = by_loop.get(loop)
+                if items is None:
+                    items = by_loop[loop] = []
+                items.append((future, value, error))
+        for loop, items in by_loop.items():
+            # A closed loop has nobody left waiting on its futures.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items)
+
+    def _fail_rest(
+        self,
+        error: CheckpointError,
+        deliver_first: tuple[list[_Request], list[_Outcome]] | None = None,
+    ) -> None:
+        """Delivers ``deliver_first`` and fails whatever is still queued (the store is
+        closed: ``submit`` refuses new requests, so the queue only shrinks)."""
+        work, outcomes = deliver_first if deliver_first is not None else ([], [])
+        while True:
+            try:
+                request = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            work.append(request)
+            outcomes.append((None, CheckpointError(str(error))))
+        self._deliver(work, outcomes)
+
+
+def _check(name: str, value: object, expected: str, ok: bool) -> None:
+    if not ok:
+        raise TypeError(f"CheckpointRow.{name} must be {expected}, got {value!r}")
+
+
+class SqliteCheckpointStore:
+    """A checkpoint store in a SQLite file that several processes on one machine can share.
+
+    ``path`` is the file, created if missing; ``create=False`` opens an existing store only
+    (a missing file, or one without cano's table, raises :class:`cano.CheckpointError`);
+    ``":memory:"`` is a private in-memory database.
+
+    ``durability="immediate"`` (default) makes each append durable before it completes
+    (``synchronous=FULL``); ``"eventual"`` skips the fsync at commit (``synchronous=NORMAL``:
+    a power loss may lose the last rows, a killed process loses nothing; ``flush()`` and
+    ``close()`` make everything durable). ``busy_timeout`` is how long, in seconds, a commit
+    waits for another process's write lock before failing.
+
+    The methods of :class:`cano.CheckpointStore` return ``asyncio`` futures and need a
+    running event loop. ``close()`` (or leaving a ``with``/``async with`` block) flushes
+    and releases the file; afterwards every method raises :class:`cano.CheckpointError`.
+    """
+
+    __slots__ = ("__weakref__", "_engine", "_finalizer", "_lock", "_put")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "immediate",
+        busy_timeout: float = 5.0,
+        create: bool = True,
+    ) -> None:
+        if durability not in _DURABILITY:
+            raise ConfigurationError(
+                f'durability must be "immediate" or "eventual", got {durability!r}'
+            )
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, int | float)
+            or not 0 <= busy_timeout < float("inf")
+        ):
+            raise ConfigurationError(
+                f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}"
+            )
+        label = os.fspath(path)
+        if not isinstance(label, str):
+            raise TypeError(f"path must be a str or os.PathLike[str], got {path!r}")
+        if not create and label != ":memory:" and not Path(label).is_file():
+            raise CheckpointError(
+                f"checkpoint store {_quoted(label)}: cannot open the file: it does not exist"
+            )
+        engine = _Engine(label, durability, float(busy_timeout), create)
+        self._engine = engine
+        self._lock = engine.lock
+        self._put = engine.queue.put
+        # Closes (and so flushes) a store that is dropped or still open at interpreter exit.
+        self._finalizer = weakref.finalize(self, engine.close)
+
+    # ----- the CheckpointStore protocol -------------------------------------------------
+
+    def append(self, row: CheckpointRow) -> asyncio.Future[None]:
+        """Appends ``row``; the future completes once the row is committed (and on disk,
+        with ``durability="immediate"``). A row already stored at the same
+        ``(workflow_id, sequence)`` — by this process or another — fails it with
+        :class:`cano.CheckpointError` and is kept."""
+        try:
+            workflow_id, sequence, state = row.workflow_id, row.sequence, row.state
+            task_id, kind, output, version = row.task_id, row.kind, row.output, row.workflow_version
+        except AttributeError as e:
+            raise TypeError(
+                f"append() expects a cano.store.CheckpointRow; {type(row).__name__} has no "
+                f"attribute {e.name!r}"
+            ) from None
+        _check("workflow_id", workflow_id, "a str", isinstance(workflow_id, str))
+        _check("state", state, "a str", isinstance(state, str))
+        _check("task_id", task_id, "a str", isinstance(task_id, str))
+        _check(
+            "sequence",
+            sequence,
+            "an int in [0, 2**63)",
+            isinstance(sequence, int)
+            and not isinstance(sequence, bool)
+            and 0 <= sequence <= _MAX_SEQUENCE,
+        )
+        _check(
+            "workflow_version",
+            version,
+            "an int in [0, 2**32)",
+            isinstance(version, int)
+            and not isinstance(version, bool)
+            and 0 <= version <= _MAX_VERSION,
+        )
+        kind_value = kind.value if isinstance(kind, RowKind) else kind
+        if type(kind_value) is not int or kind_value not in _KINDS:
+            raise TypeError(f"CheckpointRow.kind must be a RowKind, got {kind!r}")
+        if output is not None and type(output) is not bytes:
+            if not isinstance(output, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"CheckpointRow.output must be bytes or None, got {type(output).__name__}"
+                )
+            output = bytes(output)
+        return self._submit(
+            _APPEND, (workflow_id, sequence, state, task_id, kind_value, output, version)
+        )
+
+    def _append_raw(
+        self,
+        workflow_id: str,
+        sequence: int,
+        state: str,
+        task_id: str,
+        kind: int,
+        output: bytes | None,
+        version: int,
+    ) -> asyncio.Future[None]:
+        """``append`` without building a ``CheckpointRow`` (the engine's fast path)."""
+        if kind not in _KINDS:
+            raise ValueError(
+                f"unknown checkpoint row kind {kind} (0 state entry, 1 compensation, 2 step cursor)"
+            )
+        return self._submit(_APPEND, (workflow_id, sequence, state, task_id, kind, output, version))
+
+    def load_run(self, workflow_id: str) -> asyncio.Future[list[CheckpointRow]]:
+        """Every row of ``workflow_id``, ascending by sequence (``[]`` if none)."""
+        _check_id(workflow_id)
+        return self._submit(_LOAD, workflow_id)
+
+    def clear(self, workflow_id: str) -> asyncio.Future[None]:
+        """Removes every row of ``workflow_id``; an unknown id is not an error."""
+        _check_id(workflow_id)
+        return self._submit(_CLEAR, workflow_id)
+
+    def list_runs(self) -> asyncio.Future[list[str]]:
+        """The workflow ids that have rows, sorted."""
+        return self._submit(_LIST, None)
+
+    def runs_summary(self) -> asyncio.Future[list[RunSummary]]:
+        """One dict per run, sorted by id: ``{"workflow_id", "rows", "last_state",
+        "last_sequence"}`` (what ``cano runs list`` shows)."""
+        return self._submit(_SUMMARY_OP, None)
+
+    def _submit(self, op: int, argument: Any) -> asyncio.Future[Any]:
+        # The hot path of every call: one future, one queue put under the store's lock.
+        engine = self._engine
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            if engine.closed or engine.generation != _fork_generation[0]:
+                raise engine.refusal()
+            self._put((op, argument, loop, future))
+        return future
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Blocks until every row appended so far is on disk (cheap with "immediate")."""
+        self._engine.call_blocking(_FLUSH)
+
+    def close(self) -> None:
+        """Flushes, closes the connection and stops the writer thread. Idempotent.
+        Afterwards every method raises :class:`cano.CheckpointError`."""
+        self._finalizer.detach()
+        self._engine.close()
+
+    @property
+    def path(self) -> str:
+        """The file this store uses, as given."""
+        return self._engine.label
+
+    @property
+    def durability(self) -> str:
+        """``"immediate"`` or ``"eventual"``."""
+        return self._engine.durability
+
+    @property
+    def busy_timeout(self) -> float:
+        """Seconds a commit waits for another connection's write lock."""
+        return self._engine.busy_timeout
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` (or leaving a ``with`` block) closed the store."""
+        return self._engine.closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Closes without blocking the loop."""
+        self._finalizer.detach()
+        await self._engine.close_async()
+
+    def __repr__(self) -> str:
+        closed = ", closed" if self._engine.closed else ""
+        return (
+            f"SqliteCheckpointStore({self._engine.label!r}, "
+            f"durability={self._engine.durability!r}{closed})"
+        )
+
+
+def _check_id(workflow_id: object) -> None:
+    if not isinstance(workflow_id, str):
+        raise TypeError(f"workflow_id must be a str, got {workflow_id!r}")
