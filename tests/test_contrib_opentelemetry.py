@@ -15,6 +15,7 @@ from cano.testing import InMemoryCheckpointStore, panic_on_attempt
 pytest.importorskip("opentelemetry.sdk")
 
 from cano.contrib.opentelemetry import OpenTelemetryObserver
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -109,11 +110,6 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
         await asyncio.sleep(0.001)
 
 
-async def settle() -> None:
-    """Run spans end one event-loop iteration after the run returns (see the module docs)."""
-    await asyncio.sleep(0)
-
-
 def parent_id(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
@@ -130,12 +126,11 @@ def span_id(span: ReadableSpan) -> int:
 async def test_run_and_task_spans_with_retries_as_events(otel: Otel) -> None:
     flaky = panic_on_attempt(2, Step.PARSE).with_config(FAST)
     assert await pipeline(flaky, otel.observer()).orchestrate(Step.FETCH) is Step.DONE
-    await settle()
 
     (run,) = otel.runs()
     assert run.name == "invoke_workflow orders"
     assert run.parent is None
-    assert run.status.status_code is StatusCode.UNSET
+    assert run.status.status_code is StatusCode.OK
     assert run.attributes is not None
     assert run.attributes["cano.workflow.name"] == "orders"
     assert run.attributes["cano.run.outcome"] == "completed"
@@ -175,7 +170,6 @@ async def test_failure_sets_error_status_and_error_type(otel: Otel) -> None:
     flaky = panic_on_attempt(9, Step.PARSE).with_config(FAST)
     with pytest.raises(cano.RetryExhaustedError):
         await pipeline(flaky, otel.observer()).orchestrate(Step.FETCH)
-    await settle()
 
     (task,) = otel.spans("execute_task PanicOnAttempt")
     assert task.status.status_code is StatusCode.ERROR
@@ -194,8 +188,11 @@ async def test_failure_sets_error_status_and_error_type(otel: Otel) -> None:
     assert run_attrs["error.type"] == "RetryExhaustedError"
     assert run_attrs["cano.run.outcome"] == "failed"
     assert run_attrs["cano.state"] == "FETCH"
+    # The run failed with its task's error: the exception is recorded on the task only.
+    assert [e.name for e in run.events if e.name == "exception"] == []
 
     assert otel.value("cano_observed_task_runs_total", task="PanicOnAttempt", outcome="failed") == 1
+    assert otel.value("cano_workflow_runs_total", outcome="failed") == 1
     assert otel.value("cano_task_retries_total", task="PanicOnAttempt") == 3
 
 
@@ -210,7 +207,6 @@ async def test_user_spans_nest_under_the_task_and_the_run_under_the_caller(otel:
     wf = pipeline(cano.task(name="call_api", config=MINIMAL)(call_api), otel.observer())
     with user_tracer.start_as_current_span("handle request"):
         await wf.orchestrate(Step.FETCH)
-        await settle()
 
     (request,) = otel.spans("handle request")
     (run,) = otel.runs()
@@ -249,7 +245,6 @@ async def test_split_branches_are_children_of_the_run(otel: Otel) -> None:
         .with_observer(otel.observer())
     )
     assert await wf.orchestrate(Step.FAN) is Step.DONE
-    await settle()
 
     (run,) = otel.runs()
     assert dict(run.attributes or {})["cano.run.outcome"] == "completed"
@@ -281,7 +276,6 @@ async def test_concurrent_runs_get_separate_spans(otel: Otel) -> None:
     wf = pipeline(cano.task(name="fetch_slowly", config=MINIMAL)(fetch_slowly), otel.observer())
     results = await asyncio.gather(*(wf.orchestrate(Step.FETCH) for _ in range(3)))
     assert results == [Step.DONE] * 3
-    await settle()
 
     runs = otel.runs()
     assert len(runs) == 3
@@ -301,23 +295,44 @@ async def test_runs_awaited_one_after_another_in_one_task(otel: Otel) -> None:
     wf = pipeline(cano.task(config=MINIMAL)(fetch), otel.observer())
     await wf.orchestrate(Step.FETCH)
     await wf.orchestrate(Step.FETCH)
-    await settle()
     first, second = sorted(otel.runs(), key=lambda s: s.start_time or 0)
     assert first.end_time is not None and second.start_time is not None
     assert first.end_time <= second.start_time
     for run in (first, second):
         assert dict(run.attributes or {})["cano.run.outcome"] == "completed"
+        children = [s.name for s in otel.spans() if parent_id(s) == span_id(run)]
+        assert sorted(children) == ["execute_task fetch", "execute_task parse"]
 
 
-async def test_run_span_ends_when_its_task_ends(otel: Otel) -> None:
-    wf = pipeline(cano.task(config=MINIMAL)(fetch), otel.observer())
-    await asyncio.create_task(wf.orchestrate(Step.FETCH))
-    await settle()
-    (run,) = otel.runs()
-    assert dict(run.attributes or {})["cano.run.outcome"] == "completed"
+class Probe(cano.WorkflowObserver):
+    """Attached after the observer under test: sees what it did at each run hook."""
+
+    def __init__(self, otel: Otel) -> None:
+        self.otel = otel
+        self.seen: list[tuple[str, Any]] = []
+
+    def on_run_start(self, workflow_id: str | None) -> None:
+        current = trace.get_current_span()
+        self.seen.append(("start", getattr(current, "name", None)))
+
+    def on_run_finish(self, state: str | None, error: BaseException | None) -> None:
+        self.seen.append(("finish", [s.name for s in self.otel.runs()]))
 
 
-async def test_failed_join_is_noticed_without_a_hook(otel: Otel) -> None:
+async def test_run_span_is_current_from_run_start_and_ends_at_run_finish(otel: Otel) -> None:
+    probe = Probe(otel)
+    wf = pipeline(cano.task(config=MINIMAL)(fetch), otel.observer()).with_observer(probe)
+    task = asyncio.create_task(wf.orchestrate(Step.FETCH))
+    assert await task is Step.DONE
+    assert probe.seen == [
+        ("start", "invoke_workflow orders"),  # the current span while the run goes on
+        ("finish", ["invoke_workflow orders"]),  # already ended when on_run_finish returns
+    ]
+    # Once the run returned, the caller's context is back.
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+async def test_failed_join_ends_the_run_with_error(otel: Otel) -> None:
     async def boom() -> Step:
         raise ValueError("no")
 
@@ -331,14 +346,19 @@ async def test_failed_join_is_noticed_without_a_hook(otel: Otel) -> None:
         .add_exit_state(Step.DONE)
         .with_observer(otel.observer())
     )
-    with pytest.raises(cano.WorkflowError):
+    with pytest.raises(cano.WorkflowError) as info:
         await wf.orchestrate(Step.FAN)
-    # No hook reports a failed join: the run watch notices that the run is no longer
-    # awaited within a few milliseconds.
-    await until(lambda: bool(otel.runs()))
     (run,) = otel.runs()
     assert run.status.status_code is StatusCode.ERROR
-    assert dict(run.attributes or {})["error.type"] == "_OTHER"
+    attrs = dict(run.attributes or {})
+    assert attrs["error.type"] == type(info.value).__qualname__
+    assert attrs["cano.run.outcome"] == "failed"
+    assert attrs["cano.state"] == "FAN"
+    # The join's error is no task's: it is recorded on the run span.
+    (event,) = [e for e in run.events if e.name == "exception"]
+    assert dict(event.attributes or {})["exception.type"] == "cano.errors.WorkflowError"
+    assert otel.value("cano_workflow_runs_total", outcome="failed") == 1
+    assert otel.value("cano_workflow_duration_seconds", outcome="failed") == 1
 
 
 async def test_checkpoints_resume_and_workflow_id(otel: Otel) -> None:
@@ -358,7 +378,6 @@ async def test_checkpoints_resume_and_workflow_id(otel: Otel) -> None:
     with pytest.raises(cano.TaskError):
         await build().orchestrate(Step.FETCH, workflow_id="order-7")
     assert await build().resume_from("order-7") is Step.DONE
-    await settle()
 
     failed, resumed = sorted(otel.runs(), key=lambda s: s.start_time or 0)
     assert dict(failed.attributes or {})["cano.workflow.id"] == "order-7"
@@ -392,9 +411,13 @@ async def test_total_timeout_and_cancellation(otel: Otel) -> None:
     attrs = dict(run.attributes or {})
     assert attrs["cano.run.outcome"] == "timed_out"
     assert attrs["error.type"] == "WorkflowTimeoutError"
+    assert [e.name for e in run.events if e.name.startswith("cano.workflow")] == [
+        "cano.workflow.timeout"
+    ]
     assert otel.value("cano_observed_workflow_timeouts_total") == 1
     assert otel.value("cano_observed_workflow_timeout_limit_seconds") == 1  # histogram count
     assert otel.value("cano_observed_workflow_timeout_elapsed_seconds") == 1
+    assert otel.value("cano_workflow_runs_total", outcome="failed") == 1  # a timeout fails
 
     otel.exporter.clear()
     token, handle = cano.CancellationToken.new()
@@ -404,8 +427,11 @@ async def test_total_timeout_and_cancellation(otel: Otel) -> None:
         await wf2.orchestrate(Step.FETCH, cancel=token)
     (run,) = otel.runs()
     assert run.status.status_code is StatusCode.ERROR
-    assert dict(run.attributes or {})["cano.run.outcome"] == "cancelled"
+    attrs = dict(run.attributes or {})
+    assert attrs["cano.run.outcome"] == "cancelled"
+    assert attrs["error.type"] == "WorkflowCancelledError"
     assert otel.value("cano_observed_cancellations_total") == 1
+    assert otel.value("cano_workflow_runs_total", outcome="cancelled") == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,7 +441,6 @@ async def test_total_timeout_and_cancellation(otel: Otel) -> None:
 async def test_metric_names_and_attributes(otel: Otel) -> None:
     flaky = panic_on_attempt(1, Step.PARSE).with_config(FAST)
     await pipeline(flaky, otel.observer()).orchestrate(Step.FETCH)
-    await settle()
     metrics = otel.metrics()
     assert sorted(a["state"] for a, _ in metrics["cano_state_enters_total"]) == [
         "DONE",
@@ -425,6 +450,8 @@ async def test_metric_names_and_attributes(otel: Otel) -> None:
     assert otel.value("cano_task_retries_total", task="PanicOnAttempt") == 1
     assert otel.value("cano_observed_task_runs_total", task="parse", outcome="completed") == 1
     assert otel.value("cano_observed_task_duration_seconds", task="parse", outcome="completed") == 1
+    assert metrics["cano_workflow_runs_total"] == [({"outcome": "completed"}, 1)]
+    assert metrics["cano_workflow_duration_seconds"] == [({"outcome": "completed"}, 1)]
 
 
 def test_hooks_without_a_run_and_without_an_event_loop(otel: Otel) -> None:
@@ -434,22 +461,37 @@ def test_hooks_without_a_run_and_without_an_event_loop(otel: Otel) -> None:
     obs.on_unknown_resume_state("order-1", 3, "REMOVED")
     obs.on_task_success("never-started")
     obs.on_retry("never-started", 1)
+    obs.on_run_finish(None, RuntimeError("never started"))  # counted, no span, no duration
     assert otel.value("cano_circuit_open_events_total", task="charge") == 1
     assert otel.value("cano_checkpoint_clears_total", result="err") == 1
     assert otel.value("cano_observed_unknown_resume_states_total") == 1
     assert (
         otel.value("cano_observed_task_runs_total", task="never-started", outcome="completed") == 1
     )
+    assert otel.value("cano_workflow_runs_total", outcome="failed") == 1
+    assert otel.value("cano_workflow_duration_seconds", outcome="failed") is None
+    assert otel.runs() == []
+
+    # Driven by hand, outside an event loop: the hooks alone delimit the run.
+    obs.on_run_start("by-hand")
+    obs.on_state_enter("DONE")
+    obs.on_run_finish("DONE", None)
+    (run,) = otel.runs()
+    assert dict(run.attributes or {})["cano.workflow.id"] == "by-hand"
+    assert dict(run.attributes or {})["cano.state"] == "DONE"
+    assert not trace.get_current_span().get_span_context().is_valid
 
 
 async def test_works_with_the_global_noop_providers() -> None:
     wf = pipeline(cano.task(config=MINIMAL)(fetch), OpenTelemetryObserver())
     assert await wf.orchestrate(Step.FETCH) is Step.DONE
-    await settle()
+    with pytest.raises(cano.TaskError):
+        failing = panic_on_attempt(1, Step.PARSE).with_config(MINIMAL)
+        await pipeline(failing, OpenTelemetryObserver()).orchestrate(Step.FETCH)
 
 
 # --------------------------------------------------------------------------------------------
-# run boundaries in harder cases
+# run boundaries
 
 
 class SlowStore(InMemoryCheckpointStore):
@@ -464,7 +506,11 @@ class SlowStore(InMemoryCheckpointStore):
         await super().clear(workflow_id)
 
 
-async def test_slow_checkpoint_writes_are_not_taken_for_the_end_of_the_run(otel: Otel) -> None:
+async def fan_entry() -> Step:
+    return Step.FAN
+
+
+async def test_checkpointed_split_run_with_a_slow_store(otel: Otel) -> None:
     async def fan_branch() -> Step:
         await asyncio.sleep(0.005)
         return Step.PARSE
@@ -483,7 +529,6 @@ async def test_slow_checkpoint_writes_are_not_taken_for_the_end_of_the_run(otel:
         .with_observer(otel.observer())
     )
     assert await wf.orchestrate(Step.FETCH, workflow_id="slow-1") is Step.DONE
-    await until(lambda: bool(otel.runs()))
     (run,) = otel.runs()
     attrs = dict(run.attributes or {})
     assert attrs["cano.run.outcome"] == "completed"
@@ -497,35 +542,70 @@ async def test_slow_checkpoint_writes_are_not_taken_for_the_end_of_the_run(otel:
     tasks = [s for s in otel.spans() if s.name.startswith("execute_task")]
     assert len(tasks) == 4
     assert all(parent_id(t) == span_id(run) for t in tasks)
+    assert all(dict(t.attributes or {})["cano.workflow.id"] == "slow-1" for t in tasks)
 
 
-async def fan_entry() -> Step:
-    return Step.FAN
-
-
-async def test_a_workflow_awaited_inside_another_workflows_task(otel: Otel) -> None:
-    inner = pipeline(cano.task(name="fetch", config=MINIMAL)(fetch), otel.observer("inner"))
+@pytest.mark.parametrize("shared", [False, True], ids=["two observers", "one observer"])
+async def test_a_workflow_awaited_inside_another_workflows_task(otel: Otel, shared: bool) -> None:
+    outer_obs = otel.observer("outer")
+    inner_obs = outer_obs if shared else otel.observer("inner")
+    inner = pipeline(cano.task(name="fetch", config=MINIMAL)(fetch), inner_obs)
 
     async def call_inner() -> Step:
         assert await inner.orchestrate(Step.FETCH) is Step.DONE
         return Step.PARSE
 
-    outer = pipeline(
-        cano.task(name="call_inner", config=MINIMAL)(call_inner), otel.observer("outer")
-    )
-    await asyncio.create_task(outer.orchestrate(Step.FETCH))
-    await settle()
-    (outer_run,) = otel.spans("invoke_workflow outer")
-    (inner_run,) = otel.spans("invoke_workflow inner")
+    outer = pipeline(cano.task(name="call_inner", config=MINIMAL)(call_inner), outer_obs)
+    assert await outer.orchestrate(Step.FETCH) is Step.DONE
+
+    runs = sorted(otel.runs(), key=lambda s: s.start_time or 0)
+    assert len(runs) == 2
+    outer_run, inner_run = runs
+    assert outer_run.name == "invoke_workflow outer"
+    assert inner_run.name == ("invoke_workflow outer" if shared else "invoke_workflow inner")
     (call_span,) = otel.spans("execute_task call_inner")
+    (outer_parse,) = [s for s in otel.spans("execute_task parse") if s.parent == outer_run.context]
+    (inner_fetch,) = otel.spans("execute_task fetch")
+    (inner_parse,) = [s for s in otel.spans("execute_task parse") if s.parent == inner_run.context]
+    # outer run > call_inner > inner run > (fetch, parse); then the outer run goes on.
+    assert parent_id(outer_run) is None
     assert parent_id(call_span) == span_id(outer_run)
     assert parent_id(inner_run) == span_id(call_span)
-    assert dict(inner_run.attributes or {})["cano.run.outcome"] == "completed"
-    assert dict(outer_run.attributes or {})["cano.run.outcome"] == "completed"
-    (inner_fetch,) = [
-        s for s in otel.spans("execute_task fetch") if parent_id(s) == span_id(inner_run)
-    ]
-    assert inner_fetch is not None
+    assert parent_id(inner_fetch) == span_id(inner_run)
+    assert parent_id(inner_parse) == span_id(inner_run)
+    assert parent_id(outer_parse) == span_id(outer_run)
+    # Each run span covers its own states, and ends inside its parent.
+    for run, states in (
+        (outer_run, ["FETCH", "PARSE", "DONE"]),
+        (inner_run, ["FETCH", "PARSE", "DONE"]),
+    ):
+        attrs = dict(run.attributes or {})
+        assert attrs["cano.run.outcome"] == "completed"
+        assert [
+            (e.attributes or {})["cano.state"] for e in run.events if e.name == "cano.state.enter"
+        ] == states
+    assert call_span.end_time is not None and inner_run.end_time is not None
+    assert inner_run.end_time <= call_span.end_time
+    assert otel.value("cano_workflow_runs_total", outcome="completed") == 2
+
+
+async def test_a_failing_nested_workflow_fails_both_runs(otel: Otel) -> None:
+    obs = otel.observer()
+    inner = pipeline(panic_on_attempt(1, Step.PARSE).with_config(MINIMAL), obs)
+
+    async def call_inner() -> Step:
+        await inner.orchestrate(Step.FETCH)
+        return Step.PARSE
+
+    outer = pipeline(cano.task(name="call_inner", config=MINIMAL)(call_inner), obs)
+    with pytest.raises(cano.TaskError):
+        await outer.orchestrate(Step.FETCH)
+    outer_run, inner_run = sorted(otel.runs(), key=lambda s: s.start_time or 0)
+    assert parent_id(inner_run) == span_id(otel.spans("execute_task call_inner")[0])
+    for run in (outer_run, inner_run):
+        assert run.status.status_code is StatusCode.ERROR
+        assert dict(run.attributes or {})["cano.run.outcome"] == "failed"
+    assert otel.value("cano_workflow_runs_total", outcome="failed") == 2
 
 
 async def test_task_cancelled_run(otel: Otel) -> None:
@@ -542,13 +622,14 @@ async def test_task_cancelled_run(otel: Otel) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await settle()
     (run,) = otel.runs()
+    assert run.status.status_code is StatusCode.ERROR
     attrs = dict(run.attributes or {})
     assert attrs["cano.run.outcome"] == "cancelled"
     assert attrs["error.type"] == "CancelledError"
     (hang_span,) = otel.spans("execute_task hang")
     assert dict(hang_span.attributes or {})["cano.task.outcome"] == "cancelled"
+    assert otel.value("cano_workflow_runs_total", outcome="cancelled") == 1
 
 
 class FailingStore(SlowStore):
@@ -566,7 +647,7 @@ class FailingStore(SlowStore):
         await super().append(row)
 
 
-async def test_failures_no_hook_reports(otel: Otel) -> None:
+async def test_failures_outside_tasks_end_the_run_with_error(otel: Otel) -> None:
     async def back() -> Step:
         return Step.FETCH
 
@@ -578,25 +659,60 @@ async def test_failures_no_hook_reports(otel: Otel) -> None:
         .with_max_transitions(3)
         .with_observer(otel.observer())
     )
-    with pytest.raises(cano.WorkflowError, match="transitions"):
+    with pytest.raises(cano.WorkflowError, match="transitions") as guard:
         await looping.orchestrate(Step.FETCH)
-    await until(lambda: bool(otel.runs()))
-    (run,) = otel.runs()
-    assert dict(run.attributes or {})["cano.run.outcome"] == "failed"
-    assert dict(run.attributes or {})["error.type"] == "_OTHER"
-
-    otel.exporter.clear()
-    store = FailingStore()
-    three_states = pipeline(cano.task(name="fetch", config=MINIMAL)(fetch), otel.observer())
-    three_states.with_checkpoint_store(store)
-    with pytest.raises(cano.CheckpointError):
-        await three_states.orchestrate(Step.FETCH, workflow_id="full-disk")
-    await until(lambda: bool(otel.runs()))
     (run,) = otel.runs()
     attrs = dict(run.attributes or {})
-    # It stopped in DONE, an exit state, but without DONE's row: not a completion.
-    assert attrs["cano.state"] == "DONE"
+    assert run.status.status_code is StatusCode.ERROR
     assert attrs["cano.run.outcome"] == "failed"
+    assert attrs["error.type"] == type(guard.value).__qualname__
+    assert [e.name for e in run.events].count("exception") == 1
+
+    otel.exporter.clear()
+    three_states = pipeline(cano.task(name="fetch", config=MINIMAL)(fetch), otel.observer())
+    three_states.with_checkpoint_store(FailingStore())
+    with pytest.raises(cano.CheckpointError):
+        await three_states.orchestrate(Step.FETCH, workflow_id="full-disk")
+    (run,) = otel.runs()
+    attrs = dict(run.attributes or {})
+    assert run.status.status_code is StatusCode.ERROR
+    assert attrs["cano.run.outcome"] == "failed"
+    assert attrs["error.type"] == "CheckpointError"
+    assert attrs["cano.workflow.id"] == "full-disk"
+    assert otel.value("cano_workflow_runs_total", outcome="failed") == 2
+
+
+class Reserve(cano.CompensatableTask[Step, int]):
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+
+    def config(self) -> cano.TaskConfig:
+        return MINIMAL
+
+    async def run(self, res: cano.Resources[Any]) -> tuple[Step, int]:
+        return Step.PARSE, 1
+
+    async def compensate(self, res: cano.Resources[Any], output: int) -> None:
+        with self.tracer.start_as_current_span("release"):
+            raise OSError("release failed")
+
+
+async def test_a_failed_rollback_ends_the_run_with_error(otel: Otel) -> None:
+    wf = (
+        cano.Workflow.bare()
+        .register_with_compensation(Step.FETCH, Reserve(otel.tracer_provider.get_tracer("app")))
+        .register(Step.PARSE, panic_on_attempt(1, Step.DONE).with_config(MINIMAL))
+        .add_exit_state(Step.DONE)
+        .with_observer(otel.observer())
+    )
+    with pytest.raises(cano.CompensationFailedError):
+        await wf.orchestrate(Step.FETCH)
+    (run,) = otel.runs()
+    assert dict(run.attributes or {})["error.type"] == "CompensationFailedError"
+    assert [e.name for e in run.events].count("exception") == 1
+    # A compensation runs while the run span is current: its spans are the run's children.
+    (release,) = otel.spans("release")
+    assert parent_id(release) == span_id(run)
 
 
 def test_run_sync(otel: Otel) -> None:
@@ -617,7 +733,6 @@ async def test_a_subclass_calling_super(otel: Otel) -> None:
     obs = Counting(otel.tracer_provider, otel.meter_provider, workflow_name="orders")
     wf = pipeline(cano.task(name="fetch", config=MINIMAL)(fetch), obs)
     await wf.orchestrate(Step.FETCH)
-    await settle()
     assert seen == ["FETCH", "PARSE", "DONE"]
     (run,) = otel.runs()
     assert dict(run.attributes or {})["cano.run.outcome"] == "completed"
@@ -631,7 +746,6 @@ async def test_circuit_breaker_rejection(otel: Otel) -> None:
         await wf.orchestrate(Step.FETCH)
     with pytest.raises(cano.CircuitOpenError):
         await wf.orchestrate(Step.FETCH)
-    await settle()
     first, second = sorted(
         otel.spans("execute_task PanicOnAttempt"), key=lambda s: s.start_time or 0
     )
@@ -662,7 +776,6 @@ async def test_scheduled_runs_nest_under_flow_spans(otel: Otel) -> None:
             await running.trigger("nightly")
             await until(lambda: not running.has_running_flows())
             await asyncio.sleep(0.005)  # past the back-off
-    await settle()
 
     flows = sorted(otel.spans("execute_flow nightly"), key=lambda s: s.start_time or 0)
     runs = sorted(otel.runs(), key=lambda s: s.start_time or 0)

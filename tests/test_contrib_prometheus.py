@@ -25,6 +25,10 @@ class Step(enum.Enum):
     DONE = enum.auto()
 
 
+async def fetch() -> Step:
+    return Step.PARSE
+
+
 async def parse() -> Step:
     await asyncio.sleep(0.01)
     return Step.DONE
@@ -120,10 +124,6 @@ async def test_checkpoints_resumes_timeouts_and_cancellations(registry: Collecto
     obs = PrometheusObserver(registry)
     store = InMemoryCheckpointStore()
     crash = panic_on_attempt(1, Step.DONE).with_config(MINIMAL)
-
-    async def fetch() -> Step:
-        return Step.PARSE
-
     wf = (
         cano.Workflow.bare()
         .register(Step.FETCH, cano.task(name="fetch", config=MINIMAL)(fetch))
@@ -160,6 +160,15 @@ async def test_checkpoints_resumes_timeouts_and_cancellations(registry: Collecto
     assert sample(registry, "cano_observed_cancellations_total") == 1
     assert sample(registry, "cano_observed_task_runs_total", task="hang", outcome="failed") == 2
 
+    # The runs: a failure, its resume, a timeout (counted as failed) and a cancellation.
+    runs = "cano_workflow_runs_total"
+    assert sample(registry, runs, outcome="completed") == 1
+    assert sample(registry, runs, outcome="failed") == 2
+    assert sample(registry, runs, outcome="cancelled") == 1
+    durations = "cano_workflow_duration_seconds_count"
+    assert sample(registry, durations, outcome="failed") == 2
+    assert sample(registry, durations, outcome="cancelled") == 1
+
 
 def test_hooks_the_engine_rarely_fires(registry: CollectorRegistry) -> None:
     obs = PrometheusObserver(registry)
@@ -167,6 +176,7 @@ def test_hooks_the_engine_rarely_fires(registry: CollectorRegistry) -> None:
     obs.on_checkpoint_clear_failed("w", cano.CheckpointError("disk full"))
     obs.on_unknown_resume_state("w", 2, "REMOVED")
     obs.on_task_failure("never-started", RuntimeError("x"))  # no start: counted, not timed
+    obs.on_run_finish(None, RuntimeError("x"))  # likewise
     assert sample(registry, "cano_circuit_open_events_total", task="charge") == 1
     assert sample(registry, "cano_checkpoint_clears_total", result="err") == 1
     assert sample(registry, "cano_observed_unknown_resume_states_total") == 1
@@ -183,6 +193,8 @@ def test_hooks_the_engine_rarely_fires(registry: CollectorRegistry) -> None:
         )
         is None
     )
+    assert sample(registry, "cano_workflow_runs_total", outcome="failed") == 1
+    assert sample(registry, "cano_workflow_duration_seconds_count", outcome="failed") is None
 
 
 async def test_concurrent_runs_are_timed_separately(registry: CollectorRegistry) -> None:
@@ -197,6 +209,50 @@ async def test_concurrent_runs_are_timed_separately(registry: CollectorRegistry)
     total = sample(registry, "cano_observed_task_duration_seconds_sum", **labels)
     # Five overlapping 20 ms sleeps: each timed on its own (not 5 x the wall time).
     assert total is not None and 0.09 <= total < 0.5
+
+
+async def test_run_counts_and_durations(registry: CollectorRegistry) -> None:
+    obs = PrometheusObserver(registry)
+    wf = pipeline(cano.task(name="fetch", config=MINIMAL)(fetch), obs)
+    await asyncio.gather(*(wf.orchestrate(Step.FETCH) for _ in range(3)))
+    failing = pipeline(panic_on_attempt(9, Step.PARSE).with_config(MINIMAL), obs)
+    with pytest.raises(cano.TaskError):
+        await failing.orchestrate(Step.FETCH)
+
+    runs, count = "cano_workflow_runs_total", "cano_workflow_duration_seconds_count"
+    assert sample(registry, runs, outcome="completed") == 3
+    assert sample(registry, runs, outcome="failed") == 1
+    assert sample(registry, count, outcome="completed") == 3
+    assert sample(registry, count, outcome="failed") == 1
+    # Three concurrent runs, each about 10 ms (the parse sleep): timed separately.
+    total = sample(registry, "cano_workflow_duration_seconds_sum", outcome="completed")
+    assert total is not None and 0.027 <= total < 0.5
+    assert (
+        sample(registry, "cano_workflow_duration_seconds_bucket", le="0.005", outcome="completed")
+        == 0
+    )
+
+
+async def test_nested_runs_are_timed_separately(registry: CollectorRegistry) -> None:
+    obs = PrometheusObserver(registry)
+    inner = pipeline(cano.task(name="fetch", config=MINIMAL)(fetch), obs)
+
+    async def call_inner() -> Step:
+        await inner.orchestrate(Step.FETCH)
+        await asyncio.sleep(0.05)
+        return Step.PARSE
+
+    outer = pipeline(cano.task(name="call_inner", config=MINIMAL)(call_inner), obs)
+    await outer.orchestrate(Step.FETCH)
+    count = "cano_workflow_duration_seconds_count"
+    assert sample(registry, count, outcome="completed") == 2
+    # inner: ~10 ms (< 50 ms); outer: inner + 50 ms + its own parse (>= 70 ms).
+    assert (
+        sample(registry, "cano_workflow_duration_seconds_bucket", le="0.05", outcome="completed")
+        == 1
+    )
+    total = sample(registry, "cano_workflow_duration_seconds_sum", outcome="completed")
+    assert total is not None and total >= 0.08
 
 
 def test_observers_share_metrics_and_namespace(registry: CollectorRegistry) -> None:
@@ -229,6 +285,8 @@ def test_metric_families(registry: CollectorRegistry) -> None:
         "cano_observed_cancellations": "counter",
         "cano_observed_unknown_resume_states": "counter",
         "cano_checkpoint_clears": "counter",
+        "cano_workflow_runs": "counter",
+        "cano_workflow_duration_seconds": "histogram",
         "cano_observed_task_duration_seconds": "histogram",
         "cano_observed_workflow_timeout_limit_seconds": "histogram",
         "cano_observed_workflow_timeout_elapsed_seconds": "histogram",

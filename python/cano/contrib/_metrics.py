@@ -1,18 +1,25 @@
 """The observer metric catalogue shared by the OpenTelemetry and Prometheus observers.
 
 The names are the Rust crate's observer-emitted metrics (``cano_state_enters_total`` and
-so on) and its scheduler metrics (``cano_scheduler_*``, fed here by the ``on_flow_*``
-hooks), so dashboards work whichever backend exports them. One extra metric,
+so on), its scheduler metrics (``cano_scheduler_*``, fed here by the ``on_flow_*`` hooks)
+and two of its direct-instrumentation run metrics, ``cano_workflow_runs_total{outcome}``
+and ``cano_workflow_duration_seconds{outcome}`` (fed by ``on_run_start`` /
+``on_run_finish``), so dashboards work whichever backend exports them. One extra metric,
 ``cano_observed_task_duration_seconds``, times a task from ``on_task_start`` to its
 success or failure (retries and their sleeps included).
 
-Two deliberate differences from the Rust crate, both about label values:
+Three deliberate differences from the Rust crate, all about label values:
 
 - ``task`` is the task's name without a split branch's ``[index]`` suffix, so a split of
   a thousand branches adds one series, not a thousand (spans keep the full id);
 - a task that ends with ``asyncio.CancelledError`` (a split branch cancelled because the
   join was already decided, or a cancelled run) has ``outcome="cancelled"``, not
-  ``"failed"``, so cancellations do not page anyone.
+  ``"failed"``, so cancellations do not page anyone;
+- likewise a run that ends with ``asyncio.CancelledError`` or
+  :class:`cano.WorkflowCancelledError` has ``outcome="cancelled"`` (the Rust crate counts
+  it as ``"failed"``); a run that exceeded its total timeout is ``"failed"``, as there.
+  The run duration is measured from ``on_run_start`` to ``on_run_finish``: it excludes
+  resource setup and teardown.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, TypeVar
+
+from cano.errors import WorkflowCancelledError
 
 T = TypeVar("T")
 
@@ -112,6 +121,23 @@ TASK_DURATION = MetricSpec(
     "s",
 )
 
+# Runs (the on_run_start / on_run_finish hooks): the Rust crate's direct-instrumentation
+# names.
+WORKFLOW_RUNS = MetricSpec(
+    "cano_workflow_runs_total",
+    "counter",
+    "Runs that ended, by outcome (completed, failed or cancelled).",
+    ("outcome",),
+    "{run}",
+)
+WORKFLOW_DURATION = MetricSpec(
+    "cano_workflow_duration_seconds",
+    "histogram",
+    "Duration of runs from their start (after resource setup) to their end, by outcome.",
+    ("outcome",),
+    "s",
+)
+
 # Scheduler flows (the on_flow_* hooks). ``flow`` is a flow id: a scheduler holds a
 # fixed, small set of them, so it is a safe label.
 FLOW_RUNS = MetricSpec(
@@ -164,6 +190,8 @@ ALL: tuple[MetricSpec, ...] = (
     CANCELLATIONS,
     CHECKPOINT_CLEARS,
     TASK_DURATION,
+    WORKFLOW_RUNS,
+    WORKFLOW_DURATION,
     FLOW_RUNS,
     FLOW_DURATION,
     FLOW_BACKOFFS,
@@ -175,7 +203,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 )  # fmt: skip
-"""Histogram buckets in seconds: tasks and timeouts range from milliseconds to an hour."""
+"""Histogram buckets in seconds: runs, tasks and timeouts range from milliseconds to an hour."""
 
 _BRANCH_SUFFIX = re.compile(r"\[\d+\]\Z")
 
@@ -189,6 +217,17 @@ def task_label(task_id: str) -> str:
 def outcome_of(error: BaseException) -> str:
     """``"cancelled"`` for ``asyncio.CancelledError``, else ``"failed"``."""
     return "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
+
+
+def run_outcome(error: BaseException | None) -> str:
+    """A run's ``outcome`` label: ``"completed"`` without an error, ``"cancelled"`` for
+    ``asyncio.CancelledError`` and :class:`cano.WorkflowCancelledError`, else ``"failed"``
+    (a total timeout included)."""
+    if error is None:
+        return "completed"
+    if isinstance(error, asyncio.CancelledError | WorkflowCancelledError):
+        return "cancelled"
+    return "failed"
 
 
 def current_task() -> asyncio.Task[object] | None:

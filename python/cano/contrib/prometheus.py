@@ -25,6 +25,10 @@ histograms in seconds, and no label holds a run id or anything else unbounded):
                                                         ``..._timeout_limit_seconds``
 ``cano_observed_cancellations_total``                   runs cancelled
 ``cano_observed_unknown_resume_states_total``           resumed rows naming a removed state
+``cano_workflow_runs_total{outcome}``                   runs ended: ``completed``, ``failed``
+                                                        (timeouts included) or ``cancelled``
+``cano_workflow_duration_seconds{outcome}``             run durations, ``on_run_start`` to
+                                                        ``on_run_finish``
 ``cano_checkpoint_clears_total{result="err"}``          failed checkpoint-log clears
 ``cano_scheduler_flow_runs_total{flow, outcome}``       scheduled runs ended
 ``cano_scheduler_flow_duration_seconds{flow}``          scheduled run durations
@@ -33,7 +37,8 @@ histograms in seconds, and no label holds a run id or anything else unbounded):
 ``cano_scheduler_active_flows``                         scheduled runs in flight (gauge)
 ======================================================  ======================================
 
-These are the Rust crate's observer metric names (the two label-value differences are
+These are the Rust crate's observer metric names and, for the two run metrics, its
+direct-instrumentation names (the label-value differences are
 described in :mod:`cano.contrib._metrics`). ``task`` is a task's name, without a split
 branch's ``[index]``.
 
@@ -41,7 +46,9 @@ Observers that share a registry and a namespace share the metrics, so one observ
 workflow is fine: creating a second observer does not raise prometheus_client's
 "Duplicated timeseries" error. A task's duration is measured between its
 ``on_task_start`` and its end hook in the same asyncio task, so concurrent runs and split
-branches are timed separately.
+branches are timed separately. A run's duration is kept in a context variable of the
+asyncio task awaiting it (where the engine fires both run hooks), so concurrent runs and
+workflows awaited inside another workflow's task are timed separately too.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ import re
 import threading
 import time
 import weakref
-from typing import Final, Generic, TypeVar
+from contextvars import ContextVar
+from typing import Final, Generic, TypeAlias, TypeVar
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -60,13 +68,18 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from cano.contrib import _metrics as m
-from cano.contrib._metrics import OpenTasks, outcome_of, task_label
+from cano.contrib._metrics import OpenTasks, outcome_of, run_outcome, task_label
 from cano.errors import ConfigurationError
 from cano.observer import WorkflowObserver
 
 __all__ = ["PrometheusObserver"]
 
 _NAMESPACE: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+
+# The start times of the runs the current asyncio task is awaiting, innermost first, as an
+# immutable linked list: (start, enclosing runs) or None. Never mutated in place, so a
+# context copied into a split branch cannot be disturbed by the run that spawned it.
+_Runs: TypeAlias = tuple[float, "_Runs"] | None
 
 
 M = TypeVar("M", Counter, Histogram)
@@ -127,6 +140,8 @@ class _Metrics:
         self.unknown_resume_states = counter(m.UNKNOWN_RESUME_STATES)
         self.cancellations = counter(m.CANCELLATIONS)
         self.checkpoint_clears = _Children(counter(m.CHECKPOINT_CLEARS))
+        self.workflow_runs = _Children(counter(m.WORKFLOW_RUNS))
+        self.workflow_duration = _Children(histogram(m.WORKFLOW_DURATION))
         self.flow_runs = _Children(counter(m.FLOW_RUNS))
         self.flow_duration = _Children(histogram(m.FLOW_DURATION))
         self.flow_backoffs = _Children(counter(m.FLOW_BACKOFFS))
@@ -188,10 +203,23 @@ class PrometheusObserver(WorkflowObserver):
         self.namespace = namespace
         self._m = _metrics_for(self.registry, namespace)
         self._started: OpenTasks[float] = OpenTasks()
+        self._runs: ContextVar[_Runs] = ContextVar("cano_prometheus_runs", default=None)
         self._active_flows: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PrometheusObserver(namespace={self.namespace!r})"
+
+    def on_run_start(self, workflow_id: str | None) -> None:
+        self._runs.set((time.perf_counter(), self._runs.get()))
+
+    def on_run_finish(self, state: str | None, error: BaseException | None) -> None:
+        outcome = run_outcome(error)
+        self._m.workflow_runs(outcome).inc()
+        runs = self._runs.get()
+        if runs is not None:  # None only when the hook is called by hand
+            started, enclosing = runs
+            self._runs.set(enclosing)
+            self._m.workflow_duration(outcome).observe(time.perf_counter() - started)
 
     def on_state_enter(self, state: str) -> None:
         self._m.state_enters(state).inc()
