@@ -116,6 +116,12 @@ impl Run {
         let py = slf.py();
         let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
+        if super::is_cancel_error(py, &err) {
+            // Cancelled from outside while the row was being written: the log keeps what
+            // the store committed; the cancellation propagates.
+            self.notify_cancelled(py, plan);
+            return self.fail(slf, err);
+        }
         let id = self.workflow_id.as_ref().map(|i| i.bind(py).to_string()).unwrap_or_default();
         let msg = format!(
             "cannot append checkpoint row {} of workflow {id:?} in state {}",
@@ -354,6 +360,11 @@ impl Run {
 
     /// Clearing is best effort: report it and keep the run's outcome.
     pub(super) fn clear_failed(&mut self, py: Python<'_>, err: PyErr) {
+        if super::is_cancel_error(py, &err) {
+            // Cancelled from outside while clearing: the run ends cancelled, log kept.
+            self.outcome = None;
+            return self.end(py, Err(err));
+        }
         let plan_ref = self.plan.bind(py).clone();
         if let Some(id) = &self.workflow_id {
             plan_ref.get().notify(py, Hook::ClearFailed, (id.bind(py), err.value(py)));
