@@ -704,6 +704,9 @@ impl Run {
         if let Some(b) = &self.branch {
             visit.call(b)?;
         }
+        if let Some(a) = &self.res_args {
+            visit.call(a)?;
+        }
         if let Some((_, o)) = &self.overlay {
             visit.call(o)?;
         }
@@ -728,6 +731,7 @@ impl Run {
         self.failure = None;
         self.resume_cursors.clear();
         self.branch = None;
+        self.res_args = None;
         self.split = None;
         self.overlay = None;
         self.phase = Phase::Done;
