@@ -2,9 +2,9 @@
 
 import asyncio as _asyncio
 import os as _os
+from collections.abc import Awaitable, Generator, Sequence
 from collections.abc import Callable as _Callable
 from collections.abc import Coroutine as _Coroutine
-from collections.abc import Generator, Sequence
 from datetime import timedelta as _timedelta
 from types import TracebackType as _TracebackType
 from typing import Any, Generic, TypeVar, final
@@ -203,7 +203,7 @@ class RedbCheckpointStore:
         kind: int,
         output: bytes | None,
         version: int,
-    ) -> _asyncio.Future[None]: ...
+    ) -> Awaitable[None]: ...
     def load_run(self, workflow_id: str) -> _asyncio.Future[list[_CheckpointRow]]: ...
     def clear(self, workflow_id: str) -> _asyncio.Future[None]: ...
     def list_runs(self) -> _asyncio.Future[list[str]]: ...

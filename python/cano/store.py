@@ -8,7 +8,8 @@ the same key fails with :class:`cano.CheckpointError` and leaves the stored row 
 Three stores ship with cano:
 
 - :class:`RedbCheckpointStore` (Rust, embedded, ACID): the durable default, one file per
-  process;
+  process (and, while a ``durability="immediate"`` store is open, its write-ahead log
+  ``<file>.wal`` beside it);
 - :class:`InMemoryCheckpointStore`: for tests and for runs that need no durability;
 - ``SqliteCheckpointStore`` / ``PostgresCheckpointStore`` in :mod:`cano.stores`.
 

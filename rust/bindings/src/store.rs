@@ -1,26 +1,41 @@
 //! `RedbCheckpointStore`: the embedded checkpoint store, as Python sees it.
 //!
-//! Every async method returns an `asyncio.Future` of the running loop and queues a request
-//! to the store's writer thread (`cano_core::checkpoint::RedbStore`); nothing blocks the
-//! loop. The writer commits a whole batch at once; its completions only record outcomes
-//! (plain Rust data) in [`Shared::pending`]. After the batch, the writer attaches once and
-//! schedules one [`Resolutions`] callable per event loop with `loop.call_soon_threadsafe`;
-//! that callable turns the outcomes into Python values on the loop thread and resolves the
-//! futures. So a commit costs each loop one wake-up, however many rows it carried.
+//! Every async method returns an awaitable bound to the running loop and queues a request to
+//! the store's writer thread (`cano_core::checkpoint::RedbStore`); nothing blocks the loop.
+//! The writer makes a whole batch durable at once; its completions only record outcomes
+//! (plain Rust data) in [`Shared::pending`], and never need the interpreter.
+//!
+//! **Waking a loop.** Each event loop that uses the store gets a [`Channel`]: a socket pair
+//! whose reading end is registered with `loop.add_reader`, with a [`Drain`] as callback.
+//! After a batch, the writer writes one byte to the channel of every loop that has outcomes
+//! waiting (at most one byte until the loop drained), without attaching to the interpreter;
+//! the loop then runs `Drain`, which resolves all of that loop's outcomes in one callback.
+//! Loops without `add_reader` (e.g. a Windows proactor loop) fall back to one
+//! `loop.call_soon_threadsafe(drain)` per batch, from the writer, attached.
+//!
+//! **Waiters.** The public methods return `asyncio.Future`s. `_append_raw`, the dispatcher's
+//! fast path, returns a [`Waiter`] instead: a small future-compatible object (the protocol
+//! `asyncio.Task` and `asyncio.isfuture` use) whose done-callbacks `Drain` runs directly,
+//! instead of scheduling one loop callback per row as `Future.set_result` does. `Drain` is
+//! itself a top-level loop callback, so running a task's wake-up there is what the loop
+//! would do one iteration later.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use cano_core::checkpoint::{
-    Completion, Durability, RedbStore, Row, RowKind, RunSummary, StoreError,
+    codec, Completion, Durability, Entry, RedbStore, Row, RowKind, RunSummary, StoreError,
 };
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyBaseException, PyNotImplementedError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{self, Context};
 
@@ -28,6 +43,8 @@ static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static CHECKPOINT_ROW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ROW_KIND: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ATEXIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static CANCELLED_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static INVALID_STATE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// What a finished request gives its future, still as Rust data.
 enum Outcome {
@@ -38,59 +55,239 @@ enum Outcome {
     Failed(StoreError),
 }
 
-/// Futures of one event loop with what to set on each.
-type Batch = Vec<(Py<PyAny>, Outcome)>;
+/// What a finished request resolves.
+enum Target {
+    Future(Py<PyAny>),
+    Waiter(Py<Waiter>),
+}
 
-/// A finished request waiting for its loop to be woken.
+/// A finished request waiting for its loop to drain it.
 struct Pending {
-    event_loop: Py<PyAny>,
-    future: Py<PyAny>,
+    channel: u64,
+    target: Target,
     outcome: Outcome,
 }
 
-/// Shared by the Python object and the writer thread's completions and batch hook.
+/// How the writer wakes a loop.
+enum Wake {
+    /// The writing end of the socket pair the loop watches.
+    #[cfg(unix)]
+    Socket(std::os::unix::net::UnixStream),
+    /// `loop.call_soon_threadsafe(drain)`, attached.
+    Threadsafe(Py<Drain>),
+}
+
+/// One event loop that uses the store.
+struct Channel {
+    id: u64,
+    /// Only compared by identity, or used attached.
+    event_loop: Py<PyAny>,
+    /// Set once a wake-up is on its way, cleared by `Drain` before it takes the outcomes.
+    armed: Arc<AtomicBool>,
+    wake: Wake,
+}
+
+/// Shared by the Python object, the writer thread's completions and batch hook, and the
+/// loops' `Drain`s. Nothing here is dropped by the writer thread: it only moves the `Py`
+/// references of a completion into `pending`.
 #[derive(Default)]
 struct Shared {
     pending: Mutex<Vec<Pending>>,
-    /// Set while a Python thread closes the store synchronously: that thread holds (or is
-    /// about to retake) the interpreter and wakes the loops itself after the writer stopped.
+    channels: Mutex<Vec<Channel>>,
+    next_channel: AtomicU64,
+    /// Set while a Python thread closes the store synchronously: the writer must not attach
+    /// then (the closing thread wakes the `call_soon_threadsafe` loops itself afterwards).
     hold: AtomicBool,
 }
 
 impl Shared {
-    fn take(&self) -> Vec<Pending> {
-        std::mem::take(&mut *self.pending.lock())
+    /// The channels that have outcomes waiting.
+    fn waiting_channels(&self) -> Vec<u64> {
+        let pending = self.pending.lock();
+        let mut ids: Vec<u64> = Vec::new();
+        for p in pending.iter() {
+            if !ids.contains(&p.channel) {
+                ids.push(p.channel);
+            }
+        }
+        ids
+    }
+
+    /// Takes the outcomes of `channel` out of `pending`.
+    fn take_channel(&self, channel: u64) -> Vec<Pending> {
+        let mut pending = self.pending.lock();
+        if pending.iter().all(|p| p.channel == channel) {
+            return std::mem::take(&mut *pending);
+        }
+        let (mine, rest) =
+            std::mem::take(&mut *pending).into_iter().partition(|p| p.channel == channel);
+        *pending = rest;
+        mine
     }
 
     /// The batch hook, on the writer thread.
     fn wake_from_writer(&self) {
-        if self.hold.load(Ordering::Acquire) {
+        let ids = self.waiting_channels();
+        if ids.is_empty() {
             return;
         }
-        let items = self.take();
-        if items.is_empty() {
-            return;
-        }
-        let mut items = Some(items);
-        Python::try_attach(|py| {
-            if let Some(items) = items.take() {
-                wake(py, items);
+        let mut threadsafe = false;
+        {
+            let channels = self.channels.lock();
+            for c in channels.iter().filter(|c| ids.contains(&c.id)) {
+                match &c.wake {
+                    #[cfg(unix)]
+                    Wake::Socket(tx) => {
+                        if !c.armed.swap(true, Ordering::SeqCst) {
+                            // Non-blocking; a full buffer means a wake-up is already pending.
+                            let _ = std::io::Write::write(&mut &*tx, &[1]);
+                        }
+                    }
+                    Wake::Threadsafe(_) => threadsafe = true,
+                }
             }
-        });
-        if let Some(left) = items {
-            // The interpreter is gone: there is no loop to wake, and Python references cannot
-            // be released without it.
-            std::mem::forget(left);
         }
+        if threadsafe && !self.hold.load(Ordering::Acquire) {
+            // `None` while the interpreter shuts down: there is no loop left to wake.
+            Python::try_attach(|py| self.wake_threadsafe(py, &ids));
+        }
+    }
+
+    /// Schedules the `Drain` of each `call_soon_threadsafe` channel in `ids`. Attached.
+    fn wake_threadsafe(&self, py: Python<'_>, ids: &[u64]) {
+        // References are cloned under the lock, and Python is called after releasing it.
+        let targets: Vec<(Py<PyAny>, Py<Drain>)> = {
+            let channels = self.channels.lock();
+            channels
+                .iter()
+                .filter(|c| ids.contains(&c.id))
+                .filter_map(|c| match &c.wake {
+                    Wake::Threadsafe(drain) if !c.armed.swap(true, Ordering::SeqCst) => {
+                        Some((c.event_loop.clone_ref(py), drain.clone_ref(py)))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for (event_loop, drain) in targets {
+            let scheduled =
+                event_loop.bind(py).call_method1(intern!(py, "call_soon_threadsafe"), (drain,));
+            if let Err(e) = scheduled {
+                // A closed loop has nobody left waiting on its futures.
+                if !e.is_instance_of::<PyRuntimeError>(py) {
+                    e.write_unraisable(py, None);
+                }
+            }
+        }
+    }
+
+    /// The channel of `event_loop`, registering one on first use. On the loop's thread.
+    fn channel(self: &Arc<Self>, event_loop: &Bound<'_, PyAny>) -> PyResult<u64> {
+        {
+            let channels = self.channels.lock();
+            if let Some(c) = channels.iter().rev().find(|c| c.event_loop.is(event_loop)) {
+                return Ok(c.id);
+            }
+        }
+        let py = event_loop.py();
+        self.forget_closed_loops(py);
+        let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
+        let armed = Arc::new(AtomicBool::new(false));
+        let wake = self.register(event_loop, id, &armed)?;
+        self.channels.lock().push(Channel {
+            id,
+            event_loop: event_loop.clone().unbind(),
+            armed,
+            wake,
+        });
+        Ok(id)
+    }
+
+    /// Watches a new socket pair on `event_loop`, or falls back to `call_soon_threadsafe`.
+    fn register(
+        self: &Arc<Self>,
+        event_loop: &Bound<'_, PyAny>,
+        id: u64,
+        armed: &Arc<AtomicBool>,
+    ) -> PyResult<Wake> {
+        let py = event_loop.py();
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let (rx, tx) = std::os::unix::net::UnixStream::pair()
+                .and_then(|(rx, tx)| {
+                    rx.set_nonblocking(true)?;
+                    tx.set_nonblocking(true)?;
+                    Ok((rx, tx))
+                })
+                .map_err(|e| PyRuntimeError::new_err(format!("checkpoint store: {e}")))?;
+            let fd = rx.as_raw_fd();
+            let drain =
+                Drain { shared: self.clone(), channel: id, armed: armed.clone(), rx: Some(rx) };
+            match event_loop.call_method1(intern!(py, "add_reader"), (fd, Py::new(py, drain)?)) {
+                Ok(_) => return Ok(Wake::Socket(tx)),
+                Err(e) if e.is_instance_of::<PyNotImplementedError>(py) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let drain = Drain {
+            shared: self.clone(),
+            channel: id,
+            armed: armed.clone(),
+            #[cfg(unix)]
+            rx: None,
+        };
+        Ok(Wake::Threadsafe(Py::new(py, drain)?))
+    }
+
+    /// Drops the channels (and the outcomes nobody will drain) of closed loops. Attached.
+    fn forget_closed_loops(&self, py: Python<'_>) {
+        let loops: Vec<(u64, Py<PyAny>)> =
+            self.channels.lock().iter().map(|c| (c.id, c.event_loop.clone_ref(py))).collect();
+        let closed: Vec<u64> = loops
+            .iter()
+            .filter(|(_, l)| {
+                l.bind(py)
+                    .call_method0(intern!(py, "is_closed"))
+                    .and_then(|v| v.is_truthy())
+                    .unwrap_or(false)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        drop(loops);
+        if closed.is_empty() {
+            return;
+        }
+        let gone: Vec<Channel> = {
+            let mut channels = self.channels.lock();
+            let (gone, kept) =
+                std::mem::take(&mut *channels).into_iter().partition(|c| closed.contains(&c.id));
+            *channels = kept;
+            gone
+        };
+        let orphans: Vec<Pending> = {
+            let mut pending = self.pending.lock();
+            let (orphans, kept) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|p| closed.contains(&p.channel));
+            *pending = kept;
+            orphans
+        };
+        // Dropped here, attached.
+        drop((gone, orphans));
     }
 }
 
-/// Closes from a Python thread, blocking without the interpreter (the writer's last batch
-/// may need it); then wakes the loops of whatever that batch finished.
+/// Closes from a Python thread, blocking without the interpreter; then wakes the
+/// `call_soon_threadsafe` loops of whatever the last batch finished (socket loops were woken
+/// by the writer).
 fn close_blocking(py: Python<'_>, store: &RedbStore, shared: &Shared) -> Result<(), StoreError> {
     shared.hold.store(true, Ordering::Release);
     let result = py.detach(|| store.close());
-    wake(py, shared.take());
+    let ids = shared.waiting_channels();
+    if !ids.is_empty() {
+        shared.wake_threadsafe(py, &ids);
+    }
     result
 }
 
@@ -113,43 +310,69 @@ impl CloseAtExit {
     }
 }
 
-/// Schedules one `Resolutions` call per event loop. Every reference is dropped attached.
-fn wake(py: Python<'_>, items: Vec<Pending>) {
-    let mut by_loop: Vec<(Py<PyAny>, Batch)> = Vec::new();
-    for p in items {
-        match by_loop.iter_mut().find(|(l, _)| l.is(&p.event_loop)) {
-            Some((_, list)) => list.push((p.future, p.outcome)),
-            None => by_loop.push((p.event_loop, vec![(p.future, p.outcome)])),
-        }
-    }
-    for (event_loop, list) in by_loop {
-        let scheduled = Py::new(py, Resolutions { items: Mutex::new(list) }).and_then(|r| {
-            event_loop.bind(py).call_method1(intern!(py, "call_soon_threadsafe"), (r,))
-        });
-        if let Err(e) = scheduled {
-            // A closed loop has nobody left waiting on its futures.
-            if !e.is_instance_of::<PyRuntimeError>(py) {
-                e.write_unraisable(py, None);
-            }
-        }
-    }
+/// The loop callback that resolves a loop's outcomes (see the module docs).
+#[pyclass(frozen, module = "cano._core", name = "_Drain")]
+struct Drain {
+    shared: Arc<Shared>,
+    channel: u64,
+    armed: Arc<AtomicBool>,
+    /// The watched end of the socket pair (`None` for `call_soon_threadsafe` loops).
+    #[cfg(unix)]
+    rx: Option<std::os::unix::net::UnixStream>,
 }
 
-/// Resolves a batch of futures on their own loop (scheduled by the writer thread).
-#[pyclass(frozen, module = "cano._core", name = "_Resolutions")]
-struct Resolutions {
-    items: Mutex<Batch>,
+impl Drain {
+    /// Empties the socket; true once the writing end is gone (the store was dropped).
+    fn read_signal(&self) -> bool {
+        #[cfg(unix)]
+        if let Some(rx) = &self.rx {
+            let mut buf = [0u8; 64];
+            loop {
+                match std::io::Read::read(&mut &*rx, &mut buf) {
+                    Ok(0) => return true,
+                    // The writer sends one byte per wake-up: a short read emptied the socket.
+                    Ok(n) if n < buf.len() => return false,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                    Err(_) => return true,
+                }
+            }
+        }
+        false
+    }
 }
 
 #[pymethods]
-impl Resolutions {
-    fn __call__(&self, py: Python<'_>) {
-        let items = std::mem::take(&mut *self.items.lock());
-        for (future, outcome) in items {
-            if let Err(e) = resolve(py, future.bind(py), outcome) {
-                e.write_unraisable(py, Some(future.bind(py)));
+impl Drain {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        // The socket is emptied before `armed` is cleared, and `armed` is cleared before the
+        // outcomes are taken: an outcome pushed after `take_channel` finds `armed` clear and
+        // sends a new byte, which nothing here can consume any more.
+        let gone = self.read_signal();
+        self.armed.store(false, Ordering::SeqCst);
+        let items = self.shared.take_channel(self.channel);
+        for p in items {
+            match p.target {
+                Target::Future(future) => {
+                    if let Err(e) = resolve(py, future.bind(py), p.outcome) {
+                        e.write_unraisable(py, Some(future.bind(py)));
+                    }
+                }
+                Target::Waiter(waiter) => Waiter::finish(waiter.bind(py), p.outcome),
             }
         }
+        #[cfg(unix)]
+        if gone {
+            if let Some(rx) = &self.rx {
+                use std::os::fd::AsRawFd;
+                let event_loop =
+                    GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+                event_loop.call_method1(intern!(py, "remove_reader"), (rx.as_raw_fd(),))?;
+            }
+        }
+        let _ = gone;
+        Ok(())
     }
 }
 
@@ -172,6 +395,352 @@ fn resolve(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) -> PyRes
         Err(e) => future.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?,
     };
     Ok(())
+}
+
+/// Where a [`Waiter`] is.
+enum WaiterState {
+    Pending,
+    Done,
+    Failed(Py<PyBaseException>),
+    Cancelled(Option<Py<PyAny>>),
+}
+
+/// A done-callback and the `contextvars.Context` to run it in.
+type Callback = (Py<PyAny>, Option<Py<PyAny>>);
+
+/// Done-callbacks in registration order. The first is stored inline: a waiter almost always
+/// has exactly one (its task's wake-up), and this spares an allocation per row.
+#[derive(Default)]
+struct Callbacks {
+    first: Option<Callback>,
+    rest: Vec<Callback>,
+}
+
+impl Callbacks {
+    fn push(&mut self, callback: Callback) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(callback);
+        } else {
+            self.rest.push(callback);
+        }
+    }
+
+    fn into_vec(self) -> Vec<Callback> {
+        let mut all = Vec::with_capacity(self.rest.len() + 1);
+        all.extend(self.first);
+        all.extend(self.rest);
+        all
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Callback> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
+struct WaiterInner {
+    state: WaiterState,
+    blocking: bool,
+    callbacks: Callbacks,
+}
+
+/// What `_append_raw` returns: an awaitable that completes (with `None`) once the row is
+/// durable, and a future-compatible object for `asyncio` (`isfuture`, `Task`, `gather`,
+/// `wait_for`, `shield`): `done`, `result`, `exception`, `cancel`, `cancelled`,
+/// `add_done_callback`, `remove_done_callback`, `get_loop`. Cancelling it stops the wait,
+/// not the append. Only touched on its loop's thread.
+#[pyclass(frozen, module = "cano._core", name = "_DurableWaiter")]
+pub struct Waiter {
+    event_loop: Py<PyAny>,
+    inner: Mutex<WaiterInner>,
+}
+
+impl Waiter {
+    fn new(event_loop: Py<PyAny>) -> Self {
+        Waiter {
+            event_loop,
+            inner: Mutex::new(WaiterInner {
+                state: WaiterState::Pending,
+                blocking: false,
+                callbacks: Callbacks::default(),
+            }),
+        }
+    }
+
+    /// Records the append's outcome and runs the done-callbacks right away (see the module
+    /// docs); a cancelled waiter ignores it.
+    fn finish(slf: &Bound<'_, Self>, outcome: Outcome) {
+        let py = slf.py();
+        let state = match outcome {
+            Outcome::Failed(err) => WaiterState::Failed(checkpoint_error(py, &err).into_value(py)),
+            _ => WaiterState::Done,
+        };
+        let callbacks = {
+            let mut inner = slf.get().inner.lock();
+            if !matches!(inner.state, WaiterState::Pending) {
+                return;
+            }
+            inner.state = state;
+            std::mem::take(&mut inner.callbacks)
+        };
+        let Callbacks { first, rest } = callbacks;
+        for (callback, context) in first.into_iter().chain(rest) {
+            let ran = match &context {
+                Some(ctx) => ctx.bind(py).call_method1(intern!(py, "run"), (&callback, slf)),
+                None => callback.bind(py).call1((slf,)),
+            };
+            if let Err(e) = ran {
+                report_callback_error(slf, &callback, e);
+            }
+        }
+    }
+
+    /// Schedules the done-callbacks with `loop.call_soon`, as `asyncio.Future` does.
+    fn schedule_callbacks(slf: &Bound<'_, Self>, callbacks: Vec<Callback>) -> PyResult<()> {
+        let py = slf.py();
+        let event_loop = slf.get().event_loop.bind(py);
+        for (callback, context) in callbacks {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item(intern!(py, "context"), context)?;
+            event_loop.call_method(intern!(py, "call_soon"), (callback, slf), Some(&kwargs))?;
+        }
+        Ok(())
+    }
+
+    fn cancelled_error(py: Python<'_>, msg: Option<&Py<PyAny>>) -> PyErr {
+        match CANCELLED_ERROR.import(py, "asyncio", "CancelledError") {
+            Ok(cls) => {
+                let made = match msg {
+                    Some(m) => cls.call1((m,)),
+                    None => cls.call0(),
+                };
+                match made {
+                    Ok(e) => PyErr::from_value(e),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        }
+    }
+
+    fn invalid_state(py: Python<'_>, message: &str) -> PyErr {
+        match INVALID_STATE_ERROR.import(py, "asyncio", "InvalidStateError") {
+            Ok(cls) => match cls.call1((message,)) {
+                Ok(e) => PyErr::from_value(e),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        }
+    }
+}
+
+fn report_callback_error(waiter: &Bound<'_, Waiter>, callback: &Py<PyAny>, err: PyErr) {
+    let py = waiter.py();
+    let reported = (|| -> PyResult<()> {
+        let context = PyDict::new(py);
+        let shown = callback.bind(py).repr()?;
+        context.set_item("message", format!("Exception in callback {shown}"))?;
+        context.set_item("exception", err.clone_ref(py).into_value(py))?;
+        context.set_item("future", waiter)?;
+        waiter
+            .get()
+            .event_loop
+            .bind(py)
+            .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        Ok(())
+    })();
+    if reported.is_err() {
+        err.write_unraisable(py, Some(waiter.as_any()));
+    }
+}
+
+#[pymethods]
+impl Waiter {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Yields itself while pending (the task then waits on it), returns `None` once done.
+    /// There is no `send`/`throw`/`close`, as on `asyncio.Future`: with them the waiter would
+    /// pass for a coroutine (`collections.abc.Coroutine`), which `asyncio.wait` refuses.
+    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, Self>>> {
+        let py = slf.py();
+        let mut inner = slf.get().inner.lock();
+        match &inner.state {
+            WaiterState::Pending => {
+                inner.blocking = true;
+                Ok(Some(slf.clone()))
+            }
+            WaiterState::Done => Ok(None),
+            WaiterState::Failed(e) => Err(PyErr::from_value(e.bind(py).clone().into_any())),
+            WaiterState::Cancelled(msg) => {
+                let msg = msg.as_ref().map(|m| m.clone_ref(py));
+                drop(inner);
+                Err(Self::cancelled_error(py, msg.as_ref()))
+            }
+        }
+    }
+
+    #[getter(_asyncio_future_blocking)]
+    fn get_blocking(&self) -> bool {
+        self.inner.lock().blocking
+    }
+
+    #[setter(_asyncio_future_blocking)]
+    fn set_blocking(&self, value: bool) {
+        self.inner.lock().blocking = value;
+    }
+
+    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.event_loop.clone_ref(py)
+    }
+
+    fn done(&self) -> bool {
+        !matches!(self.inner.lock().state, WaiterState::Pending)
+    }
+
+    fn cancelled(&self) -> bool {
+        matches!(self.inner.lock().state, WaiterState::Cancelled(_))
+    }
+
+    fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.lock();
+        match &inner.state {
+            WaiterState::Pending => {
+                drop(inner);
+                Err(Self::invalid_state(py, "Result is not ready."))
+            }
+            WaiterState::Done => Ok(py.None()),
+            WaiterState::Failed(e) => Err(PyErr::from_value(e.bind(py).clone().into_any())),
+            WaiterState::Cancelled(msg) => {
+                let msg = msg.as_ref().map(|m| m.clone_ref(py));
+                drop(inner);
+                Err(Self::cancelled_error(py, msg.as_ref()))
+            }
+        }
+    }
+
+    fn exception(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.lock();
+        match &inner.state {
+            WaiterState::Pending => {
+                drop(inner);
+                Err(Self::invalid_state(py, "Exception is not set."))
+            }
+            WaiterState::Done => Ok(py.None()),
+            WaiterState::Failed(e) => Ok(e.clone_ref(py).into_any()),
+            WaiterState::Cancelled(msg) => {
+                let msg = msg.as_ref().map(|m| m.clone_ref(py));
+                drop(inner);
+                Err(Self::cancelled_error(py, msg.as_ref()))
+            }
+        }
+    }
+
+    #[pyo3(signature = (callback, *, context = None))]
+    fn add_done_callback(
+        slf: &Bound<'_, Self>,
+        callback: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        {
+            let mut inner = slf.get().inner.lock();
+            if matches!(inner.state, WaiterState::Pending) {
+                inner.callbacks.push((callback, context));
+                return Ok(());
+            }
+        }
+        Self::schedule_callbacks(slf, vec![(callback, context)])
+    }
+
+    fn remove_done_callback(&self, py: Python<'_>, callback: &Bound<'_, PyAny>) -> PyResult<usize> {
+        // Compared without the lock held (`==` may run Python code).
+        let callbacks = std::mem::take(&mut self.inner.lock().callbacks).into_vec();
+        let mut kept = Callbacks::default();
+        let mut removed = 0;
+        let mut failed = None;
+        for (cb, ctx) in callbacks {
+            match cb.bind(py).eq(callback) {
+                Ok(true) if failed.is_none() => removed += 1,
+                Err(e) if failed.is_none() => {
+                    failed = Some(e);
+                    kept.push((cb, ctx));
+                }
+                _ => kept.push((cb, ctx)),
+            }
+        }
+        let mut inner = self.inner.lock();
+        // Callbacks added meanwhile (by the `==` above) go after the kept ones.
+        for added in std::mem::take(&mut inner.callbacks).into_vec() {
+            kept.push(added);
+        }
+        inner.callbacks = kept;
+        drop(inner);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    #[pyo3(signature = (msg = None))]
+    fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+        let callbacks = {
+            let mut inner = slf.get().inner.lock();
+            if !matches!(inner.state, WaiterState::Pending) {
+                return Ok(false);
+            }
+            inner.state = WaiterState::Cancelled(msg);
+            std::mem::take(&mut inner.callbacks).into_vec()
+        };
+        Self::schedule_callbacks(slf, callbacks)?;
+        Ok(true)
+    }
+
+    fn __repr__(&self) -> &'static str {
+        match self.inner.lock().state {
+            WaiterState::Pending => "<_DurableWaiter pending>",
+            WaiterState::Done => "<_DurableWaiter finished>",
+            WaiterState::Failed(_) => "<_DurableWaiter failed>",
+            WaiterState::Cancelled(_) => "<_DurableWaiter cancelled>",
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        if let Some(inner) = self.inner.try_lock() {
+            match &inner.state {
+                WaiterState::Failed(e) => visit.call(e)?,
+                WaiterState::Cancelled(Some(m)) => visit.call(m)?,
+                _ => {}
+            }
+            for (cb, ctx) in inner.callbacks.iter() {
+                visit.call(cb)?;
+                if let Some(c) = ctx {
+                    visit.call(c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // Dropped after the lock is released: a finaliser may call back into this waiter.
+        let dropped = {
+            let mut inner = self.inner.lock();
+            let callbacks = std::mem::take(&mut inner.callbacks);
+            let state = match inner.state {
+                WaiterState::Failed(_) | WaiterState::Cancelled(Some(_)) => {
+                    Some(std::mem::replace(&mut inner.state, WaiterState::Cancelled(None)))
+                }
+                _ => None,
+            };
+            (callbacks, state)
+        };
+        drop(dropped);
+    }
 }
 
 fn rows_to_python(py: Python<'_>, rows: Vec<Row>) -> PyResult<Bound<'_, PyList>> {
@@ -220,10 +789,14 @@ fn checkpoint_error(py: Python<'_>, err: &StoreError) -> PyErr {
 /// ```
 ///
 /// `durability="immediate"` (default) makes every appended row durable before `append`
-/// completes; `"eventual"` skips the fsync (a crash may lose the last rows; `flush()` and
+/// completes: concurrent appends share one record of a write-ahead log next to the file
+/// (`<path>.wal`) and one fsync; the rows reach the database file at periodic checkpoints
+/// and at `close()`, which deletes the log. A store reopened after a crash replays the log
+/// first. `"eventual"` skips the fsync (a crash may lose the last rows; `flush()` and
 /// `close()` make everything durable). Either way `load_run` sees every appended row.
 /// The file is opened, and locked, at construction: a second store on the same file, in
-/// this process or another, raises `CheckpointError`.
+/// this process or another, raises `CheckpointError`. Copy or move the file only while no
+/// store has it open (a closed store leaves no log behind).
 #[pyclass(frozen, module = "cano._core", name = "RedbCheckpointStore")]
 pub struct RedbCheckpointStore {
     store: Arc<RedbStore>,
@@ -241,15 +814,16 @@ impl RedbCheckpointStore {
         outcome: fn(T) -> Outcome,
     ) -> PyResult<(Bound<'py, PyAny>, Completion<T>)> {
         let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+        let channel = self.shared.channel(&event_loop)?;
         let future = event_loop.call_method0(intern!(py, "create_future"))?;
         let shared = self.shared.clone();
-        let (l, f) = (event_loop.unbind(), future.clone().unbind());
+        let target = Target::Future(future.clone().unbind());
         let done: Completion<T> = Box::new(move |result: Result<T, StoreError>| {
             let outcome = match result {
                 Ok(v) => outcome(v),
                 Err(e) => Outcome::Failed(e),
             };
-            shared.pending.lock().push(Pending { event_loop: l, future: f, outcome });
+            shared.pending.lock().push(Pending { channel, target, outcome });
         });
         Ok((future, done))
     }
@@ -329,29 +903,39 @@ impl RedbCheckpointStore {
         self.append_row(py, row)
     }
 
-    /// `append` without building a `CheckpointRow` (used by the dispatcher).
+    /// `append` without building a `CheckpointRow` (used by the dispatcher). Returns a
+    /// lightweight future-compatible awaitable rather than an `asyncio.Future` (see the
+    /// module docs); it completes with `None` once the row is durable.
     #[allow(clippy::too_many_arguments)]
     fn _append_raw<'py>(
         &self,
         py: Python<'py>,
         workflow_id: String,
         sequence: u64,
-        state: String,
-        task_id: String,
+        state: &str,
+        task_id: &str,
         kind: u8,
-        output: Option<Bound<'py, PyBytes>>,
+        output: Option<&[u8]>,
         version: u32,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let row = Row {
-            workflow_id,
-            sequence,
-            state,
-            task_id,
-            kind: row_kind(kind)?,
-            output: output.map(|b| b.as_bytes().to_vec()),
-            workflow_version: version,
+    ) -> PyResult<Bound<'py, Waiter>> {
+        // Encoded here, straight from the Python strings: one buffer instead of a `Row`.
+        let mut envelope = Vec::new();
+        codec::encode_fields(row_kind(kind)?, version, state, task_id, output, &mut envelope);
+        let entry = Entry { workflow_id, sequence, envelope };
+        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+        let channel = self.shared.channel(&event_loop)?;
+        let waiter = Bound::new(py, Waiter::new(event_loop.unbind()))?;
+        let shared = self.shared.clone();
+        let target = Target::Waiter(waiter.clone().unbind());
+        let done = move |result: Result<(), StoreError>| {
+            let outcome = match result {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(e),
+            };
+            shared.pending.lock().push(Pending { channel, target, outcome });
         };
-        self.append_row(py, row)
+        self.store.append_entry(entry, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(waiter)
     }
 
     /// Every row of `workflow_id` as `CheckpointRow`s, ascending by sequence (`[]` if none).
@@ -469,10 +1053,15 @@ impl RedbCheckpointStore {
 impl Drop for RedbCheckpointStore {
     fn drop(&mut self) {
         // Dropped by Python, attached. Even a closed store may still have its writer thread
-        // finishing the close batch (`__aexit__` does not wait for it) and needing the
-        // interpreter: join it detached, then wake the loops ourselves.
+        // finishing the close batch (`__aexit__` does not wait for it): join it detached,
+        // then wake the loops ourselves.
         Python::attach(|py| {
             let _ = self.close_blocking(py);
+            // Closes the writing end of every loop's socket: each `Drain` sees the end of
+            // the stream, resolves what is left for its loop and unregisters itself. The
+            // outcomes stay in `Shared`, which the `Drain`s keep alive.
+            let channels = std::mem::take(&mut *self.shared.channels.lock());
+            drop(channels);
         });
     }
 }

@@ -25,19 +25,46 @@ pub const ENVELOPE_VERSION: u8 = 1;
 pub fn encode(row: &Row) -> Vec<u8> {
     let output_len = row.output.as_ref().map_or(0, Vec::len);
     let mut out = Vec::with_capacity(2 + 5 + row.state.len() + row.task_id.len() + output_len + 21);
+    encode_into(row, &mut out);
+    out
+}
+
+/// [`encode`] into `out` (cleared first), reusing its allocation.
+pub fn encode_into(row: &Row, out: &mut Vec<u8>) {
+    out.clear();
+    encode_fields(
+        row.kind,
+        row.workflow_version,
+        &row.state,
+        &row.task_id,
+        row.output.as_deref(),
+        out,
+    );
+}
+
+/// Appends the envelope of a row with these fields to `out`: what [`encode`] does, for a
+/// caller that has the fields but not a [`Row`].
+pub fn encode_fields(
+    kind: RowKind,
+    workflow_version: u32,
+    state: &str,
+    task_id: &str,
+    output: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
+    out.reserve(12 + state.len() + task_id.len() + output.map_or(0, <[u8]>::len));
     out.push(ENVELOPE_VERSION);
-    out.push(row.kind as u8);
-    put_varint(&mut out, u64::from(row.workflow_version));
-    put_bytes(&mut out, row.state.as_bytes());
-    put_bytes(&mut out, row.task_id.as_bytes());
-    match &row.output {
+    out.push(kind as u8);
+    put_varint(out, u64::from(workflow_version));
+    put_bytes(out, state.as_bytes());
+    put_bytes(out, task_id.as_bytes());
+    match output {
         None => out.push(0),
         Some(bytes) => {
             out.push(1);
-            put_bytes(&mut out, bytes);
+            put_bytes(out, bytes);
         }
     }
-    out
 }
 
 /// Decodes the value stored under `(workflow_id, sequence)`.

@@ -3,13 +3,19 @@
 //! - [`row`]: [`Row`], [`RowKind`] and [`RunSummary`];
 //! - [`codec`]: the versioned binary envelope a row's value is stored as;
 //! - [`error`]: [`StoreError`], what a store can refuse;
-//! - [`redb_store`]: [`RedbStore`], one file, one writer thread, group commit.
+//! - [`redb_store`]: [`RedbStore`], one file, one writer thread, group commit;
+//! - [`wal`]: the write-ahead log that makes an immediate group commit one sequential fsync;
+//! - [`overlay`]: the rows the log holds and redb does not yet, merged into every read;
+//! - `recovery`: replaying the log when a store is opened after a crash.
 
 pub mod codec;
 pub mod error;
+pub mod overlay;
+mod recovery;
 pub mod redb_store;
 pub mod row;
+pub mod wal;
 
 pub use error::StoreError;
-pub use redb_store::{BatchHook, Completion, Durability, RedbStore};
+pub use redb_store::{BatchHook, Completion, Durability, Entry, RedbStore};
 pub use row::{Row, RowKind, RunSummary};

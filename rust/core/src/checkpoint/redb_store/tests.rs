@@ -1,5 +1,6 @@
 use super::*;
 use crate::checkpoint::RowKind;
+use redb::ReadableDatabase;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Barrier;
 
@@ -358,4 +359,330 @@ fn requests_from_the_writer_thread_do_not_deadlock() {
     assert_eq!(rx.recv().unwrap(), Ok(()));
     store.close().unwrap();
     assert!(store.is_closed());
+}
+
+// ----- write-ahead log ------------------------------------------------------------------------
+
+/// What the disk holds while `store` runs: its database file (as of the last checkpoint: redb
+/// is not written between checkpoints) and its log, copied to `image/checkpoints.redb[.wal]`.
+/// Reopening the copy is reopening after a crash at this instant.
+fn crash_image(store: &RedbStore, image: &TempDir) -> PathBuf {
+    // Queued behind everything submitted so far: the writer is idle once it returns.
+    store.flush_blocking().unwrap();
+    let target = image.file();
+    std::fs::copy(store.path(), &target).unwrap();
+    let log = wal::wal_path(store.path());
+    if log.exists() {
+        std::fs::copy(&log, wal::wal_path(&target)).unwrap();
+    } else {
+        let _ = std::fs::remove_file(wal::wal_path(&target));
+    }
+    target
+}
+
+/// The `(state, sequence)` of every row of every run, to compare stores.
+fn contents(store: &RedbStore) -> Vec<(String, Vec<(u64, String)>)> {
+    store
+        .list_runs_blocking()
+        .unwrap()
+        .into_iter()
+        .map(|run| {
+            let rows = store.load_run_blocking(run.workflow_id.as_str()).unwrap();
+            (run.workflow_id, rows.into_iter().map(|r| (r.sequence, r.state)).collect())
+        })
+        .collect()
+}
+
+/// Offsets where each record of a log ends (walking the length headers).
+fn record_ends(log: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = 0;
+    while at + 8 <= log.len() {
+        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 || at + 8 + len > log.len() {
+            break;
+        }
+        at += 8 + len;
+        ends.push(at);
+    }
+    ends
+}
+
+#[test]
+fn acknowledged_rows_survive_a_crash_through_the_log() {
+    let dir = TempDir::new("wal-crash");
+    let image = TempDir::new("wal-crash-image");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("a", 0, "A0")).unwrap();
+    store.append_blocking(row("a", 1, "A1")).unwrap();
+    store.append_blocking(row("b", 0, "B0")).unwrap();
+    store.clear_blocking("b").unwrap();
+    store.append_blocking(row("b", 0, "B0-again")).unwrap();
+    store.append_blocking(row("c", 7, "C7")).unwrap();
+    assert_eq!(store.checkpoint_count(), 0, "nothing reached redb yet");
+    let expected = contents(&store);
+
+    let copy = crash_image(&store, &image);
+    let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(reopened.replayed_records(), 6, "one record per acknowledged batch");
+    assert_eq!(contents(&reopened), expected);
+    // Replayed rows are rows like any other: a duplicate is refused.
+    assert!(matches!(
+        reopened.append_blocking(row("a", 1, "dup")),
+        Err(StoreError::Conflict { .. })
+    ));
+    reopened.close().unwrap();
+    assert!(!wal::wal_path(&copy).exists(), "a clean close leaves no log");
+    let again = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(again.replayed_records(), 0);
+    assert_eq!(contents(&again), expected);
+}
+
+#[test]
+fn a_torn_tail_loses_only_the_unfinished_record() {
+    let dir = TempDir::new("wal-torn");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    for seq in 0..10 {
+        store.append_blocking(row("w", seq, &format!("S{seq}"))).unwrap();
+    }
+    let image = TempDir::new("wal-torn-image");
+    let copy = crash_image(&store, &image);
+    let pristine_db = std::fs::read(&copy).unwrap();
+    let log = std::fs::read(wal::wal_path(&copy)).unwrap();
+    let ends = record_ends(&log);
+    assert_eq!(ends.len(), 10);
+
+    let mut cuts: Vec<usize> = vec![0, 1, 7, 8, 9];
+    for &end in &ends {
+        cuts.extend([end - 1, end, end + 1, end + 5]);
+    }
+    for cut in cuts {
+        let cut = cut.min(log.len());
+        std::fs::write(&copy, &pristine_db).unwrap();
+        std::fs::write(wal::wal_path(&copy), &log[..cut]).unwrap();
+        let whole = ends.iter().filter(|&&e| e <= cut).count();
+        let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
+        let seqs: Vec<u64> =
+            reopened.load_run_blocking("w").unwrap().iter().map(|r| r.sequence).collect();
+        assert_eq!(seqs, (0..whole as u64).collect::<Vec<_>>(), "cut at byte {cut}");
+        assert_eq!(reopened.replayed_records(), whole);
+    }
+}
+
+#[test]
+fn a_bad_crc_stops_replay_at_that_record() {
+    let dir = TempDir::new("wal-crc");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    for seq in 0..6 {
+        store.append_blocking(row("w", seq, "S")).unwrap();
+    }
+    let image = TempDir::new("wal-crc-image");
+    let copy = crash_image(&store, &image);
+    let pristine_db = std::fs::read(&copy).unwrap();
+    let log = std::fs::read(wal::wal_path(&copy)).unwrap();
+    let ends = record_ends(&log);
+    // Damage record 3: its payload, its CRC, or its length.
+    let start = ends[2];
+    for at in [start + 8, start + ends[3] - start - 1, start + 5, start] {
+        let mut damaged = log.clone();
+        damaged[at] ^= 0x40;
+        std::fs::write(&copy, &pristine_db).unwrap();
+        std::fs::write(wal::wal_path(&copy), &damaged).unwrap();
+        let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
+        let seqs: Vec<u64> =
+            reopened.load_run_blocking("w").unwrap().iter().map(|r| r.sequence).collect();
+        assert_eq!(seqs, vec![0, 1, 2], "damaged byte {at}");
+    }
+}
+
+#[test]
+fn replaying_twice_changes_nothing() {
+    let dir = TempDir::new("wal-idem");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("a", 0, "A0")).unwrap();
+    store.append_blocking(row("b", 0, "B0")).unwrap();
+    store.clear_blocking("a").unwrap();
+    store.append_blocking(row("a", 0, "A0-again")).unwrap();
+    store.append_blocking(row("a", 1, "A1")).unwrap();
+    let expected = contents(&store);
+    let image = TempDir::new("wal-idem-image");
+    let copy = crash_image(&store, &image);
+    let log = std::fs::read(wal::wal_path(&copy)).unwrap();
+
+    let generation = || {
+        let db = Database::create(&copy).unwrap();
+        let tx = db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        let generation = meta.get(META_GENERATION).unwrap().unwrap().value();
+        generation
+    };
+    let logged = generation();
+
+    // Replay once, then put the log back and rewind the generation, as if the replay's
+    // commit had been lost after writing: the second replay runs over rows it already wrote.
+    let first = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(contents(&first), expected);
+    first.close().unwrap();
+    drop(first);
+    {
+        let db = Database::create(&copy).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META).unwrap().insert(META_GENERATION, logged).unwrap();
+        tx.commit().unwrap();
+    }
+    std::fs::write(wal::wal_path(&copy), &log).unwrap();
+    let second = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(second.replayed_records(), 5);
+    assert_eq!(contents(&second), expected);
+}
+
+#[test]
+fn a_replayed_clear_removes_rows_that_were_in_redb() {
+    let dir = TempDir::new("wal-clear");
+    {
+        let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+        for seq in 0..3 {
+            store.append_blocking(row("a", seq, "old")).unwrap();
+            store.append_blocking(row("b", seq, "old")).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.clear_blocking("a").unwrap();
+    store.append_blocking(row("a", 0, "new")).unwrap();
+    store.clear_blocking("b").unwrap();
+    // Read through the overlay: redb still has the old rows, the clears hide them.
+    assert_eq!(contents(&store), vec![("a".to_owned(), vec![(0, "new".to_owned())])]);
+    let image = TempDir::new("wal-clear-image");
+    let copy = crash_image(&store, &image);
+    let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(reopened.replayed_records(), 3);
+    assert_eq!(contents(&reopened), vec![("a".to_owned(), vec![(0, "new".to_owned())])]);
+}
+
+#[test]
+fn a_crash_after_checkpoints_replays_only_the_current_generation() {
+    let dir = TempDir::new("wal-ckpt");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    // Long runs, never cleared: their rows reach redb at each checkpoint; the log restarts
+    // at offset 0 over the records of the previous generation.
+    let batches = wal::CHECKPOINT_BATCHES * 3 + 5;
+    for i in 0..batches {
+        store.append_blocking(row(&format!("run-{}", i % 3), i / 3, &format!("S{i}"))).unwrap();
+    }
+    assert!(store.checkpoint_count() >= 3, "{} checkpoints", store.checkpoint_count());
+    let expected = contents(&store);
+    assert_eq!(expected.iter().map(|(_, rows)| rows.len() as u64).sum::<u64>(), batches);
+    let image = TempDir::new("wal-ckpt-image");
+    let copy = crash_image(&store, &image);
+    let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert!(reopened.replayed_records() < wal::CHECKPOINT_BATCHES as usize);
+    assert_eq!(contents(&reopened), expected);
+}
+
+#[test]
+fn reads_merge_the_log_over_rows_already_in_redb() {
+    let dir = TempDir::new("wal-merge");
+    {
+        let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+        store.append_blocking(row("r", 0, "R0")).unwrap();
+        store.append_blocking(row("r", 2, "R2")).unwrap();
+        store.append_blocking(row("z", 0, "Z0")).unwrap();
+        store.close().unwrap();
+    }
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    // A resumed run: its earlier rows are in redb, new ones go to the overlay.
+    store.append_blocking(row("r", 1, "R1")).unwrap();
+    store.append_blocking(row("r", 3, "R3")).unwrap();
+    assert!(matches!(
+        store.append_blocking(row("r", 2, "dup")),
+        Err(StoreError::Conflict { sequence: 2, .. })
+    ));
+    store.append_blocking(row("m", 0, "M0")).unwrap();
+    let states: Vec<String> =
+        store.load_run_blocking("r").unwrap().into_iter().map(|r| r.state).collect();
+    assert_eq!(states, ["R0", "R1", "R2", "R3"]);
+    let runs = store.list_runs_blocking().unwrap();
+    let summary: Vec<(&str, u64, &str, u64)> = runs
+        .iter()
+        .map(|r| (r.workflow_id.as_str(), r.rows, r.last_state.as_str(), r.last_sequence))
+        .collect();
+    assert_eq!(summary, [("m", 1, "M0", 0), ("r", 4, "R3", 3), ("z", 1, "Z0", 0)]);
+    // Clearing a run with rows in redb, then starting it again.
+    store.clear_blocking("r").unwrap();
+    assert!(store.load_run_blocking("r").unwrap().is_empty());
+    store.append_blocking(row("r", 0, "fresh")).unwrap();
+    assert_eq!(store.list_runs_blocking().unwrap().len(), 3);
+    store.close().unwrap();
+    let again = RedbStore::open(dir.file(), Durability::Eventual).unwrap();
+    assert_eq!(
+        contents(&again),
+        vec![
+            ("m".to_owned(), vec![(0, "M0".to_owned())]),
+            ("r".to_owned(), vec![(0, "fresh".to_owned())]),
+            ("z".to_owned(), vec![(0, "Z0".to_owned())]),
+        ]
+    );
+}
+
+#[test]
+fn a_log_left_by_another_database_is_ignored() {
+    let dir = TempDir::new("wal-foreign");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("w", 0, "S")).unwrap();
+    let image = TempDir::new("wal-foreign-image");
+    let copy = crash_image(&store, &image);
+    // The database file is gone (deleted by hand), its log is not: a new database starts.
+    std::fs::remove_file(&copy).unwrap();
+    let fresh = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(fresh.replayed_records(), 0);
+    assert!(fresh.list_runs_blocking().unwrap().is_empty());
+    fresh.append_blocking(row("x", 0, "S")).unwrap();
+    assert_eq!(fresh.list_runs_blocking().unwrap().len(), 1);
+}
+
+#[test]
+fn an_eventual_store_replays_then_drops_the_log() {
+    let dir = TempDir::new("wal-eventual");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("w", 0, "S")).unwrap();
+    store.append_blocking(row("w", 1, "S")).unwrap();
+    let image = TempDir::new("wal-eventual-image");
+    let copy = crash_image(&store, &image);
+    let eventual = RedbStore::open(&copy, Durability::Eventual).unwrap();
+    assert_eq!(eventual.replayed_records(), 2);
+    assert!(!wal::wal_path(&copy).exists());
+    assert_eq!(eventual.load_run_blocking("w").unwrap().len(), 2);
+}
+
+#[test]
+fn one_fsync_per_batch_and_none_for_reads() {
+    let dir = TempDir::new("wal-syncs");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    let release = hold_writer(&store);
+    let (tx, rx) = mpsc::channel();
+    for seq in 0..5 {
+        let tx = tx.clone();
+        store.append(row("w", seq, "S"), move |r| tx.send(r).unwrap()).unwrap();
+    }
+    release();
+    for _ in 0..5 {
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+    }
+    assert_eq!(store.wal_sync_count(), 1, "five appends, one batch, one fsync");
+    store.load_run_blocking("w").unwrap();
+    store.list_runs_blocking().unwrap();
+    store.flush_blocking().unwrap();
+    assert_eq!(store.wal_sync_count(), 1, "reads and flushes sync nothing");
+    assert!(store.append_blocking(row("w", 0, "dup")).is_err());
+    assert_eq!(store.wal_sync_count(), 1, "a refused append logs nothing");
+}
+
+#[test]
+fn a_log_that_is_not_a_file_is_an_io_error() {
+    let dir = TempDir::new("wal-dir");
+    std::fs::create_dir(wal::wal_path(&dir.file())).unwrap();
+    let err = RedbStore::open(dir.file(), Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains(".wal"), "{err}");
 }
