@@ -23,35 +23,10 @@ from cano.store import (
     RowKind,
     conflict_message,
 )
+from stores import DictStore
 
 # --------------------------------------------------------------------------------------------
 # stores under test
-
-
-class DictStore:
-    """The smallest store a user could write: a dict of rows keyed by (id, sequence)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, int], CheckpointRow] = {}
-
-    async def append(self, row: CheckpointRow) -> None:
-        key = (row.workflow_id, row.sequence)
-        if key in self.rows:
-            raise cano.CheckpointError(conflict_message(*key))
-        self.rows[key] = row
-
-    async def load_run(self, workflow_id: str) -> list[CheckpointRow]:
-        return sorted(
-            (r for (wid, _), r in self.rows.items() if wid == workflow_id),
-            key=lambda r: r.sequence,
-        )
-
-    async def clear(self, workflow_id: str) -> None:
-        for key in [k for k in self.rows if k[0] == workflow_id]:
-            del self.rows[key]
-
-    async def list_runs(self) -> list[str]:
-        return sorted({wid for wid, _ in self.rows})
 
 
 StoreFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[Any]]

@@ -497,7 +497,16 @@ impl Plan {
         if plan.graph.check_initial(state).is_err()
             || path.iter().any(|&s| s as usize >= plan.states.len())
         {
-            return Err(errors::configuration(py, format!("cannot resume at state #{state}")));
+            let shown = plan
+                .labels
+                .get(state as usize)
+                .map_or_else(|| format!("#{state}"), |l| l.bind(py).to_string());
+            return Err(errors::configuration(
+                py,
+                format!(
+                    "cannot resume at state {shown}: it is neither registered nor an exit state"
+                ),
+            ));
         }
         let origin = Origin {
             workflow_id: Some(workflow_id),
