@@ -283,10 +283,10 @@ async def test_failure_keeps_the_log_and_resume_reruns_only_the_failed_state(sto
     flow.observer.events.clear()
     assert await flow.wf.resume_from("run-1") is S.DONE
     assert flow.ran == ["C"]  # A and B never run again
-    # The resumed state gets a fresh row after the last one, before its task runs.
-    assert flow.seen["C"][-1] == (3, "C", "step_C", "STATE_ENTRY")
+    # The resumed state continues the visit its entry row (2) began: no new row for it.
+    assert flow.seen["C"][-1] == (2, "C", "step_C", "STATE_ENTRY")
     assert flow.observer.of("on_resume") == [("run-1", 2)]
-    assert flow.observer.of("on_checkpoint") == [("run-1", 3), ("run-1", 4)]
+    assert flow.observer.of("on_checkpoint") == [("run-1", 3)]
     assert flow.observer.of("on_state_enter") == [("C",), ("DONE",)]
     assert await store.load_run("run-1") == []
 
@@ -310,7 +310,7 @@ async def test_a_resumed_run_fails_with_the_states_before_the_crash_on_its_path(
         await flow.wf.resume_from("run-1")
     assert info.value.state == "C"
     assert info.value.path == ["A", "B", "C"]
-    assert [r.state for r in await store.load_run("run-1")] == ["A", "B", "C", "C"]
+    assert [r.state for r in await store.load_run("run-1")] == ["A", "B", "C"]
     flow.ran.clear()
     assert await flow.wf.resume_from("run-1") is S.DONE
     assert flow.ran == ["C"]
@@ -348,7 +348,7 @@ async def test_resume_at_an_exit_state_returns_it_and_clears(store: Any) -> None
     flow = Flow(store)
     assert await flow.wf.resume_from("run-1") is S.DONE
     assert flow.ran == []
-    assert flow.observer.of("on_checkpoint") == [("run-1", 2)]
+    assert flow.observer.of("on_checkpoint") == []  # its entry row is in the log already
     assert await store.load_run("run-1") == []
 
 
@@ -360,7 +360,8 @@ async def test_resume_of_a_hand_written_log(store: Any) -> None:
     assert await flow.wf.resume_from("w") is S.DONE
     assert flow.ran == ["C"]
     assert flow.observer.of("on_resume") == [("w", 25)]
-    assert flow.seen["C"][-1][0] == 26
+    assert flow.seen["C"][-1][0] == 25  # the resumed visit's own entry row
+    assert flow.observer.of("on_checkpoint") == [("w", 26)]  # DONE follows the last row
 
 
 async def test_resume_again_after_success_has_no_rows(store: Any) -> None:

@@ -397,8 +397,9 @@ async def test_resume_then_success_does_not_compensate(store: Any) -> None:
 
 
 async def test_a_crash_right_after_a_completion_row_reruns_that_step(store: Any) -> None:
-    # The log ends in charge's completion row: charge re-runs (its old entry is dropped, the
-    # re-run pushes its own) and reserve's persisted output is still compensated.
+    # The log ends in charge's completion row: charge re-runs like any resumed state, and its
+    # first, durable output stays on the stack: a later failure undoes both charges and the
+    # reserve (never "charge twice, refund once").
     for r in CRASHED_IN_SHIP[:4]:
         await store.append(r)
     journal: Journal = []
@@ -408,6 +409,7 @@ async def test_a_crash_right_after_a_completion_row_reruns_that_step(store: Any)
         ("do", "charge"),
         ("do", "ship"),
         ("undo", "charge", {"charge": "ch-1", "cents": 1250}),
+        ("undo", "charge", {"charge": "ch-old"}),
         ("undo", "reserve", {"hold": "h-old"}),
     ]
 

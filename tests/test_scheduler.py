@@ -814,7 +814,7 @@ async def test_a_checkpointed_workflow_gets_a_per_firing_workflow_id() -> None:
     clock = FakeClock()
     durable = Recording(Resources()).register(Step.WORK, work_task(Journal()))
     durable.add_exit_state(Step.DONE)
-    durable._store = object()  # what with_checkpoint_store sets
+    durable.with_checkpoint_store(cano.InMemoryCheckpointStore())
     plain = Recording(Resources()).register(Step.WORK, work_task(Journal()))
     plain.add_exit_state(Step.DONE)
     running = await (

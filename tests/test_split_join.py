@@ -478,10 +478,12 @@ async def test_all_fails_fast_on_the_first_failure_and_cancels_the_rest() -> Non
     rec.assert_balanced()
 
 
-async def test_all_with_no_branches_moves_to_the_join_state() -> None:
-    join = JoinTask()
-    assert await run(split_flow([], cano.JoinStrategy.ALL, join)) is Step.DONE
-    assert join.result == cano.SplitResult([], [], [])
+@pytest.mark.parametrize("strategy", [cano.JoinStrategy.ALL, cano.JoinStrategy.ANY])
+def test_a_split_with_no_branches_is_refused_at_registration(
+    strategy: cano.JoinStrategy,
+) -> None:
+    with pytest.raises(cano.ConfigurationError, match=r"split state SPLIT: .*at least one branch"):
+        split_flow([], strategy, JoinTask())
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,12 +549,6 @@ async def test_any_fails_when_every_branch_failed_with_all_exceptions() -> None:
     assert "SPLIT" in msg
 
 
-async def test_any_with_no_branches_fails() -> None:
-    join = JoinTask()
-    await fails(split_flow([], cano.JoinStrategy.ANY, join))
-    assert join.results == []
-
-
 # --------------------------------------------------------------------------------------------
 # quorum, percentage, partial_results
 
@@ -577,10 +573,14 @@ async def test_quorum_fails_as_soon_as_it_became_unreachable() -> None:
     assert "1 of 3" not in str(err) and "0 of 3" in str(err)
 
 
-async def test_quorum_larger_than_the_number_of_branches_fails() -> None:
-    join = JoinTask()
-    await fails(split_flow([ok("a"), ok("b")], cano.JoinStrategy.quorum(3), join))
-    assert join.results == []
+@pytest.mark.parametrize(
+    "strategy", [cano.JoinStrategy.quorum(3), cano.JoinStrategy.partial_results(3)]
+)
+def test_a_split_that_can_never_succeed_is_refused_at_registration(
+    strategy: cano.JoinStrategy,
+) -> None:
+    with pytest.raises(cano.ConfigurationError, match=r"can never succeed with 2 branch\(es\)"):
+        split_flow([ok("a"), ok("b")], strategy, JoinTask())
 
 
 async def test_percentage_rounds_the_required_successes_up() -> None:

@@ -300,13 +300,49 @@ async def test_the_latest_cursor_row_wins(store: Any) -> None:
         row(1, RowKind.STATE_ENTRY, "PAGES"),
         row(2, RowKind.STEP_CURSOR, "PAGES", {"number": 1, "token": "t1"}),
         row(3, RowKind.STEP_CURSOR, "PAGES", {"number": 4, "token": "t4"}),
-        row(4, RowKind.STATE_ENTRY, "PAGES"),  # a first resume that crashed at once
     ]
     for r in rows:
         await store.append(r)
     task = Pages(store, last=5)
     assert await workflow(task, store).resume_from(WID) is S.DONE
     assert task.given == [Page(4, "t4"), Page(5, "t5")]
+
+
+async def test_a_resume_that_crashes_at_once_keeps_the_visit_and_its_cursor(store: Any) -> None:
+    task = Pages(store, last=5, stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        await workflow(task, store).orchestrate(S.START)
+    # The first resume "crashes" before its first step ends: it wrote no row of its own (the
+    # visit's entry row is in the log already), so the second resume still continues from
+    # the last cursor instead of mistaking the resume for a new visit of PAGES.
+    again = Pages(store, last=5, stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        await workflow(again, store).resume_from(WID)
+    rows = await store.load_run(WID)
+    assert [(r.state, r.kind) for r in rows][-1] == ("PAGES", RowKind.STEP_CURSOR)
+    last = Pages(store, last=5)
+    assert await workflow(last, store).resume_from(WID) is S.DONE
+    assert last.given[0] == Page(2, "t2")
+
+
+async def test_a_cursor_of_an_earlier_visit_is_not_resumed(store: Any) -> None:
+    def row(seq: int, kind: RowKind, state: str, out: Any = None) -> CheckpointRow:
+        blob = None if out is None else orjson.dumps(out)
+        return CheckpointRow(WID, seq, state, "Pages", kind, blob, 0)
+
+    # PAGES finished once (its cursor rows are from that visit), AFTER sent the run back to
+    # PAGES, and the process died as the second visit began: it starts from scratch.
+    for r in [
+        row(0, RowKind.STATE_ENTRY, "START"),
+        row(1, RowKind.STATE_ENTRY, "PAGES"),
+        row(2, RowKind.STEP_CURSOR, "PAGES", {"number": 1, "token": "t1"}),
+        row(3, RowKind.STATE_ENTRY, "AFTER"),
+        row(4, RowKind.STATE_ENTRY, "PAGES"),
+    ]:
+        await store.append(r)
+    task = Pages(store, last=2)
+    assert await workflow(task, store).resume_from(WID) is S.DONE
+    assert task.given[0] is None
 
 
 async def test_cancel_between_steps_keeps_the_cursor_for_resume(store: Any) -> None:

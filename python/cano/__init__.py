@@ -36,6 +36,7 @@ from cano.errors import (
     CompensationFailedError,
     ConfigurationError,
     KeyNotFoundError,
+    LeaseLostError,
     OrphanedCompensationError,
     RateLimitedError,
     ResourceError,
@@ -51,6 +52,7 @@ from cano.errors import (
     WorkflowVersionMismatchError,
 )
 from cano.observer import WorkflowObserver
+from cano.poll import Pending, PollErrorPolicy, PollTask, Ready
 from cano.resilience import (
     CircuitBreaker,
     CircuitPermit,
@@ -77,6 +79,7 @@ from cano.scheduler import (
     Scheduler,
 )
 from cano.split import JoinConfig, JoinStrategy, SplitResult
+from cano.stepped import Done, More, SteppedTask
 from cano.store import (
     CheckpointRow,
     CheckpointStore,
@@ -93,21 +96,8 @@ from cano.stream import (
     StreamTask,
     StreamWindow,
 )
-from cano.tasks import (
-    CompensatableTask,
-    Done,
-    More,
-    Pending,
-    PollErrorPolicy,
-    PollTask,
-    Ready,
-    RouterTask,
-    SteppedTask,
-    Task,
-    TaskResult,
-    TimerTask,
-    task,
-)
+from cano.tasks import CompensatableTask, RouterTask, Task, TaskResult, task
+from cano.timer import TimerTask
 from cano.workflow import Workflow, state_label
 
 __all__ = [
@@ -148,6 +138,7 @@ __all__ = [
     "FlowStatus",
     "HealthStatus",
     "KeyNotFoundError",
+    "LeaseLostError",
     "MemoryStore",
     "More",
     "MultiRateLimiter",

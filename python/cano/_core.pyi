@@ -21,6 +21,7 @@ __version__: str
 __all__ = [
     "CancellationHandle",
     "CancellationToken",
+    "ErrorStreak",
     "Handler",
     "Plan",
     "RetryMode",
@@ -30,6 +31,9 @@ __all__ = [
     "_Committer",
     "_SplitMailbox",
     "__version__",
+    "check_split",
+    "resume_run",
+    "start_run",
 ]
 
 @final
@@ -50,6 +54,7 @@ class RetryMode:
     @property
     def max_attempts(self) -> int: ...
     def delay_for_attempt(self, attempt: int) -> float | None: ...
+    def _retry_delay(self, attempt: int) -> float | None: ...
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
@@ -100,6 +105,7 @@ class Handler:
         kind: str,
         config: TaskConfig,
         targets: Sequence[int] | None = None,
+        cursor_type: object | None = None,
     ) -> Handler: ...
     @staticmethod
     def split(
@@ -112,6 +118,7 @@ class Handler:
         join_state: int,
         timeout: float | None = None,
         bulkhead: int | None = None,
+        state: str | None = None,
     ) -> Handler: ...
     @property
     def name(self) -> str: ...
@@ -122,6 +129,7 @@ class _SplitMailbox: ...
 @final
 class _Committer:
     def __call__(self, cursor: object) -> Any: ...
+    def _checkpointed(self, sequence: int) -> None: ...
 
 @final
 class _BranchDone:
@@ -136,7 +144,8 @@ class Plan:
         exits: Sequence[int],
         handlers: Sequence[tuple[int, Handler]],
         *,
-        support: object,
+        returns: object,
+        compensators: object,
         hub: object | None = None,
         max_transitions: int | None = None,
         total_timeout: float | None = None,
@@ -145,26 +154,39 @@ class Plan:
         compensation_timeout: float | None = None,
     ) -> Plan: ...
     def state_id(self, state: object) -> int | None: ...
-    def start(
-        self,
-        initial: object,
-        resources: object,
-        lease: object | None = None,
-        token: CancellationToken | None = None,
-        workflow_id: str | None = None,
-    ) -> Run[Any]: ...
-    def resume(
-        self,
-        state: int,
-        resources: object,
-        lease: object | None,
-        token: CancellationToken | None,
-        workflow_id: str,
-        sequence: int,
-        path: Sequence[int],
-        cursors: Sequence[tuple[int, object]],
-        stack: Sequence[tuple[str, bytes]],
-    ) -> Run[Any]: ...
+
+def start_run(
+    plan: Plan,
+    initial: object,
+    resources: object,
+    lease: object | None = None,
+    token: CancellationToken | None = None,
+    workflow_id: str | None = None,
+) -> Run[Any]: ...
+def check_split(
+    state: str,
+    strategy: str,
+    value: float,
+    branches: int,
+    *,
+    has_timeout: bool,
+    bulkhead: int | None = None,
+) -> None: ...
+def resume_run(
+    plan: Plan,
+    workflow_id: str,
+    resources: object,
+    lease: object | None = None,
+    token: CancellationToken | None = None,
+) -> Run[Any]: ...
+
+@final
+class ErrorStreak:
+    def __new__(cls, tolerated: int) -> ErrorStreak: ...
+    def failed(self) -> bool: ...
+    def succeeded(self) -> None: ...
+    @property
+    def count(self) -> int: ...
 
 @final
 class Run(Generic[_S]):

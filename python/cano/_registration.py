@@ -14,20 +14,12 @@ from typing import Any
 from cano._core import TaskConfig
 from cano.batch import BatchTask, _drive_batch
 from cano.errors import ConfigurationError
+from cano.poll import PollTask, _drive_poll
 from cano.split import JoinConfig
+from cano.stepped import SteppedTask
 from cano.stream import _drive_stream
-from cano.tasks import (
-    CompensatableTask,
-    PollTask,
-    RouterTask,
-    SteppedTask,
-    Task,
-    TimerTask,
-    _drive_poll,
-    _drive_timer,
-    _FunctionTask,
-    _takes_resources,
-)
+from cano.tasks import CompensatableTask, RouterTask, Task, _FunctionTask, _takes_resources
+from cano.timer import TimerTask, _drive_timer
 
 __all__ = ["_Entry", "_describe_task", "_name_of", "state_label"]
 

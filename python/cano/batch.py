@@ -162,7 +162,6 @@ def _with_item_retry(
     The item's last exception is re-raised as is (no ``RetryExhaustedError``): it is what
     ``finish`` sees in the item's slot. No observer hooks, breaker or timeout apply here.
     """
-    max_attempts = retry.max_attempts
 
     async def attempt_all(item: I) -> O:
         attempt = 1
@@ -170,12 +169,12 @@ def _with_item_retry(
             try:
                 return await process(item)
             except Exception:
-                # Attempt n failed: wait delay_for_attempt(n - 1), or give up.
-                delay = retry.delay_for_attempt(attempt - 1) if attempt < max_attempts else None
+                # The retry mode decides (cano_core): retry after a delay, or give up.
+                delay = retry._retry_delay(attempt)
                 if delay is None:
                     raise
                 attempt += 1
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Even a zero delay yields to the loop: a failing item never starves it.
+            await asyncio.sleep(delay)
 
     return attempt_all

@@ -16,8 +16,6 @@ them too::
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = [
     "CanoError",
     "CheckpointError",
@@ -25,6 +23,7 @@ __all__ = [
     "CompensationFailedError",
     "ConfigurationError",
     "KeyNotFoundError",
+    "LeaseLostError",
     "OrphanedCompensationError",
     "RateLimitedError",
     "ResourceError",
@@ -157,6 +156,16 @@ class CheckpointError(CanoError):
     """The checkpoint store failed, or its log cannot be used."""
 
 
+class LeaseLostError(CheckpointError):
+    """The run's lease went to another worker: this process no longer owns the run.
+
+    A store raises it for a write fenced by a lease that is no longer current (the run was
+    taken over after the lease expired). The engine then *abandons* the run: it ends at
+    once with this error, writes nothing more, runs no compensation and does not clear the
+    log — the new owner carries on from the log.
+    """
+
+
 class WorkflowVersionMismatchError(CheckpointError):
     """The log was written by another version of the workflow (``stored`` vs ``expected``)."""
 
@@ -233,28 +242,3 @@ class KeyNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return self.message
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
-
-
-def _make(
-    kind: str,
-    message: str,
-    state: str | None,
-    attempt: int | None,
-    path: list[str] | None,
-    cause: BaseException | None,
-    extra: dict[str, Any] | None,
-) -> CanoError:
-    """Build an engine error (called by the Rust dispatcher on the failure path)."""
-    cls = globals()[kind]
-    if cause is not None:
-        message = f"{message}: {_describe(cause)}"
-    err: CanoError = cls(message, state=state, attempt=attempt, path=path, **(extra or {}))
-    if cause is not None:
-        err.__cause__ = cause
-    return err

@@ -655,3 +655,16 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self)} keys)"
+
+
+def _release_in_background(resources: Resources[Any]) -> None:
+    """Returns the lease of a run that was closed without being awaited to its end: its
+    ``_release()`` runs as a task kept referenced until it finishes. Without a running loop
+    (the interpreter is shutting down) the lease is dropped without teardown."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    task = loop.create_task(resources._release())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)

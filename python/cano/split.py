@@ -154,3 +154,37 @@ class SplitResult:
     def total_count(self) -> int:
         """Every branch of the split."""
         return self.completed_count + len(self.cancelled)
+
+
+def _split_message(
+    state: str,
+    strategy: str,
+    total: int,
+    succeeded: int,
+    errors: list[tuple[int, BaseException]],
+    timed_out: bool,
+    timeout: float | None,
+) -> str:
+    """The message of a failed split: the counts and up to three branch errors."""
+    if timed_out and strategy == "JoinStrategy.PARTIAL_TIMEOUT":
+        head = f"split in state {state}: no branch finished before the {timeout}s timeout"
+    elif timed_out:
+        head = (
+            f"split in state {state} timed out after {timeout}s: {succeeded} of {total} "
+            f"branches succeeded, strategy {strategy}"
+        )
+    else:
+        head = (
+            f"split in state {state}: join condition not met: {succeeded} of {total} "
+            f"branches succeeded, strategy {strategy}"
+        )
+    if not errors:
+        return head
+    shown = "; ".join(f"branch {i}: {_describe_error(e)}" for i, e in errors[:3])
+    more = f"; and {len(errors) - 3} more error(s)" if len(errors) > 3 else ""
+    return f"{head}; errors: {shown}{more}"
+
+
+def _describe_error(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
-from cano._core import TaskConfig
+from cano._core import ErrorStreak, TaskConfig
 from cano._duration import Duration, seconds
 from cano.errors import ConfigurationError, TaskTimeoutError
 
@@ -383,7 +383,7 @@ class _StreamRun(Generic[S, I, O, C]):
         self.outputs: list[O] = []
         self.cursor: C | None = None
         self.has_cursor = False  # a cursor may legitimately be None
-        self.errors = 0  # consecutive item errors
+        self.errors = ErrorStreak(policy.max_errors or 0)  # consecutive item errors
         self.closed = False  # on_close has been called
         self.cancel: asyncio.CancelledError | None = None
         self.pending_pull: asyncio.Task[I | _End] | None = None
@@ -462,17 +462,15 @@ class _StreamRun(Generic[S, I, O, C]):
         except Exception:
             if self.policy.kind == "fail_fast":
                 raise
-            if self.policy.kind == "retry_on_error":
-                self.errors += 1
-                if self.policy.max_errors is not None and self.errors > self.policy.max_errors:
-                    raise
+            if self.policy.kind == "retry_on_error" and self.errors.failed():
+                raise
             return
         if not (isinstance(result, tuple) and len(result) == 2):
             raise TypeError(
                 f"stream task {self.name!r}: process_item returned {result!r}; "
                 "expected a tuple (output, cursor)"
             )
-        self.errors = 0
+        self.errors.succeeded()
         output, cursor = result
         self.outputs.append(output)
         self.cursor, self.has_cursor = cursor, True

@@ -7,21 +7,22 @@ A task returns the next state. The simplest task is a plain ``async def``::
         return Step.PARSE
 
 Classes give a task a name and a policy (:class:`cano.TaskConfig`). Each processing model
-is a base class with defaults; all of them are optional, duck typing works too.
+is a base class with defaults; all of them are optional, duck typing works too. This module
+holds plain tasks, routers and saga steps; polling, timer and stepped tasks have their own
+modules (:mod:`cano.poll`, :mod:`cano.timer`, :mod:`cano.stepped`), re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from cano._core import TaskConfig
-from cano._duration import Duration, seconds
 from cano.errors import ConfigurationError
+from cano.poll import Pending, PollErrorPolicy, PollTask, Ready
+from cano.stepped import Done, More, SteppedTask
+from cano.timer import TimerTask
 
 if TYPE_CHECKING:
     from cano.resources import Resources
@@ -44,7 +45,6 @@ __all__ = [
 
 S = TypeVar("S")
 T = TypeVar("T")
-C = TypeVar("C")
 Out = TypeVar("Out")
 
 
@@ -235,151 +235,6 @@ class RouterTask(Generic[S]):
         raise ConfigurationError(f"router {self.name()!r} does not implement route(res)")
 
 
-@dataclass(frozen=True, slots=True)
-class Ready(Generic[S]):
-    """A poll outcome: done, move to ``state``."""
-
-    state: S
-
-
-class Pending:
-    """A poll outcome: not yet; poll again after ``delay`` seconds (0 = at once)."""
-
-    __slots__ = ("delay",)
-
-    def __init__(self, delay: Duration = 0) -> None:
-        self.delay = seconds(delay, "Pending delay")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pending) and other.delay == self.delay
-
-    def __hash__(self) -> int:
-        return hash(("Pending", self.delay))
-
-    def __repr__(self) -> str:
-        return f"Pending({self.delay!r})"
-
-
-class PollErrorPolicy:
-    """What a poll loop does when ``poll`` raises."""
-
-    __slots__ = ("max_errors",)
-
-    def __init__(self, max_errors: int | None) -> None:
-        if max_errors is not None and max_errors < 0:
-            raise ConfigurationError(f"PollErrorPolicy max_errors must be >= 0, got {max_errors}")
-        self.max_errors = max_errors
-
-    @staticmethod
-    def fail_fast() -> PollErrorPolicy:
-        """The first error fails the task (the default)."""
-        return PollErrorPolicy(None)
-
-    @staticmethod
-    def retry_on_error(max_errors: int) -> PollErrorPolicy:
-        """Tolerate up to ``max_errors`` consecutive errors, re-polling at once."""
-        return PollErrorPolicy(max_errors)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PollErrorPolicy) and other.max_errors == self.max_errors
-
-    def __hash__(self) -> int:
-        return hash(("PollErrorPolicy", self.max_errors))
-
-    def __repr__(self) -> str:
-        if self.max_errors is None:
-            return "PollErrorPolicy.fail_fast()"
-        return f"PollErrorPolicy.retry_on_error({self.max_errors})"
-
-
-class PollTask(Generic[S]):
-    """Waits until something is ready: ``poll`` is called until it returns ``Ready``.
-
-    ``Pending(delay)`` sleeps ``delay`` seconds before the next poll. There is no iteration
-    cap: bound the loop with ``TaskConfig().with_attempt_timeout(...)``, which covers the
-    whole loop. Default config ``TaskConfig.minimal()``.
-    """
-
-    def config(self) -> TaskConfig:
-        """Default ``TaskConfig.minimal()``: a failing poll loop is not restarted."""
-        return TaskConfig.minimal()
-
-    def name(self) -> str:
-        """Default: the class's ``__qualname__``."""
-        return type(self).__qualname__
-
-    def on_poll_error(self) -> PollErrorPolicy:
-        """Default ``PollErrorPolicy.fail_fast()``."""
-        return PollErrorPolicy.fail_fast()
-
-    async def poll(self, res: Resources[Any]) -> Ready[S] | Pending:
-        """One check: ``Ready(next_state)`` or ``Pending(delay)``."""
-        raise ConfigurationError(f"poll task {self.name()!r} does not implement poll(res)")
-
-
-async def _drive_poll(poller: PollTask[S], res: Resources[Any]) -> S:
-    """The engine's poll loop (one task attempt)."""
-    policy = poller.on_poll_error()
-    errors = 0
-    while True:
-        try:
-            outcome = await poller.poll(res)
-        except Exception:
-            errors += 1
-            if policy.max_errors is None or errors > policy.max_errors:
-                raise
-            continue
-        if isinstance(outcome, Ready):
-            return outcome.state
-        if isinstance(outcome, Pending):
-            errors = 0
-            if outcome.delay > 0:
-                await asyncio.sleep(outcome.delay)
-            continue
-        raise TypeError(
-            f"poll task {poller.name()!r} returned {outcome!r}; expected Ready(state) or Pending()"
-        )
-
-
-class TimerTask(Generic[S]):
-    """Waits, then decides: ``wait`` returns how long (or until when), ``after_wait`` the
-    next state. A resumed run waits again from scratch. Default ``TaskConfig.minimal()``.
-    """
-
-    def config(self) -> TaskConfig:
-        """Default ``TaskConfig.minimal()``."""
-        return TaskConfig.minimal()
-
-    def name(self) -> str:
-        """Default: the class's ``__qualname__``."""
-        return type(self).__qualname__
-
-    async def wait(self, res: Resources[Any]) -> Duration | datetime:
-        """Seconds or a timedelta to wait, or a timezone-aware datetime to wait until."""
-        raise ConfigurationError(f"timer task {self.name()!r} does not implement wait(res)")
-
-    async def after_wait(self, res: Resources[Any]) -> S:
-        """Returns the next state once the wait is over."""
-        raise ConfigurationError(f"timer task {self.name()!r} does not implement after_wait(res)")
-
-
-async def _drive_timer(timer: TimerTask[S], res: Resources[Any]) -> S:
-    """The engine's timer: one wait, then ``after_wait`` (one task attempt)."""
-    until = await timer.wait(res)
-    if isinstance(until, datetime):
-        if until.tzinfo is None:
-            raise ConfigurationError(
-                f"timer task {timer.name()!r}: wait() returned a naive datetime {until!r}; "
-                "use a timezone-aware one"
-            )
-        delay = (until - datetime.now(UTC)).total_seconds()
-    else:
-        delay = seconds(until, f"timer task {timer.name()!r} wait()")
-    if delay > 0:
-        await asyncio.sleep(delay)
-    return await timer.after_wait(res)
-
-
 def _takes_resources(fn: Callable[..., Any]) -> bool:
     """True for ``f(res)``, False for ``f()``; anything else is a ConfigurationError."""
     try:
@@ -410,46 +265,6 @@ def _wants_one(sig: inspect.Signature) -> bool:
         p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
         for p in sig.parameters.values()
     )
-
-
-@dataclass(frozen=True, slots=True)
-class More(Generic[C]):
-    """A step outcome: not finished; continue from ``cursor`` (persisted when checkpointing)."""
-
-    cursor: C
-
-
-@dataclass(frozen=True, slots=True)
-class Done(Generic[S]):
-    """A step outcome: finished; move to ``state``."""
-
-    state: S
-
-
-class SteppedTask(Generic[S, C]):
-    """A resumable loop: ``step`` is called with the last cursor until it returns ``Done``.
-
-    Registered with ``register_stepped``, every step is its own task attempt (a failed step
-    is retried with the same cursor) and, with a checkpoint store, each ``More(cursor)`` is
-    persisted before the next step, so a resumed run continues from the last cursor. The
-    first step receives ``None``. Set ``cursor_type`` to a dataclass or pydantic model to
-    get that type back after a resume instead of the decoded JSON. Default config
-    ``TaskConfig()``.
-    """
-
-    cursor_type: type[C] | None = None
-
-    def config(self) -> TaskConfig:
-        """Retry policy of each step; default ``TaskConfig()``."""
-        return TaskConfig()
-
-    def name(self) -> str:
-        """Default: the class's ``__qualname__``."""
-        return type(self).__qualname__
-
-    async def step(self, res: Resources[Any], cursor: C | None) -> More[C] | Done[S]:
-        """One step: ``More(next_cursor)`` or ``Done(next_state)``."""
-        raise ConfigurationError(f"stepped task {self.name()!r} does not implement step()")
 
 
 class CompensatableTask(Generic[S, Out]):

@@ -11,17 +11,19 @@ import asyncio
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from cano import _codec
-from cano._core import CancellationToken, Handler, Plan, TaskConfig
+from cano._core import (
+    CancellationToken,
+    Handler,
+    Plan,
+    TaskConfig,
+    check_split,
+    resume_run,
+    start_run,
+)
 from cano._duration import Duration, seconds
 from cano._registration import _describe_task, _Entry, state_label
-from cano._support import _Support
-from cano.errors import (
-    CheckpointError,
-    ConfigurationError,
-    WorkflowError,
-    WorkflowVersionMismatchError,
-)
+from cano._returns import ReturnCheck
+from cano.errors import ConfigurationError
 from cano.observer import ObserverHub
 from cano.resources import Resources
 from cano.split import JoinConfig
@@ -116,6 +118,14 @@ class Workflow(Generic[S]):
                     f"split state {state_label(state)}: branch task {b.name!r} is a {b.kind} "
                     "task; split branches must be plain tasks"
                 )
+        check_split(
+            state_label(state),
+            join.strategy.kind,
+            join.strategy.value,
+            len(branches),
+            has_timeout=join.timeout is not None,
+            bulkhead=join.bulkhead,
+        )
         key = self._claim(state)
         self._claim(join.join_state)
         del to  # a split always moves to its join state
@@ -331,7 +341,7 @@ class Workflow(Generic[S]):
             )
         res = self._resources
         lease = res if res._has_lifecycle else None
-        return cast(Coroutine[Any, Any, S], plan.start(initial, res, lease, cancel, run_id))
+        return cast(Coroutine[Any, Any, S], start_run(plan, initial, res, lease, cancel, run_id))
 
     def resume_from(
         self, workflow_id: str, *, cancel: CancellationToken | None = None
@@ -340,101 +350,34 @@ class Workflow(Generic[S]):
 
         The state the log ends in runs again (its task must be idempotent); states before it
         never run again. A stepped task continues from its last persisted cursor; finished
-        saga steps are remembered, so a later failure still compensates them. Raises
+        saga steps are remembered, so a later failure still compensates them. The returned
+        run reads the log when first awaited, before any resource is set up, and raises
         ``CheckpointError`` when there is no log for ``workflow_id``,
         ``WorkflowVersionMismatchError`` when the log was written by another workflow
         version, and ``WorkflowError`` when the log ends in a state this workflow lacks.
+        Where it resumes is decided by ``cano_core::resume_point`` (Rust).
         """
-        if self._store is None:
+        try:
+            plan = self._plan if self._plan is not None else self._compile()
+        except ConfigurationError as err:
+            return cast(Coroutine[Any, Any, S], _raise(err))
+        if not isinstance(workflow_id, str) or not workflow_id:
             return cast(
                 Coroutine[Any, Any, S],
                 _raise(
                     ConfigurationError(
-                        f"resume_from({workflow_id!r}) requires a checkpoint store "
-                        "(call with_checkpoint_store)"
+                        f"resume_from expects a workflow id (a non-empty str), got {workflow_id!r}"
                     )
                 ),
             )
-        return self._resume(workflow_id, cancel)
-
-    async def _resume(self, workflow_id: str, cancel: CancellationToken | None) -> S:
-        plan = self._plan if self._plan is not None else self._compile()
-        store = self._store
-        try:
-            rows = sorted(await store.load_run(workflow_id), key=lambda r: r.sequence)
-        except CheckpointError:
-            raise
-        except Exception as err:
-            raise CheckpointError(f"cannot load checkpoint run {workflow_id!r}: {err}") from err
-        if not rows:
-            raise CheckpointError(f"no checkpoint rows for workflow id {workflow_id!r}")
-        last = rows[-1]
-        if last.workflow_version != self._version:
-            raise WorkflowVersionMismatchError(
-                f"checkpoint log of {workflow_id!r} was written by workflow version "
-                f"{last.workflow_version}, this workflow is version {self._version}",
-                stored=last.workflow_version,
-                expected=self._version,
+        if cancel is not None and not isinstance(cancel, CancellationToken):
+            return cast(
+                Coroutine[Any, Any, S],
+                _raise(ConfigurationError(f"cancel= expects a CancellationToken, got {cancel!r}")),
             )
-        by_label = {state_label(s): s for s in [*self._entries, *self._exits]}
-        if last.state not in by_label:
-            raise WorkflowError(
-                f"checkpoint state {last.state!r} of {workflow_id!r} is not a registered or "
-                "exit state of this workflow"
-            )
-        resume_state = by_label[last.state]
-        entry_kind = 0  # RowKind.STATE_ENTRY
-        entries = [r for r in rows if int(getattr(r.kind, "value", r.kind)) == entry_kind]
-        cutoff = max(
-            (r.sequence for r in entries if r.state == last.state), default=last.sequence + 1
-        )
-        hub = ObserverHub(self._observers) if self._observers else None
-        path: list[int] = []
-        for r in entries:
-            if r.sequence >= cutoff:
-                continue
-            if r.state in by_label:
-                sid = plan.state_id(by_label[r.state])
-                if sid is not None:
-                    path.append(sid)
-            elif hub is not None:
-                hub.on_unknown_resume_state(workflow_id, r.sequence, r.state)  # type: ignore[attr-defined]
-        stack = [
-            (r.task_id, r.output or b"null")
-            for r in rows
-            if int(getattr(r.kind, "value", r.kind)) == 1 and r.sequence != last.sequence
-        ]
-        latest: dict[str, bytes] = {}
-        for r in rows:
-            if int(getattr(r.kind, "value", r.kind)) == 2 and r.output is not None:
-                latest[r.state] = r.output
-        cursors: list[tuple[int, Any]] = []
-        for label, blob in latest.items():
-            state = by_label.get(label)
-            entry = self._entries.get(state) if state is not None else None
-            if entry is None or entry.kind not in ("stepped", "stream"):
-                continue
-            sid = plan.state_id(state)
-            cursor_type = getattr(entry.task, "cursor_type", None)
-            value = _codec.decode(blob, cursor_type, task=entry.name, what="cursor")
-            if sid is not None:
-                cursors.append((sid, value))
-        sid = plan.state_id(resume_state)
-        assert sid is not None
         res = self._resources
-        run = plan.resume(
-            sid,
-            res,
-            res if res._has_lifecycle else None,
-            cancel,
-            workflow_id,
-            last.sequence + 1,
-            path,
-            cursors,
-            stack,
-        )
-        result: S = await run
-        return result
+        lease = res if res._has_lifecycle else None
+        return cast(Coroutine[Any, Any, S], resume_run(plan, workflow_id, res, lease, cancel))
 
     def run_sync(self, initial: S, **kwargs: Any) -> S:
         """Runs the workflow to completion in a fresh event loop (``asyncio.run``)."""
@@ -514,7 +457,8 @@ class Workflow(Generic[S]):
             [state_label(s) for s in states],
             [ids[s] for s in self._exits],
             handlers,
-            support=_Support(state_types, compensators),
+            returns=ReturnCheck(state_types),
+            compensators=compensators,
             hub=ObserverHub(self._observers) if self._observers else None,
             max_transitions=self._max_transitions,
             total_timeout=self._total_timeout,
@@ -551,6 +495,7 @@ class Workflow(Generic[S]):
                 join_state=ids[join.join_state],
                 timeout=join.timeout,
                 bulkhead=join.bulkhead,
+                state=state_label(state),
             )
         return Handler(
             entry.call,
@@ -559,6 +504,9 @@ class Workflow(Generic[S]):
             kind=entry.kind,
             config=entry.config,
             targets=[ids[t] for t in entry.targets] if entry.targets is not None else None,
+            cursor_type=getattr(entry.task, "cursor_type", None)
+            if entry.kind in ("stepped", "stream")
+            else None,
         )
 
     def __repr__(self) -> str:

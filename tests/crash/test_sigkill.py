@@ -307,12 +307,14 @@ def test_saga_killed_right_after_a_completion_row(tmp_path: Path, children: list
 
     before, after = journal(log)
     assert before == [f"do reserve reserve-{pid1}", f"do charge charge-{pid1}"]
-    # The log ends in charge: charge runs again (its re-run replaces the old entry); the
-    # later failure compensates it and reserve, which completed before the crash.
+    # The log ends in charge: like any resumed state, charge runs again. Its first output
+    # was durable, so it stays on the saga stack: the later failure undoes both charges
+    # (last first) and reserve — never "charge twice, refund once".
     assert after == [
         f"do charge charge-{pid2}",
         "do ship",
         f"undo charge charge-{pid2}",
+        f"undo charge charge-{pid1}",
         f"undo reserve reserve-{pid1}",
     ]
 

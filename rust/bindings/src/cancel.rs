@@ -3,6 +3,7 @@
 //! Firing is thread-safe. Runs listening on a token are woken through
 //! `loop.call_soon_threadsafe`, so the dispatcher only ever reacts on its own loop thread.
 
+use crate::gc::PyGcTraverse;
 use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -15,6 +16,8 @@ struct Listener {
     event_loop: Py<PyAny>,
     callback: Py<PyAny>,
 }
+
+crate::gc_traverse!(Listener { event_loop, callback });
 
 #[derive(Default)]
 struct Shared {
@@ -80,18 +83,10 @@ impl CancellationToken {
         format!("CancellationToken(cancelled={})", if self.fired() { "True" } else { "False" })
     }
 
+    /// The listeners live behind an `Arc` shared with the handle: the token alone visits
+    /// them (the handle never does), so each reference is visited exactly once.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(listeners) = self.shared.listeners.try_lock() {
-            // Several tokens may share one listener list; only the list's owner count matters
-            // for the GC, so visit through the token only when it is the sole token.
-            if Arc::strong_count(&self.shared) <= 2 {
-                for l in listeners.iter() {
-                    visit.call(&l.event_loop)?;
-                    visit.call(&l.callback)?;
-                }
-            }
-        }
-        Ok(())
+        self.shared.listeners.py_gc_traverse(&visit)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::duration;
 use crate::errors;
-use cano_core::circuit::{
+use cano_core::{
     CircuitBreaker as CoreBreaker, CircuitPolicy as CorePolicy, CircuitState as CoreState, Permit,
     Rejection, SystemClock,
 };
@@ -60,12 +60,10 @@ pub(crate) fn count(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
 }
 
 fn rejected(py: Python<'_>, rejection: Rejection, call: Option<&str>) -> PyErr {
-    errors::make(
+    errors::EngineError::CircuitOpen.into_py(
         py,
-        "CircuitOpenError",
         rejection.message(call),
         errors::Context::none(),
-        None,
         None,
     )
 }

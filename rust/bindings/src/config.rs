@@ -4,7 +4,7 @@ use crate::circuit::CircuitBreaker;
 use crate::duration;
 use crate::errors;
 use crate::rate_limit::{MultiRateLimiter, RateLimiter, WindowedRateLimiter};
-use cano_core::retry::RetryMode as CoreRetry;
+use cano_core::RetryMode as CoreRetry;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
@@ -90,6 +90,17 @@ impl RetryMode {
     fn delay_for_attempt(&self, attempt: i64) -> Option<f64> {
         let k = u32::try_from(attempt).ok()?;
         self.mode.delay_for_attempt(k).map(secs)
+    }
+
+    /// The delay before retrying an item whose attempt number `attempt` (1-based) failed,
+    /// or `None` to give up: `cano_core`'s retry decision, for a batch's per-item retries.
+    fn _retry_delay(&self, attempt: i64) -> Option<f64> {
+        let attempt = u32::try_from(attempt).ok()?;
+        let failure = cano_core::Failure::Raised { listed: None, programming: false };
+        match self.mode.decide(attempt, failure) {
+            cano_core::Decision::RetryAfter(d) => Some(secs(d)),
+            _ => None,
+        }
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -322,5 +333,37 @@ impl TaskConfig {
             visit.call(l)?;
         }
         Ok(())
+    }
+}
+
+/// Consecutive failures of a loop that tolerates some (a poll loop's error policy, a
+/// stream's `retry_on_error`): `cano_core::ErrorStreak`, for the Python drivers.
+#[pyclass(module = "cano._core", name = "ErrorStreak")]
+pub struct ErrorStreak {
+    inner: cano_core::ErrorStreak,
+}
+
+#[pymethods]
+impl ErrorStreak {
+    /// Tolerates `tolerated` consecutive failures; the next one gives up (0 = fail fast).
+    #[new]
+    fn new(tolerated: u32) -> Self {
+        ErrorStreak { inner: cano_core::ErrorStreak::new(tolerated) }
+    }
+
+    /// Records a failure; True when the loop must give up.
+    fn failed(&mut self) -> bool {
+        self.inner.failed()
+    }
+
+    /// Records a success: the streak starts over.
+    fn succeeded(&mut self) {
+        self.inner.succeeded();
+    }
+
+    /// Consecutive failures so far.
+    #[getter]
+    fn count(&self) -> u32 {
+        self.inner.count()
     }
 }

@@ -22,7 +22,7 @@ pub fn seconds(value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
             format!("{what}: expected seconds (int or float) or a timedelta, got {shown}"),
         ));
     };
-    cano_core::duration::check_secs(secs).map_err(|e| errors::duration(py, what, e))
+    cano_core::check_secs(secs).map_err(|e| errors::duration(py, what, e))
 }
 
 /// [`seconds`] for an optional value (`None` stays `None`).

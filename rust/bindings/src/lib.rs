@@ -1,12 +1,13 @@
 //! `cano._core`: the thin PyO3 layer of cano.
 //!
 //! - [`run`]: the `Run` coroutine, the dispatcher that drives task coroutines;
-//! - [`workflow`]: `Plan` and `Handler`, the compiled snapshot a run executes;
+//! - [`plan`]: `Plan` and `Handler`, the compiled snapshot a run executes;
 //! - [`config`]: `RetryMode` and `TaskConfig`;
 //! - [`cancel`]: `CancellationToken` and `CancellationHandle`;
 //! - [`schedule`]: `CronSchedule` and `BackoffPolicy`, the scheduler's value objects;
 //! - [`circuit`], [`rate_limit`]: circuit breakers and rate limiters;
-//! - [`errors`], [`duration`]: conversions at the Python boundary.
+//! - [`store`]: `RedbCheckpointStore`, the embedded checkpoint store;
+//! - [`errors`], [`duration`]: conversions at the Python boundary; [`gc`]: GC traversal.
 
 use pyo3::prelude::*;
 
@@ -15,21 +16,26 @@ mod circuit;
 mod config;
 mod duration;
 mod errors;
+mod gc;
+mod plan;
 mod rate_limit;
 mod run;
 mod schedule;
 mod store;
-mod workflow;
 
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<config::RetryMode>()?;
     m.add_class::<config::TaskConfig>()?;
+    m.add_class::<config::ErrorStreak>()?;
     m.add_class::<cancel::CancellationToken>()?;
     m.add_class::<cancel::CancellationHandle>()?;
-    m.add_class::<workflow::Handler>()?;
-    m.add_class::<workflow::Plan>()?;
+    m.add_class::<plan::Handler>()?;
+    m.add_class::<plan::Plan>()?;
     m.add_class::<run::Run>()?;
+    m.add_function(wrap_pyfunction!(run::start_run, m)?)?;
+    m.add_function(wrap_pyfunction!(plan::check_split, m)?)?;
+    m.add_function(wrap_pyfunction!(run::resume_run, m)?)?;
     m.add_class::<run::Mailbox>()?;
     m.add_class::<run::BranchDone>()?;
     m.add_class::<run::Committer>()?;

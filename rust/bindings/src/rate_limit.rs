@@ -1,5 +1,5 @@
 //! `RateLimiter`, `WindowedRateLimiter` and `MultiRateLimiter`: the Python faces of
-//! `cano_core::rate_limit`.
+//! `cano_core`'s rate limiters.
 //!
 //! `try_acquire` and `time_until` are Rust. `acquire` returns the coroutine of a small
 //! Python loop (`cano.resilience._acquire` / `_acquire_multi`) that sleeps with
@@ -10,13 +10,13 @@
 use crate::circuit::{count, float_repr};
 use crate::duration;
 use crate::errors;
-use cano_core::rate_limit::{
+use cano_core::{
     LimiterError, Meter, MultiRateLimiter as CoreMulti, RateLimiter as CoreBucket,
     WindowedRateLimiter as CoreWindow,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyList, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -267,22 +267,12 @@ pub struct MultiRateLimiter {
 }
 
 impl MultiRateLimiter {
-    fn rate_limited(
-        &self,
-        py: Python<'_>,
-        err: cano_core::rate_limit::RateLimited,
-    ) -> PyResult<PyErr> {
-        let extra = PyDict::new(py);
-        extra.set_item("tier", &err.tier)?;
-        extra.set_item("retry_after", secs_or_inf(err.retry_after))?;
-        Ok(errors::make(
-            py,
-            "RateLimitedError",
-            err.to_string(),
-            errors::Context::none(),
-            None,
-            Some(extra),
-        ))
+    fn rate_limited(&self, py: Python<'_>, err: cano_core::RateLimited) -> PyResult<PyErr> {
+        let kind = errors::EngineError::RateLimited {
+            tier: err.tier.clone(),
+            retry_after: secs_or_inf(err.retry_after),
+        };
+        Ok(kind.into_py(py, err.to_string(), errors::Context::none(), None))
     }
 }
 

@@ -4,8 +4,8 @@
 
 use crate::duration;
 use crate::errors;
-use cano_core::backoff::BackoffPolicy as CoreBackoff;
-use cano_core::cron::CronSchedule as CoreCron;
+use cano_core::BackoffPolicy as CoreBackoff;
+use cano_core::CronSchedule as CoreCron;
 use pyo3::prelude::*;
 
 /// A cron expression (six fields with seconds first, or seven with a year), in UTC.

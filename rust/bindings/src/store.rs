@@ -37,7 +37,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::errors::{self, Context};
+use crate::errors;
 
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static CHECKPOINT_ROW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -777,7 +777,7 @@ fn summaries_to_python(py: Python<'_>, runs: Vec<RunSummary>) -> PyResult<Bound<
 }
 
 fn checkpoint_error(py: Python<'_>, err: &StoreError) -> PyErr {
-    errors::make(py, "CheckpointError", err.to_string(), Context::none(), None, None)
+    errors::checkpoint(py, err.to_string())
 }
 
 /// The embedded, durable checkpoint store: one redb file per process.

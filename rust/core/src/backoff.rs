@@ -7,7 +7,11 @@
 //! it trips the flow instead: no more scheduled runs until it is reset.
 
 use crate::duration::check_secs;
-use crate::CoreError;
+
+/// An invalid backoff policy.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid backoff policy: {0}")]
+pub struct BackoffError(pub String);
 
 /// How long a failing flow rests before its next scheduled run, and when it gives up.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,8 +46,8 @@ impl BackoffPolicy {
         max_delay: f64,
         jitter: f64,
         streak_limit: Option<u32>,
-    ) -> Result<Self, CoreError> {
-        let bad = |what: String| CoreError::InvalidBackoff(what);
+    ) -> Result<Self, BackoffError> {
+        let bad = |what: String| BackoffError(what);
         check_secs(initial)
             .map_err(|_| bad(format!("initial must be >= 0 seconds, got {initial}")))?;
         check_secs(max_delay)

@@ -5,7 +5,14 @@
 //! as `@daily`), words errors so that they quote the expression, and converts between
 //! UNIX seconds and calendar time so the bindings only ever see floats.
 
-use crate::CoreError;
+/// A cron expression or timestamp the scheduler cannot use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CronError {
+    #[error("invalid cron expression {expr:?}: {reason}")]
+    InvalidCron { expr: String, reason: String },
+    #[error("timestamp {0} is not a representable UNIX time in seconds")]
+    InvalidTimestamp(f64),
+}
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
 
@@ -16,8 +23,8 @@ pub struct CronSchedule {
     schedule: ::cron::Schedule,
 }
 
-fn invalid(expr: &str, reason: impl Into<String>) -> CoreError {
-    CoreError::InvalidCron { expr: expr.to_owned(), reason: reason.into() }
+fn invalid(expr: &str, reason: impl Into<String>) -> CronError {
+    CronError::InvalidCron { expr: expr.to_owned(), reason: reason.into() }
 }
 
 impl CronSchedule {
@@ -26,7 +33,7 @@ impl CronSchedule {
     ///
     /// Five-field Unix crontab lines are refused with a hint, rather than being read with
     /// every column shifted by one.
-    pub fn parse(expr: &str) -> Result<Self, CoreError> {
+    pub fn parse(expr: &str) -> Result<Self, CronError> {
         let trimmed = expr.trim();
         if trimmed.is_empty() {
             return Err(invalid(expr, "the expression is empty"));
@@ -61,7 +68,7 @@ impl CronSchedule {
 
     /// [`Self::next_after`] on UNIX seconds. Sub-second instants are allowed: the firing
     /// is still strictly after them.
-    pub fn next_after_unix(&self, secs: f64) -> Result<Option<f64>, CoreError> {
+    pub fn next_after_unix(&self, secs: f64) -> Result<Option<f64>, CronError> {
         let after = from_unix(secs)?;
         Ok(self.next_after(after).map(to_unix))
     }
@@ -69,14 +76,14 @@ impl CronSchedule {
 
 /// Calendar time of UNIX seconds; NaN, infinities and instants outside chrono's range
 /// are refused.
-pub fn from_unix(secs: f64) -> Result<DateTime<Utc>, CoreError> {
+pub fn from_unix(secs: f64) -> Result<DateTime<Utc>, CronError> {
     if !secs.is_finite() {
-        return Err(CoreError::InvalidTimestamp(secs));
+        return Err(CronError::InvalidTimestamp(secs));
     }
     let whole = secs.floor();
     // Beyond ±2^62 the cast saturates, and chrono refuses such instants anyway.
     let nanos = ((secs - whole) * 1e9).round().clamp(0.0, 999_999_999.0) as u32;
-    DateTime::from_timestamp(whole as i64, nanos).ok_or(CoreError::InvalidTimestamp(secs))
+    DateTime::from_timestamp(whole as i64, nanos).ok_or(CronError::InvalidTimestamp(secs))
 }
 
 /// UNIX seconds of a calendar time.
@@ -156,7 +163,7 @@ mod tests {
     fn garbage_and_out_of_range_values_are_refused() {
         for expr in ["", "   ", "not a cron", "61 * * * * *", "0 0 25 * * *", "a b c d e f"] {
             let err = CronSchedule::parse(expr).unwrap_err();
-            assert!(matches!(&err, CoreError::InvalidCron { expr: e, .. } if e == expr), "{err}");
+            assert!(matches!(&err, CronError::InvalidCron { expr: e, .. } if e == expr), "{err}");
         }
     }
 
@@ -169,9 +176,9 @@ mod tests {
     #[test]
     fn bad_timestamps_are_refused() {
         let c = CronSchedule::parse("* * * * * *").unwrap();
-        assert!(matches!(c.next_after_unix(f64::NAN), Err(CoreError::InvalidTimestamp(_))));
-        assert!(matches!(c.next_after_unix(f64::INFINITY), Err(CoreError::InvalidTimestamp(_))));
-        assert!(matches!(c.next_after_unix(1e300), Err(CoreError::InvalidTimestamp(_))));
+        assert!(matches!(c.next_after_unix(f64::NAN), Err(CronError::InvalidTimestamp(_))));
+        assert!(matches!(c.next_after_unix(f64::INFINITY), Err(CronError::InvalidTimestamp(_))));
+        assert!(matches!(c.next_after_unix(1e300), Err(CronError::InvalidTimestamp(_))));
     }
 
     #[test]

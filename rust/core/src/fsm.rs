@@ -5,10 +5,27 @@
 //! walks the graph for one run, recording the path and enforcing declared edges and the
 //! optional transition limit.
 
-use crate::CoreError;
-
 /// Index of a state in its workflow's state table.
 pub type StateId = u32;
+
+/// What the graph refuses. State ids are rendered as labels by the bindings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("workflow has no registered state handlers")]
+    NoHandlers,
+    #[error("workflow has no exit states; orchestration could loop forever")]
+    NoExitStates,
+    #[error("initial state {0} is neither registered nor an exit state")]
+    InitialNotRegistered(StateId),
+    #[error("state {from} declares target {to}, which is neither registered nor an exit state")]
+    UnknownDeclaredTarget { from: StateId, to: StateId },
+    #[error("state {from} returned {to}, which is not among its declared targets")]
+    UndeclaredTransition { from: StateId, to: StateId },
+    #[error("state {0} is neither registered nor an exit state")]
+    UnknownState(StateId),
+    #[error("the run exceeded its limit of {limit} transitions")]
+    TooManyTransitions { limit: u64 },
+}
 
 /// How the engine dispatches a state's handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,12 +141,12 @@ impl Graph {
     }
 
     /// The graph rules checked by `validate()` and before every run.
-    pub fn validate(&self) -> Result<(), CoreError> {
+    pub fn validate(&self) -> Result<(), GraphError> {
         if !self.nodes.iter().any(|n| n.handler.is_some()) {
-            return Err(CoreError::NoHandlers);
+            return Err(GraphError::NoHandlers);
         }
         if !self.nodes.iter().any(|n| n.exit) {
-            return Err(CoreError::NoExitStates);
+            return Err(GraphError::NoExitStates);
         }
         for (from, node) in self.nodes.iter().enumerate() {
             if node.handler.is_none() {
@@ -137,7 +154,7 @@ impl Graph {
             }
             for &to in node.targets.iter().flatten() {
                 if !self.is_known(to) {
-                    return Err(CoreError::UnknownDeclaredTarget { from: from as StateId, to });
+                    return Err(GraphError::UnknownDeclaredTarget { from: from as StateId, to });
                 }
             }
         }
@@ -145,22 +162,22 @@ impl Graph {
     }
 
     /// The initial state must be registered or an exit state.
-    pub fn check_initial(&self, s: StateId) -> Result<(), CoreError> {
+    pub fn check_initial(&self, s: StateId) -> Result<(), GraphError> {
         if self.is_known(s) {
             Ok(())
         } else {
-            Err(CoreError::InitialNotRegistered(s))
+            Err(GraphError::InitialNotRegistered(s))
         }
     }
 
     /// Checks a move `from → to` against the graph (not the transition limit).
-    pub fn check_move(&self, from: StateId, to: StateId) -> Result<(), CoreError> {
+    pub fn check_move(&self, from: StateId, to: StateId) -> Result<(), GraphError> {
         if !self.is_known(to) {
-            return Err(CoreError::UnknownState(to));
+            return Err(GraphError::UnknownState(to));
         }
         if let Some(targets) = self.nodes.get(from as usize).and_then(|n| n.targets.as_ref()) {
             if targets.binary_search(&to).is_err() {
-                return Err(CoreError::UndeclaredTransition { from, to });
+                return Err(GraphError::UndeclaredTransition { from, to });
             }
         }
         Ok(())
@@ -213,11 +230,11 @@ impl Cursor {
 
     /// Moves to `next`, enforcing declared edges and the transition limit. On error the
     /// cursor stays on the current state.
-    pub fn advance(&mut self, graph: &Graph, next: StateId) -> Result<(), CoreError> {
+    pub fn advance(&mut self, graph: &Graph, next: StateId) -> Result<(), GraphError> {
         graph.check_move(self.state, next)?;
         if let Some(limit) = graph.max_transitions {
             if self.transitions >= limit {
-                return Err(CoreError::TooManyTransitions { limit });
+                return Err(GraphError::TooManyTransitions { limit });
             }
         }
         self.transitions += 1;
@@ -245,10 +262,10 @@ mod tests {
 
     #[test]
     fn validate_requires_handlers_and_exits() {
-        assert_eq!(Graph::new(2).validate(), Err(CoreError::NoHandlers));
+        assert_eq!(Graph::new(2).validate(), Err(GraphError::NoHandlers));
         let mut g = Graph::new(2);
         g.set_handler(A, HandlerKind::Single, None);
-        assert_eq!(g.validate(), Err(CoreError::NoExitStates));
+        assert_eq!(g.validate(), Err(GraphError::NoExitStates));
         g.set_exit(B);
         assert_eq!(g.validate(), Ok(()));
     }
@@ -257,7 +274,7 @@ mod tests {
     fn declared_targets_must_exist() {
         let mut g = abc();
         g.set_handler(A, HandlerKind::Single, Some(vec![D]));
-        assert_eq!(g.validate(), Err(CoreError::UnknownDeclaredTarget { from: A, to: D }));
+        assert_eq!(g.validate(), Err(GraphError::UnknownDeclaredTarget { from: A, to: D }));
     }
 
     #[test]
@@ -265,7 +282,7 @@ mod tests {
         let g = abc();
         assert!(g.check_initial(A).is_ok());
         assert!(g.check_initial(C).is_ok());
-        assert_eq!(g.check_initial(D), Err(CoreError::InitialNotRegistered(D)));
+        assert_eq!(g.check_initial(D), Err(GraphError::InitialNotRegistered(D)));
     }
 
     #[test]
@@ -294,7 +311,7 @@ mod tests {
         g.set_handler(A, HandlerKind::Single, Some(vec![C]));
         let mut c = Cursor::new(A);
         c.enter(&g);
-        assert_eq!(c.advance(&g, B), Err(CoreError::UndeclaredTransition { from: A, to: B }));
+        assert_eq!(c.advance(&g, B), Err(GraphError::UndeclaredTransition { from: A, to: B }));
         assert_eq!(c.state(), A);
         assert!(c.advance(&g, C).is_ok());
     }
@@ -309,7 +326,7 @@ mod tests {
         let g2 = abc();
         let mut c2 = Cursor::new(A);
         c2.enter(&g2);
-        assert_eq!(c2.advance(&g2, D), Err(CoreError::UnknownState(D)));
+        assert_eq!(c2.advance(&g2, D), Err(GraphError::UnknownState(D)));
     }
 
     #[test]
@@ -324,7 +341,7 @@ mod tests {
         c.enter(&g);
         c.advance(&g, A).unwrap();
         c.enter(&g);
-        assert_eq!(c.advance(&g, B), Err(CoreError::TooManyTransitions { limit: 2 }));
+        assert_eq!(c.advance(&g, B), Err(GraphError::TooManyTransitions { limit: 2 }));
         assert_eq!(c.path(), &[A, A, A]);
     }
 

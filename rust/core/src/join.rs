@@ -41,6 +41,59 @@ impl Tally {
     pub fn finished(&self) -> usize {
         self.succeeded + self.failed
     }
+
+    /// Counts a finished branch. Once the join is `decided`, the branches it cancels count
+    /// as cancelled; before that, a branch whose task was cancelled cancelled itself (it
+    /// raised `CancelledError`), which is a failure — never a branch the join waits on for
+    /// ever.
+    pub fn record(&mut self, end: BranchEnd, decided: bool) -> Counted {
+        match end {
+            BranchEnd::Cancelled if decided => Counted::Cancelled,
+            BranchEnd::Returned => {
+                self.succeeded += 1;
+                Counted::Success
+            }
+            BranchEnd::Raised | BranchEnd::Cancelled => {
+                self.failed += 1;
+                Counted::Failure
+            }
+        }
+    }
+}
+
+/// How one branch's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchEnd {
+    /// It returned a value.
+    Returned,
+    /// It raised an exception.
+    Raised,
+    /// Its asyncio task was cancelled.
+    Cancelled,
+}
+
+/// What a finished branch counts as in the split's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Success,
+    Failure,
+    /// Cancelled by the join once decided: neither a success nor a failure.
+    Cancelled,
+}
+
+/// Why a split configuration is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JoinError {
+    #[error("JoinStrategy.percentage requires a finite value in (0, 1], got {0}")]
+    Percentage(f64),
+    #[error("a split needs at least one branch task")]
+    NoBranches,
+    #[error("{strategy} can never succeed with {branches} branch(es): it needs {required}")]
+    Unreachable { strategy: String, required: usize, branches: usize },
+    #[error("JoinStrategy.PARTIAL_TIMEOUT requires a timeout")]
+    PartialTimeoutWithoutTimeout,
+    #[error("bulkhead requires a positive number of branches, got 0")]
+    ZeroBulkhead,
 }
 
 /// The state of a join.
@@ -101,13 +154,62 @@ impl Strategy {
         }
     }
 
-    /// Checks the strategy's parameters.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The join's verdict once the branches reported so far are counted in `tally`, with
+    /// `timed_out` set when the join timeout expired meanwhile. Outcomes seen in the same
+    /// loop turn as the deadline are judged first: the timeout decides only a join they
+    /// left undecided.
+    pub fn decide(&self, tally: Tally, timed_out: bool) -> Verdict {
+        match self.evaluate(tally) {
+            Verdict::Pending if timed_out => self.on_timeout(tally),
+            v => v,
+        }
+    }
+
+    /// Checks the strategy's own parameters.
+    pub fn validate(&self) -> Result<(), JoinError> {
         match *self {
             Strategy::Percentage(p) if !(p.is_finite() && p > 0.0 && p <= 1.0) => {
-                Err(format!("JoinStrategy.percentage requires a finite value in (0, 1], got {p}"))
+                Err(JoinError::Percentage(p))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Checks a whole split: the strategy, its branches, timeout and bulkhead. A split that
+    /// could never succeed is refused before any run.
+    pub fn validate_split(
+        &self,
+        branches: usize,
+        has_timeout: bool,
+        bulkhead: Option<usize>,
+    ) -> Result<(), JoinError> {
+        self.validate()?;
+        if branches == 0 {
+            return Err(JoinError::NoBranches);
+        }
+        if *self == Strategy::PartialTimeout && !has_timeout {
+            return Err(JoinError::PartialTimeoutWithoutTimeout);
+        }
+        if bulkhead == Some(0) {
+            return Err(JoinError::ZeroBulkhead);
+        }
+        if let Some(required) = self.required(branches) {
+            if required > branches {
+                return Err(JoinError::Unreachable { strategy: self.name(), required, branches });
+            }
+        }
+        Ok(())
+    }
+
+    /// The strategy as users write it.
+    pub fn name(&self) -> String {
+        match *self {
+            Strategy::All => "JoinStrategy.ALL".into(),
+            Strategy::Any => "JoinStrategy.ANY".into(),
+            Strategy::Quorum(n) => format!("JoinStrategy.quorum({n})"),
+            Strategy::Percentage(p) => format!("JoinStrategy.percentage({p})"),
+            Strategy::PartialResults(n) => format!("JoinStrategy.partial_results({n})"),
+            Strategy::PartialTimeout => "JoinStrategy.PARTIAL_TIMEOUT".into(),
         }
     }
 }
@@ -158,7 +260,7 @@ mod tests {
         assert_eq!(p.evaluate(t(5, 2, 0)), Verdict::Pending);
         assert_eq!(p.evaluate(t(5, 3, 0)), Verdict::Succeeded);
         assert_eq!(Strategy::Percentage(1.0).required(4), Some(4));
-        assert!(Strategy::Percentage(0.0).validate().is_err());
+        assert_eq!(Strategy::Percentage(0.0).validate(), Err(JoinError::Percentage(0.0)));
         assert!(Strategy::Percentage(1.5).validate().is_err());
         assert!(Strategy::Percentage(f64::NAN).validate().is_err());
         assert!(Strategy::Percentage(0.25).validate().is_ok());
@@ -172,6 +274,43 @@ mod tests {
         assert_eq!(s.on_timeout(t(3, 0, 1)), Verdict::Succeeded);
         assert_eq!(s.on_timeout(t(3, 0, 0)), Verdict::Failed);
         assert_eq!(Strategy::Quorum(1).on_timeout(t(3, 1, 0)), Verdict::Failed);
+    }
+
+    #[test]
+    fn a_timeout_decides_only_an_undecided_join() {
+        let q = Strategy::Quorum(2);
+        assert_eq!(q.decide(t(3, 2, 0), true), Verdict::Succeeded);
+        assert_eq!(q.decide(t(3, 1, 0), true), Verdict::Failed);
+        assert_eq!(q.decide(t(3, 1, 0), false), Verdict::Pending);
+        assert_eq!(Strategy::PartialTimeout.decide(t(3, 1, 0), true), Verdict::Succeeded);
+    }
+
+    #[test]
+    fn a_branch_that_cancelled_itself_fails_a_cancelled_one_after_the_verdict_does_not() {
+        let mut tally = t(3, 0, 0);
+        assert_eq!(tally.record(BranchEnd::Cancelled, false), Counted::Failure);
+        assert_eq!(tally.record(BranchEnd::Returned, false), Counted::Success);
+        assert_eq!(tally.record(BranchEnd::Cancelled, true), Counted::Cancelled);
+        assert_eq!(tally, t(3, 1, 1));
+        assert_eq!(tally.record(BranchEnd::Raised, true), Counted::Failure);
+    }
+
+    #[test]
+    fn splits_that_can_never_succeed_are_refused() {
+        assert_eq!(Strategy::All.validate_split(0, false, None), Err(JoinError::NoBranches));
+        assert!(matches!(
+            Strategy::Quorum(4).validate_split(3, false, None),
+            Err(JoinError::Unreachable { required: 4, branches: 3, .. })
+        ));
+        assert!(Strategy::PartialResults(4).validate_split(3, false, None).is_err());
+        assert!(Strategy::Quorum(3).validate_split(3, false, None).is_ok());
+        assert_eq!(
+            Strategy::PartialTimeout.validate_split(2, false, None),
+            Err(JoinError::PartialTimeoutWithoutTimeout)
+        );
+        assert_eq!(Strategy::Any.validate_split(2, false, Some(0)), Err(JoinError::ZeroBulkhead));
+        let msg = Strategy::Quorum(4).validate_split(3, false, None).unwrap_err().to_string();
+        assert_eq!(msg, "JoinStrategy.quorum(4) can never succeed with 3 branch(es): it needs 4");
     }
 
     fn strategy() -> impl proptest::strategy::Strategy<Value = Strategy> {
@@ -224,6 +363,20 @@ mod tests {
                     prop_assert_eq!(all_ok, Verdict::Succeeded);
                     prop_assert_eq!(all_bad, Verdict::Failed);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// A split that passes validation can succeed: when every branch succeeds, it does.
+        #[test]
+        fn valid_splits_are_satisfiable(s in strategy(), branches in 0usize..10) {
+            if s.validate_split(branches, true, None).is_ok() {
+                let all_ok = Tally { total: branches, succeeded: branches, failed: 0 };
+                prop_assert_eq!(s.decide(all_ok, false), Verdict::Succeeded);
+            } else {
+                let need = s.required(branches).unwrap_or(0);
+                prop_assert!(branches == 0 || need > branches);
             }
         }
     }

@@ -1,27 +1,49 @@
 //! Pure-Rust decisions of the cano workflow engine.
 //!
 //! Nothing here knows about Python: the bindings crate translates Python objects to the
-//! small ids and plain values used here, and asks this crate what happens next.
+//! small ids and plain values used here, and asks this crate what happens next. Each
+//! decision has one home, with its tests beside it:
 //!
-//! - [`fsm`]: the state graph of a workflow, its validation and the run cursor;
-//! - [`retry`]: retry modes and the delay before each retry;
-//! - [`duration`]: checking user-supplied durations;
-//! - [`deadline`]: total-timeout and compensation budgets;
-//! - [`cron`]: cron schedules of the scheduler (seconds first, UTC);
-//! - [`backoff`]: the scheduler's backoff after failed runs;
-//! - [`circuit`]: the circuit breaker's state machine;
-//! - [`rate_limit`]: token bucket, fixed window and multi-tier rate limiters.
+//! - the next state: [`Graph`] and the run's [`Cursor`] (module `fsm`);
+//! - whether to retry and after how long: [`RetryMode::decide`] (module `retry`), and the
+//!   consecutive-error budget of poll and stream loops, [`ErrorStreak`];
+//! - whether a split's join is decided: [`JoinStrategy::decide`] over a [`Tally`] (module
+//!   `join`);
+//! - where a crashed run resumes: [`resume_point`] (module `checkpoint::resume`);
+//! - the breaker's verdict, the limiters' grants, cron firings, the scheduler's backoff and
+//!   the rollback budget (modules `circuit`, `rate_limit`, `cron`, `backoff`, `budget`);
+//! - the checkpoint log's rows, codec and the embedded redb store ([`checkpoint`]).
+//!
+//! Errors are one enum per concern ([`GraphError`], [`JoinError`], [`ResumeError`],
+//! [`DurationError`], [`CronError`], [`BackoffError`], [`PolicyError`], [`LimiterError`],
+//! [`checkpoint::StoreError`]).
 
-pub mod backoff;
+mod backoff;
+mod budget;
 pub mod checkpoint;
-pub mod circuit;
-pub mod cron;
-pub mod deadline;
-pub mod duration;
-pub mod error;
-pub mod fsm;
-pub mod join;
-pub mod rate_limit;
-pub mod retry;
+mod circuit;
+mod cron;
+mod duration;
+mod fsm;
+mod join;
+mod rate_limit;
+mod retry;
 
-pub use error::CoreError;
+pub use backoff::{BackoffError, BackoffPolicy};
+pub use budget::{compensation_budget, MAX_DEFAULT_COMPENSATION_BUDGET};
+pub use checkpoint::{resume_point, ResumeError, ResumePoint, Row, RowKind};
+pub use circuit::{
+    CircuitBreaker, CircuitPolicy, CircuitState, Clock, Permit, PolicyError, Rejection,
+    SystemClock, HALF_OPEN_MAX_CALLS_LIMIT,
+};
+pub use cron::{from_unix, to_unix, CronError, CronSchedule};
+pub use duration::{check_secs, from_secs as duration_from_secs, DurationError};
+pub use fsm::{Cursor, Entry, Graph, GraphError, HandlerKind, StateId};
+pub use join::{
+    BranchEnd, Counted, JoinError, Strategy as JoinStrategy, Tally, Verdict as JoinVerdict,
+};
+pub use rate_limit::{
+    Debit, LimiterError, Meter, MultiRateLimiter, RateLimited, RateLimiter, Tier,
+    WindowedRateLimiter, MIN_RETRY_AFTER,
+};
+pub use retry::{Decision, ErrorStreak, Failure, Report, RetryMode};

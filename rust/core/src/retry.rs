@@ -30,13 +30,76 @@ impl Default for RetryMode {
     }
 }
 
-/// What the attempt loop does after a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Verdict {
-    /// Try again after this delay (possibly zero).
-    Retry(Duration),
-    /// No attempts left: the task failed after `attempts` attempts.
+/// Why an attempt failed, as the dispatcher sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The task raised an exception. `listed` says whether its type is among the task's
+    /// `retry_on` types (`None`: the task has no `retry_on` list); `programming` marks the
+    /// engine's own "you called it wrong" errors (unknown resource key, wrong resource type,
+    /// invalid configuration, unknown next state), which retrying cannot fix.
+    Raised { listed: Option<bool>, programming: bool },
+    /// The attempt ran past its attempt timeout (`listed` as for `Raised`, for the timeout
+    /// error's type).
+    TimedOut { listed: Option<bool> },
+    /// The run itself is being stopped: its token fired, its total timeout expired, or the
+    /// asyncio task awaiting it was cancelled. Never retried, never wrapped.
+    Interrupted,
+    /// `KeyboardInterrupt`, `SystemExit` and other non-`Exception`s: never retried or wrapped.
+    Fatal,
+}
+
+/// How a task that gives up reports its failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The error is already the engine's (an attempt timeout): raise it unchanged.
+    AsIs,
+    /// One attempt (or a failure that is not retried): `TaskError` with the cause.
+    TaskError,
+    /// Every allowed attempt failed: `RetryExhaustedError(attempts)` with the last cause.
     Exhausted { attempts: u32 },
+}
+
+/// The retry loop's decision after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// Start the next attempt after this delay.
+    RetryAfter(Duration),
+    /// The task failed: report it so.
+    GiveUp(Report),
+    /// End the run with the error exactly as raised.
+    Propagate,
+}
+
+/// Consecutive failures of a loop that tolerates some (a poll loop's
+/// `PollErrorPolicy.retry_on_error(n)`, a stream's `StreamErrorPolicy.retry_on_error(n)`):
+/// any success resets the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorStreak {
+    tolerated: u32,
+    count: u32,
+}
+
+impl ErrorStreak {
+    /// Tolerates `tolerated` consecutive failures; the next one gives up (0 = fail fast).
+    pub fn new(tolerated: u32) -> Self {
+        ErrorStreak { tolerated, count: 0 }
+    }
+
+    /// Records a failure; true when the loop must give up.
+    pub fn failed(&mut self) -> bool {
+        self.count = self.count.saturating_add(1);
+        self.count > self.tolerated
+    }
+
+    /// Records a success: the streak starts over.
+    pub fn succeeded(&mut self) {
+        self.count = 0;
+    }
+
+    /// Consecutive failures so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
 }
 
 impl RetryMode {
@@ -108,12 +171,33 @@ impl RetryMode {
         self.delay_with(k, fastrand::f64() * 2.0 - 1.0)
     }
 
-    /// The verdict after attempt number `attempt` (1-based) failed.
-    pub fn after_failure(&self, attempt: u32) -> Verdict {
-        match self.delay_for_attempt(attempt.saturating_sub(1)) {
-            Some(d) => Verdict::Retry(d),
-            None => Verdict::Exhausted { attempts: attempt },
+    /// What the retry loop does after attempt number `attempt` (1-based) failed with
+    /// `failure`: the one place where retrying is decided.
+    pub fn decide(&self, attempt: u32, failure: Failure) -> Decision {
+        self.decide_with(attempt, failure, fastrand::f64() * 2.0 - 1.0)
+    }
+
+    /// [`Self::decide`] with a given jitter sample in `[-1, 1]`.
+    pub fn decide_with(&self, attempt: u32, failure: Failure, unit: f64) -> Decision {
+        let (retryable, engine_made) = match failure {
+            Failure::Interrupted | Failure::Fatal => return Decision::Propagate,
+            // A listed type is retried even when it is a programming error: the user asked.
+            Failure::Raised { listed: Some(listed), .. } => (listed, false),
+            Failure::Raised { listed: None, programming } => (!programming, false),
+            Failure::TimedOut { listed } => (listed.unwrap_or(true), true),
+        };
+        if retryable {
+            if let Some(delay) = self.delay_with(attempt.saturating_sub(1), unit) {
+                return Decision::RetryAfter(delay);
+            }
         }
+        Decision::GiveUp(if engine_made && (attempt <= 1 || !retryable) {
+            Report::AsIs
+        } else if attempt > 1 && retryable {
+            Report::Exhausted { attempts: attempt }
+        } else {
+            Report::TaskError
+        })
     }
 }
 
@@ -139,7 +223,7 @@ mod tests {
     fn none_never_retries() {
         assert_eq!(RetryMode::None.max_attempts(), 1);
         assert_eq!(RetryMode::None.delay_with(0, 0.0), None);
-        assert_eq!(RetryMode::None.after_failure(1), Verdict::Exhausted { attempts: 1 });
+        assert_eq!(RetryMode::None.decide_with(1, USER, 0.0), Decision::GiveUp(Report::TaskError));
     }
 
     #[test]
@@ -149,8 +233,11 @@ mod tests {
         assert_eq!(m.delay_with(0, 1.0), Some(ms(50)));
         assert_eq!(m.delay_with(1, -1.0), Some(ms(50)));
         assert_eq!(m.delay_with(2, 0.0), None);
-        assert_eq!(m.after_failure(3), Verdict::Exhausted { attempts: 3 });
-        assert_eq!(m.after_failure(2), Verdict::Retry(ms(50)));
+        assert_eq!(
+            m.decide_with(3, USER, 0.0),
+            Decision::GiveUp(Report::Exhausted { attempts: 3 })
+        );
+        assert_eq!(m.decide_with(2, USER, 0.0), Decision::RetryAfter(ms(50)));
     }
 
     #[test]
@@ -188,6 +275,83 @@ mod tests {
         assert_eq!(m.delay_with(2, 1.0), Some(ms(100)));
         let m = RetryMode::exponential_custom(3, ms(100), -3.0, ms(1000), 5.0);
         assert_eq!(m.delay_with(1, 1.0), Some(ms(200)));
+    }
+
+    const USER: Failure = Failure::Raised { listed: None, programming: false };
+
+    #[test]
+    fn decide_retries_then_reports_exhaustion() {
+        let m = RetryMode::Fixed { retries: 2, delay: ms(5) };
+        assert_eq!(m.decide_with(1, USER, 0.0), Decision::RetryAfter(ms(5)));
+        assert_eq!(m.decide_with(2, USER, 0.0), Decision::RetryAfter(ms(5)));
+        assert_eq!(
+            m.decide_with(3, USER, 0.0),
+            Decision::GiveUp(Report::Exhausted { attempts: 3 })
+        );
+        assert_eq!(RetryMode::None.decide_with(1, USER, 0.0), Decision::GiveUp(Report::TaskError));
+    }
+
+    #[test]
+    fn decide_never_retries_interruptions_or_fatal_errors() {
+        let m = RetryMode::exponential(5);
+        assert_eq!(m.decide_with(1, Failure::Interrupted, 0.0), Decision::Propagate);
+        assert_eq!(m.decide_with(1, Failure::Fatal, 0.0), Decision::Propagate);
+    }
+
+    #[test]
+    fn decide_gives_up_on_unlisted_types_and_programming_errors() {
+        let m = RetryMode::exponential(5);
+        let unlisted = Failure::Raised { listed: Some(false), programming: false };
+        assert_eq!(m.decide_with(1, unlisted, 0.0), Decision::GiveUp(Report::TaskError));
+        let bug = Failure::Raised { listed: None, programming: true };
+        assert_eq!(m.decide_with(1, bug, 0.0), Decision::GiveUp(Report::TaskError));
+        // Listing a type retries it, even a programming error's.
+        let listed_bug = Failure::Raised { listed: Some(true), programming: true };
+        assert!(matches!(m.decide_with(1, listed_bug, 0.0), Decision::RetryAfter(_)));
+    }
+
+    #[test]
+    fn decide_reports_a_lone_timeout_as_is() {
+        let timeout = Failure::TimedOut { listed: None };
+        assert_eq!(RetryMode::None.decide_with(1, timeout, 0.0), Decision::GiveUp(Report::AsIs));
+        let m = RetryMode::Fixed { retries: 1, delay: ms(1) };
+        assert_eq!(m.decide_with(1, timeout, 0.0), Decision::RetryAfter(ms(1)));
+        assert_eq!(
+            m.decide_with(2, timeout, 0.0),
+            Decision::GiveUp(Report::Exhausted { attempts: 2 })
+        );
+        let unlisted = Failure::TimedOut { listed: Some(false) };
+        assert_eq!(m.decide_with(2, unlisted, 0.0), Decision::GiveUp(Report::AsIs));
+    }
+
+    #[test]
+    fn error_streak_tolerates_then_gives_up_and_resets_on_success() {
+        let mut s = ErrorStreak::new(2);
+        assert!(!s.failed());
+        assert!(!s.failed());
+        s.succeeded();
+        assert!(!s.failed());
+        assert!(!s.failed());
+        assert!(s.failed());
+        assert!(ErrorStreak::new(0).failed());
+    }
+
+    proptest::proptest! {
+        /// A retryable failure is retried exactly `retries` times, then reported as
+        /// exhausted (or as a TaskError when only one attempt was allowed).
+        #[test]
+        fn decide_allows_exactly_max_attempts(retries in 0u32..20, unit in -1.0f64..=1.0) {
+            let m = RetryMode::Fixed { retries, delay: ms(1) };
+            for attempt in 1..=retries {
+                proptest::prop_assert!(matches!(m.decide_with(attempt, USER, unit), Decision::RetryAfter(_)));
+            }
+            let last = m.decide_with(retries + 1, USER, unit);
+            if retries == 0 {
+                proptest::prop_assert_eq!(last, Decision::GiveUp(Report::TaskError));
+            } else {
+                proptest::prop_assert_eq!(last, Decision::GiveUp(Report::Exhausted { attempts: retries + 1 }));
+            }
+        }
     }
 
     #[test]

@@ -1,9 +1,35 @@
 //! One task attempt and the retry loop around it: the rate limiter and circuit breaker
-//! before each attempt, the attempt timeout, and the verdict after a failure (retry after
-//! a delay from `cano_core::retry`, or fail with the engine error for that task).
+//! before each attempt, the attempt timeout, and — after a failure — the one decision
+//! `cano_core::RetryMode::decide` makes (retry after a delay, give up, or propagate). This
+//! module only classifies the failure for it and carries the decision out.
 
-use super::signals::{SIG_ATTEMPT, SIG_CANCEL, SIG_TOTAL};
-use super::*;
+use super::interrupts::{SIG_ATTEMPT, SIG_CANCEL, SIG_TOTAL};
+use super::{Phase, Run};
+use crate::errors::{self, EngineError};
+use crate::plan::{Handler, Hook, Plan};
+use cano_core::{Decision, Failure, HandlerKind, Rejection, Report, SystemClock};
+use pyo3::exceptions::PyException;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyTuple, PyType};
+
+static SLEEP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PROGRAMMING_ERRORS: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+
+/// The engine's "called it wrong" errors: retrying cannot fix them, so the default retry
+/// policy does not retry them (listing one in `retry_on` does).
+fn is_programming_error(py: Python<'_>, err: &PyErr) -> bool {
+    let classes = PROGRAMMING_ERRORS.get_or_try_init(py, || -> PyResult<Py<PyTuple>> {
+        let m = py.import("cano.errors")?;
+        let names =
+            ["ConfigurationError", "ResourceNotFoundError", "ResourceTypeError", "WorkflowError"];
+        let classes: PyResult<Vec<Bound<'_, PyType>>> =
+            names.iter().map(|n| Ok(m.getattr(*n)?.cast_into::<PyType>()?)).collect();
+        Ok(PyTuple::new(py, classes?)?.unbind())
+    });
+    classes.is_ok_and(|c| err.is_instance(py, c.bind(py)))
+}
 
 impl Run {
     /// Calls the handler and installs its coroutine as the inner awaitable.
@@ -12,7 +38,7 @@ impl Run {
         if let Some((limiter, cost)) = &h.rate_limiter {
             if !std::mem::take(&mut self.throttled) {
                 let wait = limiter.bind(py).call_method1(intern!(py, "acquire"), (*cost,));
-                if let Err(e) = wait.and_then(|aw| self.install(py, Phase::Throttle, aw)) {
+                if let Err(e) = wait.and_then(|aw| self.install(Phase::Throttle, aw)) {
                     self.task_failed_event(py, plan, &e);
                     self.fail(slf, e);
                 }
@@ -63,7 +89,7 @@ impl Run {
         };
         self.phase = Phase::Attempt;
         match made {
-            Ok(value) => match awaitable(value) {
+            Ok(value) => match super::protocol::awaitable(value) {
                 Ok(it) => self.inner = Some(it.unbind()),
                 Err(value) => self.not_awaitable(slf, plan, h, value),
             },
@@ -71,24 +97,36 @@ impl Run {
         }
     }
 
+    /// The attempt's coroutine returned `value`.
+    pub(super) fn attempt_returned(&mut self, slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) {
+        let py = slf.py();
+        if self.attempt_timer.is_some() {
+            self.disarm_attempt(py);
+        }
+        if self.permit.is_some() {
+            let plan_ref = self.plan.bind(py).clone();
+            self.record_permit(plan_ref.get(), true);
+        }
+        if self.cancel_owed {
+            self.settle_cancel(py);
+        }
+        self.signals &= !SIG_ATTEMPT;
+        self.uninterruptible = false;
+        self.completed(slf, value);
+    }
+
     /// The breaker refused the attempt: the task fails at once, no retry consumed.
     #[cold]
-    pub(super) fn circuit_rejected(
-        &mut self,
-        slf: &Bound<'_, Self>,
-        plan: &Plan,
-        h: &Handler,
-        r: &Rejection,
-    ) {
+    fn circuit_rejected(&mut self, slf: &Bound<'_, Self>, plan: &Plan, h: &Handler, r: &Rejection) {
         let py = slf.py();
         plan.notify(py, Hook::CircuitOpen, (h.name.bind(py),));
-        let task = h.name.bind(py).to_string();
         let msg = format!(
-            "task '{task}' in state {}: {}",
+            "task {} in state {}: {}",
+            errors::quoted(&h.name.bind(py).to_string()),
             plan.label(py, self.cursor.state()),
             r.message(None)
         );
-        let e = self.error_at(py, plan, "CircuitOpenError", msg, 0, None, None);
+        let e = self.engine_error_at(py, plan, EngineError::CircuitOpen, msg, 0, None);
         self.task_failed_event(py, plan, &e);
         self.fail(slf, e);
     }
@@ -103,7 +141,7 @@ impl Run {
     }
 
     #[cold]
-    pub(super) fn not_awaitable(
+    fn not_awaitable(
         &mut self,
         slf: &Bound<'_, Self>,
         plan: &Plan,
@@ -113,17 +151,19 @@ impl Run {
         let py = slf.py();
         self.disarm_attempt(py);
         let msg = format!(
-            "task '{}' for state {} returned {} instead of a coroutine; declare it with \
+            "task {} for state {} returned {} instead of a coroutine; declare it with \
              `async def`",
-            h.name.bind(py),
+            errors::quoted(&h.name.bind(py).to_string()),
             plan.label(py, self.cursor.state()),
             value.repr().map(|r| r.to_string()).unwrap_or_default()
         );
-        let err = self.error(py, plan, "ConfigurationError", msg, None, None);
+        let err = self.engine_error(py, plan, EngineError::Configuration, msg, None);
         self.task_failed_event(py, plan, &err);
         self.fail(slf, err);
     }
 
+    /// The attempt (or the retry sleep, or the limiter wait before it) raised `err`:
+    /// classify the failure, ask the retry mode, and carry the decision out.
     pub(super) fn attempt_raised(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
         let py = slf.py();
         let plan_ref = self.plan.bind(py).clone();
@@ -134,14 +174,15 @@ impl Run {
         if self.permit.is_some() {
             self.record_permit(plan, false);
         }
-        if self.phase == Phase::Throttle && !is_cancel_error(py, &err) {
+        let cancelled = super::is_cancel_error(py, &err);
+        if self.phase == Phase::Throttle && !cancelled {
             // The limiter itself failed (a cost it can never grant): not retried.
             self.task_failed_event(py, plan, &err);
             return self.fail(slf, err);
         }
         self.uninterruptible = false;
         let external = if self.cancel_owed { self.settle_cancel(py) } else { false };
-        if is_cancel_error(py, &err) {
+        if cancelled {
             if external || self.signals & (SIG_CANCEL | SIG_TOTAL | SIG_ATTEMPT) == 0 {
                 return self.cancelled_by_asyncio(slf, plan, err);
             }
@@ -158,7 +199,8 @@ impl Run {
             // Our attempt timer fired.
             self.signals &= !SIG_ATTEMPT;
             let e = self.attempt_timeout_error(py, plan);
-            return self.failed_attempt(slf, plan, e, true);
+            let listed = self.listed(py, plan, &e);
+            return self.decide(slf, plan, e, Failure::TimedOut { listed });
         }
         self.signals &= !SIG_ATTEMPT;
         if !err.is_instance_of::<PyException>(py) {
@@ -171,35 +213,26 @@ impl Run {
             self.outcome = Some(Err(err.into_value(py).into_any()));
             return;
         }
-        self.failed_attempt(slf, plan, err, false)
+        let listed = self.listed(py, plan, &err);
+        let programming = is_programming_error(py, &err);
+        self.decide(slf, plan, err, Failure::Raised { listed, programming })
     }
 
-    /// Decides between retrying and failing after attempt `self.attempt` raised `err`.
-    /// `engine_made` marks errors that already are engine errors (attempt timeouts).
-    pub(super) fn failed_attempt(
-        &mut self,
-        slf: &Bound<'_, Self>,
-        plan: &Plan,
-        err: PyErr,
-        engine_made: bool,
-    ) {
+    /// Whether `err` is among the task's `retry_on` types (`None` without a list).
+    fn listed(&self, py: Python<'_>, plan: &Plan, err: &PyErr) -> Option<bool> {
+        let types = self.handler(plan)?.get().retry_on.as_ref()?;
+        Some(err.is_instance(py, types.bind(py)))
+    }
+
+    /// Carries out the retry mode's decision after attempt `self.attempt` failed.
+    fn decide(&mut self, slf: &Bound<'_, Self>, plan: &Plan, err: PyErr, failure: Failure) {
         let py = slf.py();
-        let s = self.cursor.state();
         let Some(handler) = self.handler(plan).map(|h| h.bind(py).clone()) else {
             return self.end(py, Err(err));
         };
         let h = handler.get();
-        let retryable = match &h.retry_on {
-            Some(types) => err.is_instance(py, types.bind(py)),
-            None => true,
-        };
-        let verdict = if retryable {
-            h.retry.after_failure(self.attempt)
-        } else {
-            Verdict::Exhausted { attempts: self.attempt }
-        };
-        match verdict {
-            Verdict::Retry(delay) => {
+        match h.retry.decide(self.attempt, failure) {
+            Decision::RetryAfter(delay) => {
                 plan.notify(py, Hook::Retry, (h.name.bind(py), self.attempt));
                 self.attempt += 1;
                 if delay.is_zero() {
@@ -208,37 +241,41 @@ impl Run {
                 let sleep = SLEEP
                     .import(py, "asyncio", "sleep")
                     .and_then(|f| f.call1((delay.as_secs_f64(),)))
-                    .and_then(|coro| self.install(py, Phase::Sleep, coro));
+                    .and_then(|coro| self.install(Phase::Sleep, coro));
                 if let Err(e) = sleep {
                     self.end(py, Err(e));
                 }
             }
-            Verdict::Exhausted { attempts } => {
-                let e = if engine_made && (attempts <= 1 || !retryable) {
-                    err
-                } else if attempts > 1 && retryable {
-                    let msg = format!(
-                        "task '{}' failed in state {} after {attempts} attempts",
-                        h.name.bind(py),
-                        plan.label(py, s)
-                    );
-                    let extra = PyDict::new(py);
-                    let _ = extra.set_item("attempts", attempts);
-                    self.error(py, plan, "RetryExhaustedError", msg, Some(err), Some(extra))
-                } else {
-                    let msg = format!(
-                        "task '{}' failed in state {} (attempt {})",
-                        h.name.bind(py),
-                        plan.label(py, s),
-                        self.attempt
-                    );
-                    self.error(py, plan, "TaskError", msg, Some(err), None)
+            Decision::GiveUp(report) => {
+                let name = errors::quoted(&h.name.bind(py).to_string());
+                let label = plan.label(py, self.cursor.state());
+                let cause = Some(err.clone_ref(py));
+                let e = match report {
+                    Report::AsIs => err,
+                    Report::Exhausted { attempts } => {
+                        let msg = format!(
+                            "task {name} failed in state {label} after {attempts} attempts"
+                        );
+                        self.engine_error(
+                            py,
+                            plan,
+                            EngineError::RetryExhausted { attempts },
+                            msg,
+                            cause,
+                        )
+                    }
+                    Report::TaskError => {
+                        let msg = format!(
+                            "task {name} failed in state {label} (attempt {})",
+                            self.attempt
+                        );
+                        self.engine_error(py, plan, EngineError::Task, msg, cause)
+                    }
                 };
                 self.task_failed_event(py, plan, &e);
                 self.fail(slf, e);
             }
+            Decision::Propagate => self.fail(slf, err),
         }
     }
-
-    // ----- cancellation and timeouts as errors ------------------------------------------
 }

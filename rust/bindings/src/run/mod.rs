@@ -9,40 +9,46 @@
 //! iteration, no thread hop. When user code suspends, the future it yielded goes straight
 //! up to the event loop.
 //!
-//! - [`protocol`]: resuming inner awaitables, normalising `throw()` arguments;
-//! - [`attempt`]: one task attempt and the retry loop, breaker and limiter around it;
-//! - [`signals`]: attempt/total timeouts and token cancellation;
-//! - [`durable`]: checkpoint rows, stepped cursors, the compensation stack and drain;
-//! - [`split`]: split states, their branches and the join;
-//! - [`report`]: engine errors with state/attempt/path, and observer events.
+//! Where each thing happens (the decisions themselves are `cano_core`'s):
+//! - [`start`]: making a run — a fresh start, or a resume that first loads the log;
+//! - [`transition`]: entering a state and resolving the next one from what a task returned;
+//! - [`attempt`]: one task attempt and the retry loop around it;
+//! - [`interrupts`]: attempt/total timeouts and token cancellation;
+//! - [`journal`]: every checkpoint write and the end of the log (the store seam);
+//! - [`stepped`], [`saga`], [`split`]: stepped tasks, compensation, split/join;
+//! - [`failures`]: the engine errors a run raises, with state, attempt and path;
+//! - [`events`]: observer events; [`protocol`]: the coroutine protocol's edges.
 
 mod attempt;
-mod durable;
+mod events;
+mod failures;
+mod interrupts;
+mod journal;
 mod protocol;
-mod report;
-mod signals;
+mod saga;
 mod split;
+mod start;
+mod stepped;
+mod transition;
 
-pub use durable::Committer;
+pub use journal::Committer;
 pub use split::{BranchDone, Mailbox};
+pub use start::{resume_run, start_run};
 
 use crate::cancel::CancellationToken;
-use crate::errors::{self, Context};
-use crate::workflow::{Handler, Hook, Plan};
-use cano_core::circuit::{Permit, Rejection, SystemClock};
-use cano_core::fsm::{Cursor, Entry, HandlerKind, StateId};
-use cano_core::retry::Verdict;
-use cano_core::CoreError;
+use crate::gc::PyGcTraverse;
+use crate::gc_traverse;
+use crate::plan::{Handler, Plan};
+use cano_core::{Cursor, Permit, StateId};
+use interrupts::{SIG_CANCEL, SIG_TOTAL};
+use journal::Journal;
 use protocol::{awaitable, normalise_exception, resume, Input, Sent};
 use pyo3::exceptions::{PyException, PyGeneratorExit, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
-use signals::{SIG_ATTEMPT, SIG_CANCEL, SIG_TOTAL};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// What the run is waiting on.
@@ -50,6 +56,8 @@ use std::time::Instant;
 enum Phase {
     /// Created, not stepped yet.
     Init,
+    /// Driving `store.load_run()` of a resumed run.
+    Loading,
     /// Driving `Resources._acquire()`.
     Setup,
     /// Driving a checkpoint append; then do `After`.
@@ -85,22 +93,7 @@ enum After {
     Move(StateId),
 }
 
-/// Where a run starts from: a fresh start, or what a resume read from the log.
-#[derive(Default)]
-pub struct Origin {
-    pub workflow_id: Option<Py<PyString>>,
-    pub sequence: u64,
-    pub path: Vec<StateId>,
-    /// Decoded cursors of stepped states, consumed on first entry.
-    pub cursors: Vec<(StateId, Py<PyAny>)>,
-    /// The rehydrated compensation stack: (task name, output JSON).
-    pub stack: Vec<(Py<PyString>, Py<PyBytes>)>,
-    /// The run continues a checkpoint log.
-    pub resumed: bool,
-}
-
 static CANCELLED_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static SLEEP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// One workflow run; a coroutine (`asyncio.iscoroutine(run)` is true).
 #[pyclass(module = "cano._core", name = "Run")]
@@ -126,12 +119,15 @@ pub struct Run {
     listener: Option<u64>,
     started: Option<Instant>,
     acquired: bool,
+    /// The run's checkpoint log (a store and a workflow id), if it has one.
+    journal: Option<Journal>,
+    /// The workflow id, for observers (also set without a store).
     workflow_id: Option<Py<PyString>>,
-    /// The next checkpoint sequence number (shared with a stream task's committer).
-    sequence: Arc<AtomicU64>,
     /// The cursor handed to the next step of a stepped task.
     step_cursor: Option<Py<PyAny>>,
-    resume_cursors: Vec<(StateId, Py<PyAny>)>,
+    /// A resumed run's cursor for the state it resumes in (consumed on first entry).
+    resume_cursor: Option<(StateId, Py<PyAny>)>,
+    /// The saga stack: (task name, output JSON).
     stack: Vec<(Py<PyString>, Py<PyBytes>)>,
     /// The error being compensated for, while the drain runs.
     failure: Option<Py<PyAny>>,
@@ -139,6 +135,10 @@ pub struct Run {
     outcome: Option<Result<Py<PyAny>, Py<PyAny>>>,
     /// The run continues a checkpoint log.
     resumed: bool,
+    /// The next entry is a resumed run re-entering the state its log ends in: that visit's
+    /// entry row is already in the log, so none is written (a new row would read as a new
+    /// visit, and the visit's cursor would be lost).
+    reentering: bool,
     /// `on_run_start` fired: `on_run_finish` is owed.
     began: bool,
     /// `(resources,)`, the argument tuple of most task calls.
@@ -155,20 +155,36 @@ pub struct Run {
     overlay: Option<(StateId, Py<PyAny>)>,
 }
 
+gc_traverse!(Run {
+    plan,
+    resources,
+    lease,
+    token,
+    inner,
+    task,
+    attempt_timer,
+    total_timer,
+    journal,
+    workflow_id,
+    step_cursor,
+    resume_cursor,
+    stack,
+    failure,
+    outcome,
+    res_args,
+    branch,
+    split,
+    overlay
+});
+
 impl Run {
-    pub fn new(
+    fn new(
         plan: Py<Plan>,
-        initial: StateId,
+        cursor: Cursor,
         resources: Py<PyAny>,
         lease: Option<Py<PyAny>>,
         token: Option<Py<CancellationToken>>,
-        origin: Origin,
     ) -> Self {
-        let cursor = if origin.path.is_empty() {
-            Cursor::new(initial)
-        } else {
-            Cursor::resumed(initial, origin.path)
-        };
         Run {
             plan,
             resources,
@@ -188,14 +204,15 @@ impl Run {
             listener: None,
             started: None,
             acquired: false,
-            workflow_id: origin.workflow_id,
-            sequence: Arc::new(AtomicU64::new(origin.sequence)),
+            journal: None,
+            workflow_id: None,
             step_cursor: None,
-            resume_cursors: origin.cursors,
-            stack: origin.stack,
+            resume_cursor: None,
+            stack: Vec::new(),
             failure: None,
             outcome: None,
-            resumed: origin.resumed,
+            resumed: false,
+            reentering: false,
             began: false,
             res_args: None,
             permit: None,
@@ -216,7 +233,7 @@ impl Run {
     }
 
     /// Makes the first step raise `err` (a validation error found when starting).
-    pub fn fail_at_start(&mut self, py: Python<'_>, err: PyErr) {
+    fn fail_at_start(&mut self, py: Python<'_>, err: PyErr) {
         self.phase = Phase::Done;
         self.outcome = Some(Err(err.into_value(py).into_any()));
     }
@@ -282,33 +299,40 @@ impl Run {
     }
 
     /// Installs `value` as the inner awaitable of `phase`.
-    fn install(&mut self, py: Python<'_>, phase: Phase, value: Bound<'_, PyAny>) -> PyResult<()> {
+    fn install(&mut self, phase: Phase, value: Bound<'_, PyAny>) -> PyResult<()> {
         match awaitable(value) {
             Ok(it) => {
                 self.phase = phase;
                 self.inner = Some(it.unbind());
                 Ok(())
             }
-            Err(v) => {
-                let _ = py;
-                Err(PyRuntimeError::new_err(format!(
-                    "cano: expected an awaitable, got {}",
-                    v.repr().map(|r| r.to_string()).unwrap_or_default()
-                )))
-            }
+            Err(v) => Err(PyRuntimeError::new_err(format!(
+                "cano: expected an awaitable, got {}",
+                v.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))),
         }
     }
 
-    /// First step: set up resources, or go straight to the first state.
+    /// First step: load the log of a resumed run, or set up resources, or go straight to
+    /// the first state.
     fn begin(&mut self, slf: &Bound<'_, Self>) {
         let py = slf.py();
         if self.branch.is_some() {
             let plan_ref = self.plan.bind(py).clone();
             return self.dispatch(slf, plan_ref.get());
         }
+        if self.resumed && self.journal.as_ref().is_some_and(|j| !j.loaded) {
+            return self.load_log(py);
+        }
+        self.set_up(slf);
+    }
+
+    /// Sets up the resources (when they have a lifecycle), then enters the first state.
+    fn set_up(&mut self, slf: &Bound<'_, Self>) {
+        let py = slf.py();
         if let Some(lease) = &self.lease {
             let acquired = lease.bind(py).call_method0(intern!(py, "_acquire"));
-            if let Err(e) = acquired.and_then(|coro| self.install(py, Phase::Setup, coro)) {
+            if let Err(e) = acquired.and_then(|coro| self.install(Phase::Setup, coro)) {
                 self.end(py, Err(e));
             }
             return;
@@ -334,97 +358,15 @@ impl Run {
             }
         }
         self.began = true;
-        plan.get().notify(py, Hook::RunStart, (self.workflow_id.as_ref().map(|i| i.bind(py)),));
-        if self.resumed {
-            if let Some(id) = &self.workflow_id {
-                let resumed_at = self.sequence.load(Ordering::Relaxed).saturating_sub(1);
-                plan.get().notify(py, Hook::Resume, (id.bind(py), resumed_at));
-            }
-        }
+        self.run_started_events(py, plan.get());
         self.enter(slf);
-    }
-
-    /// Enters the cursor's state: boundary checks, observers, checkpoint, then exit or
-    /// dispatch.
-    fn enter(&mut self, slf: &Bound<'_, Self>) {
-        let py = slf.py();
-        let plan_ref = self.plan.bind(py).clone();
-        let plan = plan_ref.get();
-        let s = self.cursor.state();
-        if self.signals & SIG_CANCEL != 0 || self.token.as_ref().is_some_and(|t| t.get().fired()) {
-            return self.cancelled_at_boundary(py, plan);
-        }
-        if plan.observes(Hook::StateEnter) {
-            plan.notify(py, Hook::StateEnter, (plan.label(py, s),));
-        }
-        match self.cursor.enter(&plan.graph) {
-            Some(Entry::Exit) => {
-                if plan.store.is_some() {
-                    self.save_entry(slf, plan, None, After::Exit);
-                } else {
-                    let state = plan.states[s as usize].clone_ref(py);
-                    self.end(py, Ok(state));
-                }
-            }
-            Some(Entry::Dispatch(kind)) => {
-                if plan.store.is_some() && kind.checkpointed() {
-                    self.save_entry(slf, plan, plan.handler(s), After::Dispatch);
-                } else {
-                    self.dispatch(slf, plan);
-                }
-            }
-            None => {
-                let msg = format!("no task registered for state {}", plan.label(py, s));
-                let err = self.error(py, plan, "WorkflowError", msg, None, None);
-                self.fail(slf, err);
-            }
-        }
-    }
-
-    /// Starts the first attempt of the current state's task.
-    fn dispatch(&mut self, slf: &Bound<'_, Self>, plan: &Plan) {
-        let py = slf.py();
-        let s = self.cursor.state();
-        if self.signals & SIG_TOTAL != 0 {
-            let err = self.total_timeout_error(py, plan, false);
-            return self.fail(slf, err);
-        }
-        let Some(handler) = self.handler(plan).map(|h| h.bind(py).clone()) else {
-            return self.end(py, Err(PyRuntimeError::new_err("cano: handler missing")));
-        };
-        let h = handler.get();
-        if h.kind == HandlerKind::Split {
-            return self.start_split(slf, handler.unbind());
-        }
-        self.attempt = 1;
-        if matches!(h.kind, HandlerKind::Stepped | HandlerKind::Stream) {
-            self.step_cursor = self.take_resume_cursor(s);
-        }
-        if plan.observes(Hook::TaskStart) {
-            plan.notify(py, Hook::TaskStart, (h.name.bind(py),));
-        }
-        self.start_attempt(slf, plan, h);
     }
 
     /// The inner awaitable returned `value`.
     fn on_return(&mut self, slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) {
         let py = slf.py();
         match self.phase {
-            Phase::Attempt => {
-                if self.attempt_timer.is_some() {
-                    self.disarm_attempt(py);
-                }
-                if self.permit.is_some() {
-                    let plan_ref = self.plan.bind(py).clone();
-                    self.record_permit(plan_ref.get(), true);
-                }
-                if self.cancel_owed {
-                    self.settle_cancel(py);
-                }
-                self.signals &= !SIG_ATTEMPT;
-                self.uninterruptible = false;
-                self.completed(slf, value);
-            }
+            Phase::Attempt => self.attempt_returned(slf, value),
             Phase::Sleep | Phase::Throttle => {
                 self.throttled = self.phase == Phase::Throttle;
                 let plan_ref = self.plan.bind(py).clone();
@@ -434,6 +376,7 @@ impl Run {
                     None => self.end(py, Err(PyRuntimeError::new_err("cano: handler missing"))),
                 }
             }
+            Phase::Loading => self.loaded(slf, value),
             Phase::Saving(after) => self.saved(slf, after),
             Phase::Split => self.split_step(slf),
             Phase::Clearing => self.cleared(py),
@@ -450,71 +393,12 @@ impl Run {
         }
     }
 
-    /// A task attempt returned `value`: interpret it by handler kind and move on.
-    fn completed(&mut self, slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) {
-        let py = slf.py();
-        let plan_ref = self.plan.bind(py).clone();
-        let plan = plan_ref.get();
-        let s = self.cursor.state();
-        if let Some((state, _)) = &self.overlay {
-            if *state == s {
-                self.overlay = None;
-            }
-        }
-        if self.branch.is_some() {
-            // A branch's value is recorded, not routed; unwrap TaskResult.single(...).
-            let value = match plan.lookup(&value) {
-                Some(_) => value,
-                None => self.unwrap_task_result(py, plan, value),
-            };
-            self.task_succeeded_event(py, plan);
-            return self.end(py, Ok(value.unbind()));
-        }
-        let kind = self.handler(plan).map_or(HandlerKind::Single, |h| h.get().kind);
-        let value = match kind {
-            HandlerKind::Single
-            | HandlerKind::Router
-            | HandlerKind::Split
-            | HandlerKind::Stream => value,
-            HandlerKind::Stepped => match self.stepped_outcome(slf, plan, value) {
-                Some(state) => state,
-                None => return,
-            },
-            HandlerKind::Compensatable => {
-                return self.compensatable_outcome(slf, plan, value);
-            }
-        };
-        let next = match plan.lookup(&value) {
-            Some(id) => id,
-            None => match self.resolve_slow(py, plan, &value) {
-                Ok(id) => id,
-                Err(e) => {
-                    self.task_failed_event(py, plan, &e);
-                    return self.fail(slf, e);
-                }
-            },
-        };
-        self.task_succeeded_event(py, plan);
-        self.advance(slf, plan, next);
-    }
-
-    /// Moves the cursor to `next` and enters it.
-    fn advance(&mut self, slf: &Bound<'_, Self>, plan: &Plan, next: StateId) {
-        let py = slf.py();
-        match self.cursor.advance(&plan.graph, next) {
-            Ok(()) => self.enter(slf),
-            Err(e) => {
-                let err = self.transition_error(py, plan, &e, next);
-                self.fail(slf, err);
-            }
-        }
-    }
-
     /// The inner awaitable raised `err`.
     fn on_raise(&mut self, slf: &Bound<'_, Self>, err: PyErr) {
         let py = slf.py();
         match self.phase {
             Phase::Attempt | Phase::Sleep | Phase::Throttle => self.attempt_raised(slf, err),
+            Phase::Loading => self.load_failed(py, err),
             Phase::Saving(_) => self.save_failed(slf, err),
             Phase::Split => self.split_raised(slf, err),
             Phase::Clearing => self.clear_failed(py, err),
@@ -547,12 +431,11 @@ impl Run {
         self.start_drain(slf, err);
     }
 
-    /// Fails without a drain (used where the run never started a task).
+    /// Fails where no task is in flight (a refused boundary): still undoes finished steps.
     fn fail_now(&mut self, py: Python<'_>, err: PyErr) {
         if self.stack.is_empty() {
             return self.end(py, Err(err));
         }
-        // A cancel at a boundary still undoes what was done: drain through `fail`.
         self.failure = Some(err.into_value(py).into_any());
         self.phase = Phase::Draining;
         self.resume_drain(py);
@@ -569,7 +452,7 @@ impl Run {
             if let Some(lease) = &self.lease {
                 let lease = lease.clone_ref(py);
                 let released = lease.bind(py).call_method0(intern!(py, "_release"));
-                match released.and_then(|coro| self.install(py, Phase::Teardown, coro)) {
+                match released.and_then(|coro| self.install(Phase::Teardown, coro)) {
                     Ok(()) => return,
                     Err(e) => e.write_unraisable(py, None),
                 }
@@ -637,18 +520,27 @@ impl Run {
         Ok(())
     }
 
-    /// Loop callback for timers (`kind` is an internal signal number).
-    fn _signal(slf: &Bound<'_, Self>, kind: u8) {
-        if let Ok(mut run) = slf.try_borrow_mut() {
-            run.signal(slf.py(), kind);
+    /// Loop callback for timers (`kind` is an internal signal number). A run that is busy
+    /// (being stepped) when it arrives gets it again on the next loop turn: never dropped.
+    fn _signal(slf: &Bound<'_, Self>, kind: u8) -> PyResult<()> {
+        match slf.try_borrow_mut() {
+            Ok(mut run) => {
+                run.signal(slf.py(), kind);
+                Ok(())
+            }
+            Err(_) => redeliver(slf, intern!(slf.py(), "_signal"), Some(kind)),
         }
     }
 
-    /// Loop callback for the cancellation token.
-    fn _on_cancel(slf: &Bound<'_, Self>) {
-        if let Ok(mut run) = slf.try_borrow_mut() {
-            run.listener = None;
-            run.signal(slf.py(), SIG_CANCEL);
+    /// Loop callback for the cancellation token (redelivered like `_signal` when busy).
+    fn _on_cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        match slf.try_borrow_mut() {
+            Ok(mut run) => {
+                run.listener = None;
+                run.signal(slf.py(), SIG_CANCEL);
+                Ok(())
+            }
+            Err(_) => redeliver(slf, intern!(slf.py(), "_on_cancel"), None),
         }
     }
 
@@ -670,7 +562,7 @@ impl Run {
                 let plan = run.plan.get();
                 format!(
                     "<cano Run state={} phase={:?}>",
-                    plan.label(py, run.cursor.state()),
+                    plan.label_text(py, run.cursor.state()),
                     run.phase
                 )
             }
@@ -679,44 +571,7 @@ impl Run {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.plan)?;
-        visit.call(&self.resources)?;
-        for o in [
-            &self.lease,
-            &self.inner,
-            &self.task,
-            &self.attempt_timer,
-            &self.total_timer,
-            &self.step_cursor,
-            &self.failure,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            visit.call(o)?;
-        }
-        if let Some(t) = &self.token {
-            visit.call(t)?;
-        }
-        for (_, c) in &self.resume_cursors {
-            visit.call(c)?;
-        }
-        if let Some(b) = &self.branch {
-            visit.call(b)?;
-        }
-        if let Some(a) = &self.res_args {
-            visit.call(a)?;
-        }
-        if let Some((_, o)) = &self.overlay {
-            visit.call(o)?;
-        }
-        if let Some(sp) = &self.split {
-            sp.traverse(&visit)?;
-        }
-        match &self.outcome {
-            Some(Ok(o)) | Some(Err(o)) => visit.call(o),
-            None => Ok(()),
-        }
+        self.py_gc_traverse(&visit)
     }
 
     fn __clear__(&mut self) {
@@ -727,9 +582,11 @@ impl Run {
         self.outcome = None;
         self.lease = None;
         self.token = None;
+        self.journal = None;
         self.step_cursor = None;
+        self.resume_cursor = None;
+        self.stack.clear();
         self.failure = None;
-        self.resume_cursors.clear();
         self.branch = None;
         self.res_args = None;
         self.split = None;
@@ -746,11 +603,29 @@ fn already_running() -> PyErr {
     pyo3::exceptions::PyValueError::new_err("coroutine already executing")
 }
 
-/// A closed run cannot await its teardown: hand it to the loop, if one is running.
+/// Schedules `method(arg)` of a busy run again on the next loop turn.
+#[cold]
+fn redeliver(slf: &Bound<'_, Run>, method: &Bound<'_, PyString>, arg: Option<u8>) -> PyResult<()> {
+    let py = slf.py();
+    let callback = slf.getattr(method)?;
+    let event_loop = interrupts::running_loop(py)?;
+    match arg {
+        Some(a) => event_loop.call_method1(intern!(py, "call_soon"), (callback, a))?,
+        None => event_loop.call_method1(intern!(py, "call_soon"), (callback,))?,
+    };
+    Ok(())
+}
+
+static RELEASE_LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A closed run cannot await its teardown: it runs as a background task that
+/// `cano.resources` keeps a strong reference to until it is done.
 #[cold]
 fn release_in_background(py: Python<'_>, lease: &Bound<'_, PyAny>) {
-    let Ok(event_loop) = signals::running_loop(py) else { return };
-    if let Ok(coro) = lease.call_method0(intern!(py, "_release")) {
-        let _ = event_loop.call_method1(intern!(py, "create_task"), (coro,));
+    let released = RELEASE_LATER
+        .import(py, "cano.resources", "_release_in_background")
+        .and_then(|f| f.call1((lease,)));
+    if let Err(e) = released {
+        e.write_unraisable(py, None);
     }
 }

@@ -6,12 +6,17 @@
 //! (one wake-up per batch of completions, no `asyncio.wait` over every branch), asks
 //! `cano_core::join` after each batch whether the join is decided, starts queued branches
 //! when a bulkhead limits them, and once decided cancels the branches still running and
-//! waits for them to finish before moving on.
+//! waits for them to finish before moving on. Every rule of the join — what a branch counts
+//! as, when the verdict is reached, what a timeout decides — is `cano_core`'s
+//! ([`Tally::record`], [`cano_core::JoinStrategy::decide`]).
 
-use super::signals::{SIG_CANCEL, SIG_JOIN, SIG_TOTAL};
+use super::interrupts::{SIG_CANCEL, SIG_JOIN, SIG_TOTAL};
 use super::{Phase, Run};
-use crate::workflow::Handler;
-use cano_core::join::{Tally, Verdict};
+use crate::errors::EngineError;
+use crate::gc::PyGcTraverse;
+use crate::gc_traverse;
+use crate::plan::Handler;
+use cano_core::{BranchEnd, Counted, Cursor, JoinVerdict as Verdict, Tally};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
@@ -21,6 +26,8 @@ use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
 
 static SPLIT_RESULT_KEY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SPLIT_RESULT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SPLIT_MESSAGE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 enum Slot {
     Waiting,
@@ -30,12 +37,30 @@ enum Slot {
     Cancelled,
 }
 
+impl PyGcTraverse for Slot {
+    fn py_gc_traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Slot::Succeeded(o) | Slot::Failed(o) => visit.call(o),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How a decided split ends once its running branches have stopped.
 enum Decision {
     Succeeded,
     Failed,
     /// Cancelled or timed out from outside: end with this error.
     Interrupted(Py<PyAny>),
+}
+
+impl PyGcTraverse for Decision {
+    fn py_gc_traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Decision::Interrupted(e) => visit.call(e),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Completed branch indices and the parent's wake future, shared with done-callbacks.
@@ -57,15 +82,12 @@ impl Mailbox {
     }
 }
 
+gc_traverse!(Mailbox { wake });
+
 #[pymethods]
 impl Mailbox {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(w) = self.wake.try_lock() {
-            if let Some(w) = w.as_ref() {
-                visit.call(w)?;
-            }
-        }
-        Ok(())
+        self.py_gc_traverse(&visit)
     }
 }
 
@@ -103,38 +125,17 @@ pub(super) struct SplitRun {
     decided: Option<Decision>,
 }
 
-impl SplitRun {
-    pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.handler)?;
-        visit.call(&self.mailbox)?;
-        for t in self.tasks.iter().flatten() {
-            visit.call(t)?;
-        }
-        if let Some(t) = &self.timer {
-            visit.call(t)?;
-        }
-        for slot in &self.slots {
-            if let Slot::Succeeded(o) | Slot::Failed(o) = slot {
-                visit.call(o)?;
-            }
-        }
-        if let Some(Decision::Interrupted(e)) = &self.decided {
-            visit.call(e)?;
-        }
-        Ok(())
-    }
-}
+gc_traverse!(SplitRun { handler, mailbox, tasks, timer, slots, decided });
 
 impl Run {
     /// A run that executes one branch handler of a split and returns its raw result.
     fn branch_run(&self, py: Python<'_>, handler: Py<Handler>) -> Run {
         let mut run = Run::new(
             self.plan.clone_ref(py),
-            self.cursor.state(),
+            Cursor::new(self.cursor.state()),
             self.resources.clone_ref(py),
             None,
             None,
-            super::Origin::default(),
         );
         run.branch = Some(handler);
         run
@@ -185,13 +186,8 @@ impl Run {
         collect(py, &mut sp);
         if sp.decided.is_none() {
             let strategy = sp.handler.get().split.as_ref().map(|s| s.strategy);
-            // Outcomes collected in the same loop turn as the deadline count: the join is
-            // judged on them first, and timed out only if they left it undecided.
             let verdict = match strategy {
-                Some(s) => match s.evaluate(sp.tally) {
-                    Verdict::Pending if sp.timed_out => s.on_timeout(sp.tally),
-                    v => v,
-                },
+                Some(s) => s.decide(sp.tally, sp.timed_out),
                 None => Verdict::Failed,
             };
             match verdict {
@@ -211,11 +207,11 @@ impl Run {
         if sp.decided.is_some() && sp.running == 0 {
             return self.finish_split(slf, *sp);
         }
-        let waited = super::signals::running_loop(py)
+        let waited = super::interrupts::running_loop(py)
             .and_then(|lp| lp.call_method0(intern!(py, "create_future")))
             .and_then(|fut| {
                 *sp.mailbox.get().wake.lock() = Some(fut.clone().unbind());
-                self.install(py, Phase::Split, fut)
+                self.install(Phase::Split, fut)
             });
         self.split = Some(sp);
         if let Err(e) = waited {
@@ -231,7 +227,7 @@ impl Run {
             let i = sp.started;
             let branch = self.branch_run(py, spec.branches[i].clone_ref(py));
             let branch = Py::new(py, branch)?;
-            let task = super::signals::running_loop(py)?
+            let task = super::interrupts::running_loop(py)?
                 .call_method1(intern!(py, "create_task"), (branch,))?;
             let done = BranchDone { mailbox: sp.mailbox.clone_ref(py), index: i };
             task.call_method1(intern!(py, "add_done_callback"), (done,))?;
@@ -298,10 +294,9 @@ impl Run {
         let Some(spec) = sp.handler.get().split.as_ref() else { return };
         match sp.decided.take() {
             Some(Decision::Succeeded) => {
-                let made = plan
-                    .support
-                    .bind(py)
-                    .call_method1(intern!(py, "split_result"), (successes, errors, cancelled));
+                let made = SPLIT_RESULT
+                    .import(py, "cano.split", "SplitResult")
+                    .and_then(|c| c.call1((successes, errors, cancelled)));
                 let overlay = made.and_then(|result| {
                     let key = SPLIT_RESULT_KEY.import(py, "cano.resources", "SPLIT_RESULT_KEY")?;
                     let extra = PyDict::new(py);
@@ -320,18 +315,18 @@ impl Run {
                 self.fail(slf, PyErr::from_value(err.into_bound(py)));
             }
             Some(Decision::Failed) | None => {
-                let message = plan.support.bind(py).call_method1(
-                    intern!(py, "split_message"),
-                    (
-                        plan.label(py, self.cursor.state()),
-                        spec.strategy_repr.bind(py),
-                        sp.tally.total,
-                        sp.tally.succeeded,
-                        &errors,
-                        sp.timed_out,
-                        spec.timeout,
-                    ),
-                );
+                let message =
+                    SPLIT_MESSAGE.import(py, "cano.split", "_split_message").and_then(|f| {
+                        f.call1((
+                            plan.label(py, self.cursor.state()),
+                            spec.strategy_repr.bind(py),
+                            sp.tally.total,
+                            sp.tally.succeeded,
+                            &errors,
+                            sp.timed_out,
+                            spec.timeout,
+                        ))
+                    });
                 let err = message.and_then(|m| m.extract::<String>()).map(|m| {
                     let exceptions = PyList::empty(py);
                     for item in errors.iter() {
@@ -339,9 +334,8 @@ impl Run {
                             let _ = exceptions.append(e);
                         }
                     }
-                    let extra = PyDict::new(py);
-                    let _ = extra.set_item("exceptions", exceptions);
-                    self.error_at(py, plan, "WorkflowError", m, 1, None, Some(extra))
+                    let kind = EngineError::Workflow { exceptions: Some(exceptions) };
+                    self.engine_error_at(py, plan, kind, m, 1, None)
                 });
                 let err = err.unwrap_or_else(|e| e);
                 self.fail(slf, err);
@@ -359,36 +353,27 @@ fn collect(py: Python<'_>, sp: &mut SplitRun) {
         sp.running = sp.running.saturating_sub(1);
         let cancelled =
             task.call_method0(intern!(py, "cancelled")).and_then(|c| c.extract()).unwrap_or(false);
-        sp.slots[i] = if cancelled && sp.decided.is_some() {
-            Slot::Cancelled
-        } else if cancelled {
-            // The branch cancelled itself (raised CancelledError): a failure, not a hang.
-            sp.tally.failed += 1;
-            match task.call_method0(intern!(py, "result")) {
-                Err(e) => Slot::Failed(e.into_value(py).into_any()),
-                Ok(v) => Slot::Failed(v.unbind()),
-            }
+        // What the branch produced: its value, or the exception it would raise alone.
+        let (end, value) = if cancelled {
+            let err = match task.call_method0(intern!(py, "result")) {
+                Err(e) => e.into_value(py).into_any(),
+                Ok(v) => v.unbind(),
+            };
+            (BranchEnd::Cancelled, err)
         } else {
             match task.call_method0(intern!(py, "exception")) {
-                Ok(exc) if !exc.is_none() => {
-                    sp.tally.failed += 1;
-                    Slot::Failed(exc.unbind())
-                }
+                Ok(exc) if !exc.is_none() => (BranchEnd::Raised, exc.unbind()),
                 Ok(_) => match task.call_method0(intern!(py, "result")) {
-                    Ok(v) => {
-                        sp.tally.succeeded += 1;
-                        Slot::Succeeded(v.unbind())
-                    }
-                    Err(e) => {
-                        sp.tally.failed += 1;
-                        Slot::Failed(e.into_value(py).into_any())
-                    }
+                    Ok(v) => (BranchEnd::Returned, v.unbind()),
+                    Err(e) => (BranchEnd::Raised, e.into_value(py).into_any()),
                 },
-                Err(e) => {
-                    sp.tally.failed += 1;
-                    Slot::Failed(e.into_value(py).into_any())
-                }
+                Err(e) => (BranchEnd::Raised, e.into_value(py).into_any()),
             }
+        };
+        sp.slots[i] = match sp.tally.record(end, sp.decided.is_some()) {
+            Counted::Success => Slot::Succeeded(value),
+            Counted::Failure => Slot::Failed(value),
+            Counted::Cancelled => Slot::Cancelled,
         };
     }
 }

@@ -1,4 +1,4 @@
-//! Budgets: the total timeout of a run and the rollback budget after a failure.
+//! The rollback budget of a run after a failure: how long compensations may take.
 
 use std::time::Duration;
 

@@ -14,13 +14,13 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 /// The token fired.
-pub const SIG_CANCEL: u8 = 1;
+pub(super) const SIG_CANCEL: u8 = 1;
 /// The total timeout expired.
-pub const SIG_TOTAL: u8 = 2;
+pub(super) const SIG_TOTAL: u8 = 2;
 /// The attempt timeout expired.
-pub const SIG_ATTEMPT: u8 = 4;
+pub(super) const SIG_ATTEMPT: u8 = 4;
 /// The join timeout of a split expired.
-pub const SIG_JOIN: u8 = 8;
+pub(super) const SIG_JOIN: u8 = 8;
 
 static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
