@@ -16,6 +16,8 @@ them too::
 
 from __future__ import annotations
 
+import types
+
 __all__ = [
     "CanoError",
     "CheckpointError",
@@ -242,3 +244,12 @@ class KeyNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def _type_name(tp: object) -> str:
+    """A type as error messages show it: ``int``, ``pkg.module.Class``, or its repr."""
+    if isinstance(tp, type) and not isinstance(tp, types.GenericAlias):
+        if tp.__module__ == "builtins":
+            return tp.__qualname__
+        return f"{tp.__module__}.{tp.__qualname__}"
+    return repr(tp)

@@ -1,4 +1,4 @@
-"""Resources shared by the tasks of a workflow, their lifecycle, and the in-memory store.
+"""Resources shared by the tasks of a workflow, and their lifecycle.
 
 A :class:`Resources` map is handed to every task of a run. Values are looked up by key,
 optionally checked against a type::
@@ -11,7 +11,8 @@ Any value can be stored. A value with a ``setup`` or ``teardown`` method (see
 insertion order before the first state of a run and tears them down in reverse order after
 it, whatever its outcome. Overlapping runs sharing one ``Resources`` object share one
 setup: resources are set up when the first of them starts and torn down when the last one
-ends.
+ends. Health statuses live in :mod:`cano.health`, the in-memory store in
+:mod:`cano.memory_store` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ import asyncio
 import enum
 import inspect
 import logging
-import threading
-import types
 from collections.abc import Hashable, Iterable
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, Self, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, overload
 
 from cano.errors import (
-    KeyNotFoundError,
     ResourceError,
     ResourceNotFoundError,
     ResourceTypeError,
-    StoreError,
+    _type_name,
 )
+from cano.health import HealthStatus
+from cano.memory_store import MISSING, MemoryStore
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar
@@ -98,124 +98,6 @@ class Resource(Protocol):
     def health(self) -> HealthStatus:
         """Report whether the resource can currently be used (healthy unless overridden)."""
         return HealthStatus.healthy()
-
-
-HealthKind = Literal["healthy", "degraded", "unhealthy"]
-
-_SEVERITY: Final[dict[str, int]] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
-
-
-class HealthStatus:
-    """The health of one resource: healthy, degraded (usable, with a reason) or unhealthy.
-
-    Statuses are immutable and hashable, and order by severity
-    (healthy < degraded < unhealthy), so ``max(statuses)`` is the worst one::
-
-        HealthStatus.healthy().is_healthy                 # True
-        HealthStatus.degraded("replica lag").reason       # 'replica lag'
-        HealthStatus.degraded("slow") < HealthStatus.unhealthy("down")   # True
-    """
-
-    __slots__ = ("_kind", "_reason")
-
-    _kind: HealthKind
-    _reason: str | None
-
-    def __init__(self, kind: HealthKind, reason: str | None = None) -> None:
-        """Prefer :meth:`healthy`, :meth:`degraded` and :meth:`unhealthy`.
-
-        Raises ``ValueError`` for an unknown kind, a reason on a healthy status or a
-        missing reason on any other.
-        """
-        if kind not in _SEVERITY:
-            raise ValueError(f"unknown health kind {kind!r}: use healthy, degraded or unhealthy")
-        if (kind == "healthy") != (reason is None):
-            raise ValueError(
-                f"a {kind} HealthStatus {'takes no' if kind == 'healthy' else 'needs a'} reason"
-            )
-        object.__setattr__(self, "_kind", kind)
-        object.__setattr__(self, "_reason", reason)
-
-    @classmethod
-    def healthy(cls) -> HealthStatus:
-        """The resource works normally."""
-        return cls("healthy")
-
-    @classmethod
-    def degraded(cls, reason: str) -> HealthStatus:
-        """The resource works, but not as it should (``reason`` says why)."""
-        return cls("degraded", reason)
-
-    @classmethod
-    def unhealthy(cls, reason: str) -> HealthStatus:
-        """The resource cannot be used (``reason`` says why)."""
-        return cls("unhealthy", reason)
-
-    @property
-    def kind(self) -> HealthKind:
-        """``"healthy"``, ``"degraded"`` or ``"unhealthy"``."""
-        return self._kind
-
-    @property
-    def is_healthy(self) -> bool:
-        """True only for a healthy status (a degraded one is not healthy)."""
-        return self._kind == "healthy"
-
-    @property
-    def reason(self) -> str | None:
-        """Why the resource is degraded or unhealthy; ``None`` when healthy."""
-        return self._reason
-
-    @property
-    def severity(self) -> int:
-        """0 when healthy, 1 when degraded, 2 when unhealthy."""
-        return _SEVERITY[self._kind]
-
-    def _order(self) -> tuple[int, str]:
-        # Ties in severity are broken by reason so that the order is total.
-        return (self.severity, self._reason or "")
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"HealthStatus is immutable: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"HealthStatus is immutable: cannot delete {name!r}")
-
-    def __reduce__(self) -> tuple[type[HealthStatus], tuple[HealthKind, str | None]]:
-        return (HealthStatus, (self._kind, self._reason))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, HealthStatus):
-            return NotImplemented
-        return self._kind == other._kind and self._reason == other._reason
-
-    def __hash__(self) -> int:
-        return hash((self._kind, self._reason))
-
-    def __lt__(self, other: HealthStatus) -> bool:
-        if not isinstance(other, HealthStatus):
-            return NotImplemented
-        return self._order() < other._order()
-
-    def __le__(self, other: HealthStatus) -> bool:
-        if not isinstance(other, HealthStatus):
-            return NotImplemented
-        return self._order() <= other._order()
-
-    def __gt__(self, other: HealthStatus) -> bool:
-        if not isinstance(other, HealthStatus):
-            return NotImplemented
-        return self._order() > other._order()
-
-    def __ge__(self, other: HealthStatus) -> bool:
-        if not isinstance(other, HealthStatus):
-            return NotImplemented
-        return self._order() >= other._order()
-
-    def __repr__(self) -> str:
-        if self._reason is None:
-            return f"HealthStatus.{self._kind}()"
-        return f"HealthStatus.{self._kind}({self._reason!r})"
 
 
 class Resources(Generic[K]):
@@ -482,14 +364,6 @@ def _key_label(key: object) -> str:
     return repr(key)
 
 
-def _type_name(tp: object) -> str:
-    if isinstance(tp, type) and not isinstance(tp, types.GenericAlias):
-        if tp.__module__ == "builtins":
-            return tp.__qualname__
-        return f"{tp.__module__}.{tp.__qualname__}"
-    return repr(tp)
-
-
 def _check_type(key: object, value: object, type_: Any) -> None:
     try:
         matches = isinstance(value, type_)
@@ -555,106 +429,6 @@ async def _probe_health(key: object, value: object) -> HealthStatus:
             "not a HealthStatus"
         )
     return status
-
-
-class _Missing(enum.Enum):
-    MISSING = "MISSING"
-
-    def __repr__(self) -> str:
-        return "cano.MISSING"
-
-
-MISSING: Final = _Missing.MISSING
-"""Default of :meth:`MemoryStore.get`: no default given, a missing key raises."""
-
-
-class MemoryStore:
-    """A thread-safe in-memory key-value store that tasks share through :class:`Resources`.
-
-    Values are stored by reference: ``get`` returns the very object ``put`` stored, and
-    every holder of the store sees the same data. It has no setup or teardown and is always
-    healthy::
-
-        store = MemoryStore()
-        store.put("count", 1)
-        store.append("events", "started")     # ["started"]
-        store.get("missing", None)            # None
-        store.get("missing")                  # KeyNotFoundError (also a KeyError)
-    """
-
-    __slots__ = ("_data", "_lock")
-
-    def __init__(self) -> None:
-        """Create an empty store."""
-        self._data: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def put(self, key: str, value: object) -> None:
-        """Store ``value`` under ``key``, replacing any previous value (of any type)."""
-        with self._lock:
-            self._data[key] = value
-
-    def get(self, key: str, default: Any = MISSING) -> Any:
-        """The value under ``key``; ``default`` if given and the key is missing.
-
-        Raises :class:`cano.KeyNotFoundError` (also a ``KeyError``) naming the key when it is
-        missing and no default was given.
-        """
-        with self._lock:
-            try:
-                return self._data[key]
-            except KeyError:
-                if default is MISSING:
-                    raise KeyNotFoundError(f"key {key!r} not found in MemoryStore") from None
-                return default
-
-    def remove(self, key: str) -> None:
-        """Delete ``key``; a missing key is silently ignored."""
-        with self._lock:
-            self._data.pop(key, None)
-
-    def append(self, key: str, item: object) -> None:
-        """Append ``item`` to the list under ``key``, creating ``[item]`` if the key is missing.
-
-        The stored list is extended in place. Raises :class:`cano.StoreError` naming the key
-        and the type found when the existing value is not a list (the value is unchanged).
-        """
-        with self._lock:
-            current = self._data.get(key, MISSING)
-            if current is MISSING:
-                self._data[key] = [item]
-            elif isinstance(current, list):
-                current.append(item)
-            else:
-                raise StoreError(
-                    f"cannot append to key {key!r} in MemoryStore: its value is a "
-                    f"{_type_name(type(current))}, not a list"
-                )
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._data
-
-    def keys(self) -> list[str]:
-        """A snapshot of the keys, in insertion order."""
-        with self._lock:
-            return list(self._data)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._data)
-
-    def clear(self) -> None:
-        """Remove every key."""
-        with self._lock:
-            self._data.clear()
-
-    def health(self) -> HealthStatus:
-        """Always healthy."""
-        return HealthStatus.healthy()
-
-    def __repr__(self) -> str:
-        return f"MemoryStore({len(self)} keys)"
 
 
 def _release_in_background(resources: Resources[Any]) -> None:

@@ -24,6 +24,8 @@ use rustc_hash::FxHashMap;
 /// dispatcher calls resolved once per plan.
 pub struct StoreTarget {
     pub store: Py<PyAny>,
+    /// The embedded store, appended to directly from Rust (see `crate::store::RunLog`).
+    pub redb: Option<Py<crate::store::RedbCheckpointStore>>,
     /// `store.append` (a `CheckpointRow`), or `store._append_raw` (the row's fields).
     pub append: Py<PyAny>,
     pub raw: bool,
@@ -31,7 +33,7 @@ pub struct StoreTarget {
     pub load_run: Py<PyAny>,
 }
 
-gc_traverse!(StoreTarget { store, append, clear, load_run });
+gc_traverse!(StoreTarget { store, redb, append, clear, load_run });
 
 /// The compiled workflow. Frozen: runs read it without borrowing.
 #[pyclass(frozen, module = "cano._core", name = "Plan")]
@@ -162,7 +164,9 @@ fn store_target(store: Option<Py<PyAny>>, py: Python<'_>) -> PyResult<Option<Sto
     } else {
         s.getattr(pyo3::intern!(py, "append"))?
     };
+    let redb = s.cast::<crate::store::RedbCheckpointStore>().ok().map(|r| r.clone().unbind());
     Ok(Some(StoreTarget {
+        redb,
         append: append.unbind(),
         raw,
         clear: s.getattr(pyo3::intern!(py, "clear"))?.unbind(),

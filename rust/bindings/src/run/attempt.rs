@@ -227,6 +227,9 @@ impl Run {
     /// Carries out the retry mode's decision after attempt `self.attempt` failed.
     fn decide(&mut self, slf: &Bound<'_, Self>, plan: &Plan, err: PyErr, failure: Failure) {
         let py = slf.py();
+        // An engine error a task driver raised (a stream item timeout, ...) gets the run's
+        // state and path before it is reported or wrapped.
+        let err = self.contextualise(py, plan, err);
         let Some(handler) = self.handler(plan).map(|h| h.bind(py).clone()) else {
             return self.end(py, Err(err));
         };

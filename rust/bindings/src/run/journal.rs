@@ -15,6 +15,7 @@ use super::{After, Phase, Run};
 use crate::errors::{self, EngineError};
 use crate::gc_traverse;
 use crate::plan::{Handler, Hook, Plan};
+use crate::store::RunLog;
 use cano_core::{RowKind, StateId};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -37,9 +38,11 @@ pub struct Journal {
     sequence: Arc<AtomicU64>,
     /// False until a resumed run has read its log.
     pub loaded: bool,
+    /// The embedded store's handle for this run, made on its first row.
+    redb: Option<RunLog>,
 }
 
-gc_traverse!(Journal { workflow_id });
+gc_traverse!(Journal { workflow_id, redb });
 
 impl Journal {
     /// The journal of run `workflow_id`, when the plan has a store.
@@ -51,7 +54,12 @@ impl Journal {
     ) -> Option<Self> {
         let _ = py;
         plan.store.as_ref()?;
-        Some(Journal { workflow_id, sequence: Arc::new(AtomicU64::new(sequence)), loaded: true })
+        Some(Journal {
+            workflow_id,
+            sequence: Arc::new(AtomicU64::new(sequence)),
+            loaded: true,
+            redb: None,
+        })
     }
 
     #[inline]
@@ -93,9 +101,30 @@ impl Run {
         after: After,
     ) {
         let py = slf.py();
-        let (Some(store), Some(journal)) = (&plan.store, &self.journal) else {
+        let (Some(store), Some(journal)) = (&plan.store, &mut self.journal) else {
             return self.saved(slf, after);
         };
+        if let Some(redb) = &store.redb {
+            let seq = journal.sequence();
+            let label = plan.labels[self.cursor.state() as usize].bind(py);
+            let appended = (|| {
+                if journal.redb.is_none() {
+                    let id = journal.workflow_id.bind(py).to_str()?;
+                    journal.redb = Some(redb.get().run_log(py, id)?);
+                }
+                let log = journal.redb.as_ref().expect("made above");
+                let output = blob.as_ref().map(|b| b.as_bytes());
+                log.append(py, seq, kind, label.to_str()?, task_id.to_str()?, output, plan.version)
+            })();
+            return match appended {
+                Ok(waiter) => {
+                    // The waiter is its own iterator: driven directly, no `__await__` call.
+                    self.phase = Phase::Saving(after);
+                    self.inner = Some(waiter.into_any().unbind());
+                }
+                Err(e) => self.save_failed(slf, e),
+            };
+        }
         let id = journal.workflow_id.bind(py);
         let label = plan.label(py, self.cursor.state());
         let seq = journal.sequence();

@@ -29,22 +29,30 @@ pub fn start_run(
 ) -> Run {
     let py = plan.py();
     let p = plan.get();
+    let label_of = || {
+        LABEL_OF
+            .import(py, "cano._registration", "state_label")
+            .and_then(|f| f.call1((initial,)))
+            .and_then(|l| l.extract::<String>())
+            .unwrap_or_else(|_| initial.repr().map(|r| r.to_string()).unwrap_or_default())
+    };
     let verdict = match p.lookup(initial) {
         Some(id) => p.graph.check_initial(id).map(|()| id).map_err(|e| p.describe(py, &e)),
         None => {
-            let label = LABEL_OF
-                .import(py, "cano._registration", "state_label")
-                .and_then(|f| f.call1((initial,)))
-                .and_then(|l| l.extract::<String>())
-                .unwrap_or_else(|_| initial.repr().map(|r| r.to_string()).unwrap_or_default());
-            Err(format!("initial state {label} is neither registered nor an exit state"))
+            Err(format!("initial state {} is neither registered nor an exit state", label_of()))
         }
     };
     let mut run = match verdict {
         Ok(id) => Run::new(plan.clone().unbind(), Cursor::new(id), resources, lease, token),
         Err(message) => {
             let mut run = Run::new(plan.clone().unbind(), Cursor::new(0), resources, None, None);
-            run.fail_at_start(py, errors::configuration(py, message));
+            // The refused state is the failing one; no state was entered.
+            let ctx = errors::Context {
+                state: Some(pyo3::types::PyString::new(py, &label_of()).into_any()),
+                attempt: Some(0),
+                path: Some(pyo3::types::PyList::empty(py)),
+            };
+            run.fail_at_start(py, EngineError::Configuration.into_py(py, message, ctx, None));
             return run;
         }
     };

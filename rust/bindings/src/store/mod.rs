@@ -1,0 +1,400 @@
+//! `RedbCheckpointStore`: the embedded checkpoint store, as Python sees it.
+//!
+//! Every async method returns an awaitable bound to the running loop and queues a request to
+//! the store's writer thread (`cano_core::checkpoint::RedbStore`); nothing blocks the loop.
+//! The writer makes a whole batch durable at once; its completions only record outcomes
+//! (plain Rust data) in [`Shared::pending`], and never need the interpreter.
+//!
+//! **Waking a loop.** Each event loop that uses the store gets a [`Channel`]: a socket pair
+//! whose reading end is registered with `loop.add_reader`, with a [`Drain`] as callback.
+//! After a batch, the writer writes one byte to the channel of every loop that has outcomes
+//! waiting (at most one byte until the loop drained), without attaching to the interpreter;
+//! the loop then runs `Drain`, which resolves all of that loop's outcomes in one callback.
+//! Loops without `add_reader` (e.g. a Windows proactor loop) fall back to one
+//! `loop.call_soon_threadsafe(drain)` per batch, from the writer, attached.
+//!
+//! **Waiters.** The public methods return `asyncio.Future`s. `_append_raw`, the dispatcher's
+//! fast path, returns a [`Waiter`] instead: a small future-compatible object (the protocol
+//! `asyncio.Task` and `asyncio.isfuture` use) whose done-callbacks `Drain` runs directly,
+//! instead of scheduling one loop callback per row as `Future.set_result` does. `Drain` is
+//! itself a top-level loop callback, so running a task's wake-up there is what the loop
+//! would do one iteration later.
+
+//!
+//! - [`wake`]: the loops' wake-up channels and the `Drain` callback;
+//! - [`waiter`]: the `Waiter` future of a durable row;
+//! - [`rows`]: conversions between Python rows and core rows, and the store's errors;
+//! - [`RunLog`]: what one run needs to append its rows, resolved once per run.
+
+mod rows;
+mod waiter;
+mod wake;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cano_core::checkpoint::{codec, Completion, Durability, Entry, RedbStore, Row, StoreError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
+
+use crate::errors;
+use rows::{checkpoint_error, extract, field, output_bytes, row_kind};
+pub use waiter::Waiter;
+use wake::{close_blocking, CloseAtExit, Outcome, Pending, Shared, Target};
+
+pub(crate) static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ATEXIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The embedded, durable checkpoint store: one redb file per process.
+///
+/// ```python
+/// async with cano.RedbCheckpointStore("runs.redb") as store:
+///     wf.with_checkpoint_store(store)
+///     await wf.orchestrate(Step.START, workflow_id="order-7")
+/// ```
+///
+/// `durability="immediate"` (default) makes every appended row durable before `append`
+/// completes: concurrent appends share one record of a write-ahead log next to the file
+/// (`<path>.wal`) and one fsync; the rows reach the database file at periodic checkpoints
+/// and at `close()`, which deletes the log. A store reopened after a crash replays the log
+/// first. `"eventual"` skips the fsync (a crash may lose the last rows; `flush()` and
+/// `close()` make everything durable). Either way `load_run` sees every appended row.
+/// The file is opened, and locked, at construction: a second store on the same file, in
+/// this process or another, raises `CheckpointError`. Copy or move the file only while no
+/// store has it open (a closed store leaves no log behind).
+#[pyclass(frozen, module = "cano._core", name = "RedbCheckpointStore")]
+pub struct RedbCheckpointStore {
+    store: Arc<RedbStore>,
+    shared: Arc<Shared>,
+    path: String,
+    /// The `CloseAtExit` registered for this store, unregistered when it closes.
+    at_exit: Py<PyAny>,
+}
+
+/// What one run needs to append its rows, resolved once (on the run's first row, on the
+/// loop that drives it): the store, the loop's wake-up channel and the run's id. The
+/// dispatcher appends through it directly from Rust — no Python method call, argument
+/// tuple, running-loop lookup or channel search per row.
+pub struct RunLog {
+    store: Arc<RedbStore>,
+    shared: Arc<Shared>,
+    channel: u64,
+    event_loop: Py<PyAny>,
+    workflow_id: String,
+}
+
+crate::gc_traverse!(RunLog { event_loop });
+
+impl RunLog {
+    /// Queues one row of this run; the returned waiter completes once it is durable (or
+    /// committed, with `durability="eventual"`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn append<'py>(
+        &self,
+        py: Python<'py>,
+        sequence: u64,
+        kind: cano_core::RowKind,
+        state: &str,
+        task_id: &str,
+        output: Option<&[u8]>,
+        version: u32,
+    ) -> PyResult<Bound<'py, Waiter>> {
+        let mut envelope = Vec::with_capacity(16 + state.len() + task_id.len());
+        codec::encode_fields(kind, version, state, task_id, output, &mut envelope);
+        let entry = Entry { workflow_id: self.workflow_id.clone(), sequence, envelope };
+        let waiter = Bound::new(py, Waiter::new(self.event_loop.clone_ref(py)))?;
+        let shared = self.shared.clone();
+        let channel = self.channel;
+        let target = Target::Waiter(waiter.clone().unbind());
+        let done = move |result: Result<(), StoreError>| {
+            let outcome = match result {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(e),
+            };
+            shared.pending.lock().push(Pending { channel, target, outcome });
+        };
+        self.store.append_entry(entry, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(waiter)
+    }
+
+    /// True while this handle may be used from the running loop (a run is driven by one
+    /// loop; a handle made on another is not reused).
+    pub fn serves(&self, event_loop: &Bound<'_, PyAny>) -> bool {
+        self.event_loop.bind(event_loop.py()).is(event_loop)
+    }
+}
+
+impl RedbCheckpointStore {
+    /// The handle run `workflow_id` appends through, for the running loop.
+    pub fn run_log(&self, py: Python<'_>, workflow_id: &str) -> PyResult<RunLog> {
+        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+        let channel = self.shared.channel(&event_loop)?;
+        Ok(RunLog {
+            store: self.store.clone(),
+            shared: self.shared.clone(),
+            channel,
+            event_loop: event_loop.unbind(),
+            workflow_id: workflow_id.to_owned(),
+        })
+    }
+
+    /// A future of the running loop, and the completion that will resolve it.
+    fn waiter<'py, T: Send + 'static>(
+        &self,
+        py: Python<'py>,
+        outcome: fn(T) -> Outcome,
+    ) -> PyResult<(Bound<'py, PyAny>, Completion<T>)> {
+        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+        let channel = self.shared.channel(&event_loop)?;
+        let future = event_loop.call_method0(intern!(py, "create_future"))?;
+        let shared = self.shared.clone();
+        let target = Target::Future(future.clone().unbind());
+        let done: Completion<T> = Box::new(move |result: Result<T, StoreError>| {
+            let outcome = match result {
+                Ok(v) => outcome(v),
+                Err(e) => Outcome::Failed(e),
+            };
+            shared.pending.lock().push(Pending { channel, target, outcome });
+        });
+        Ok((future, done))
+    }
+
+    fn append_row<'py>(&self, py: Python<'py>, row: Row) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, |()| Outcome::Done)?;
+        self.store.append(row, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    fn close_blocking(&self, py: Python<'_>) -> Result<(), StoreError> {
+        let result = close_blocking(py, &self.store, &self.shared);
+        self.forget_at_exit(py);
+        result
+    }
+
+    fn forget_at_exit(&self, py: Python<'_>) {
+        // Fails only while the interpreter shuts down, when there is nothing left to forget.
+        let _ = ATEXIT
+            .import(py, "atexit", "unregister")
+            .and_then(|unregister| unregister.call1((self.at_exit.bind(py),)));
+    }
+}
+
+#[pymethods]
+impl RedbCheckpointStore {
+    #[new]
+    #[pyo3(signature = (path, *, durability = "immediate"))]
+    fn new(py: Python<'_>, path: PathBuf, durability: &str) -> PyResult<Self> {
+        let level = match durability {
+            "immediate" => Durability::Immediate,
+            "eventual" => Durability::Eventual,
+            other => {
+                return Err(errors::configuration(
+                    py,
+                    format!("durability must be \"immediate\" or \"eventual\", got {other:?}"),
+                ))
+            }
+        };
+        let shared = Arc::new(Shared::default());
+        let hook_shared = shared.clone();
+        let hook = Box::new(move || hook_shared.wake_from_writer());
+        let opened = py.detach(|| RedbStore::open_with_hook(&path, level, Some(hook)));
+        let store = Arc::new(opened.map_err(|e| checkpoint_error(py, &e))?);
+        let at_exit =
+            Py::new(py, CloseAtExit { store: Arc::downgrade(&store), shared: shared.clone() })?
+                .into_any();
+        let registered = py.import("atexit").and_then(|m| m.call_method1("register", (&at_exit,)));
+        if let Err(e) = registered {
+            let _ = close_blocking(py, &store, &shared);
+            return Err(e);
+        }
+        Ok(RedbCheckpointStore { store, shared, path: path.display().to_string(), at_exit })
+    }
+
+    /// Appends `row` (a `cano.store.CheckpointRow`); the future completes once the row is
+    /// committed (and on disk, with `durability="immediate"`). A row already stored at the
+    /// same `(workflow_id, sequence)` fails it with `CheckpointError` and is kept.
+    fn append<'py>(&self, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = row.py();
+        let kind_value = field(row, "kind")?;
+        let kind_value = kind_value.getattr(intern!(py, "value")).unwrap_or(kind_value);
+        let output = field(row, "output")?;
+        let row = Row {
+            workflow_id: extract(&field(row, "workflow_id")?, "workflow_id", "a str")?,
+            sequence: extract(&field(row, "sequence")?, "sequence", "an int >= 0")?,
+            state: extract(&field(row, "state")?, "state", "a str")?,
+            task_id: extract(&field(row, "task_id")?, "task_id", "a str")?,
+            kind: row_kind(extract(&kind_value, "kind", "a RowKind")?)?,
+            output: output_bytes(&output)?,
+            workflow_version: extract(
+                &field(row, "workflow_version")?,
+                "workflow_version",
+                "an int in [0, 2**32)",
+            )?,
+        };
+        self.append_row(py, row)
+    }
+
+    /// `append` without building a `CheckpointRow` (used by the dispatcher). Returns a
+    /// lightweight future-compatible awaitable rather than an `asyncio.Future` (see the
+    /// module docs); it completes with `None` once the row is durable.
+    #[allow(clippy::too_many_arguments)]
+    fn _append_raw<'py>(
+        &self,
+        py: Python<'py>,
+        workflow_id: String,
+        sequence: u64,
+        state: &str,
+        task_id: &str,
+        kind: u8,
+        output: Option<&[u8]>,
+        version: u32,
+    ) -> PyResult<Bound<'py, Waiter>> {
+        // Encoded here, straight from the Python strings: one buffer instead of a `Row`.
+        let mut envelope = Vec::new();
+        codec::encode_fields(row_kind(kind)?, version, state, task_id, output, &mut envelope);
+        let entry = Entry { workflow_id, sequence, envelope };
+        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+        let channel = self.shared.channel(&event_loop)?;
+        let waiter = Bound::new(py, Waiter::new(event_loop.unbind()))?;
+        let shared = self.shared.clone();
+        let target = Target::Waiter(waiter.clone().unbind());
+        let done = move |result: Result<(), StoreError>| {
+            let outcome = match result {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(e),
+            };
+            shared.pending.lock().push(Pending { channel, target, outcome });
+        };
+        self.store.append_entry(entry, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(waiter)
+    }
+
+    /// Every row of `workflow_id` as `CheckpointRow`s, ascending by sequence (`[]` if none).
+    fn load_run<'py>(&self, py: Python<'py>, workflow_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, Outcome::Rows)?;
+        self.store.load_run(workflow_id, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// Removes every row of `workflow_id`; an unknown id is not an error.
+    fn clear<'py>(&self, py: Python<'py>, workflow_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, |()| Outcome::Done)?;
+        self.store.clear(workflow_id, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// The workflow ids that have rows, sorted.
+    fn list_runs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, Outcome::RunIds)?;
+        self.store.list_runs(done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// One dict per run, sorted by id:
+    /// `{"workflow_id", "rows", "last_state", "last_sequence"}` (what `cano runs list` shows).
+    fn runs_summary<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, Outcome::Summaries)?;
+        self.store.list_runs(done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// Blocks until every row appended so far is on disk (a no-op cost with "immediate").
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.store.flush_blocking()).map_err(|e| checkpoint_error(py, &e))
+    }
+
+    /// Flushes, releases the file and stops the writer thread. Idempotent. Afterwards every
+    /// method raises `CheckpointError`.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.close_blocking(py).map_err(|e| checkpoint_error(py, &e))
+    }
+
+    /// The file this store writes.
+    #[getter]
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `"immediate"` or `"eventual"`.
+    #[getter]
+    fn durability(&self) -> &'static str {
+        self.store.durability().as_str()
+    }
+
+    /// True once `close()` (or leaving a `with` block) closed the store.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.store.is_closed()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: &Bound<'_, PyAny>,
+        exc_value: &Bound<'_, PyAny>,
+        traceback: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let _ = (exc_type, exc_value, traceback);
+        self.close(py)
+    }
+
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+        let future = event_loop.call_method0(intern!(py, "create_future"))?;
+        future.call_method1(intern!(py, "set_result"), (slf,))?;
+        Ok(future)
+    }
+
+    /// Closes without blocking the loop: the future completes once the file is released.
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        exc_type: &Bound<'py, PyAny>,
+        exc_value: &Bound<'py, PyAny>,
+        traceback: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = (exc_type, exc_value, traceback);
+        let (future, done) = self.waiter(py, |()| Outcome::Done)?;
+        self.forget_at_exit(py);
+        match self.store.close_with(done) {
+            Ok(()) => {}
+            Err(StoreError::Closed { .. }) => {
+                future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
+            Err(e) => return Err(checkpoint_error(py, &e)),
+        }
+        Ok(future)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let path = PyString::new(py, &self.path).repr()?;
+        let closed = if self.store.is_closed() { ", closed" } else { "" };
+        Ok(format!(
+            "RedbCheckpointStore({path}, durability='{}'{closed})",
+            self.store.durability().as_str()
+        ))
+    }
+}
+
+impl Drop for RedbCheckpointStore {
+    fn drop(&mut self) {
+        // Dropped by Python, attached. Even a closed store may still have its writer thread
+        // finishing the close batch (`__aexit__` does not wait for it): join it detached,
+        // then wake the loops ourselves.
+        Python::attach(|py| {
+            let _ = self.close_blocking(py);
+            // Closes the writing end of every loop's socket: each `Drain` sees the end of
+            // the stream, resolves what is left for its loop and unregisters itself. The
+            // outcomes stay in `Shared`, which the `Drain`s keep alive.
+            let channels = std::mem::take(&mut *self.shared.channels.lock());
+            drop(channels);
+        });
+    }
+}
