@@ -1,24 +1,27 @@
 //! Checkpoint logs: the rows a run writes so it can be resumed, and the embedded redb store.
 //!
-//! - [`row`]: [`Row`], [`RowKind`] and [`RunSummary`];
-//! - [`codec`]: the versioned binary envelope a row's value is stored as;
-//! - [`error`]: [`StoreError`], what a store can refuse;
-//! - [`redb_store`]: [`RedbStore`], one file, one writer thread, group commit;
-//! - [`wal`]: the write-ahead log that makes an immediate group commit one sequential fsync;
-//! - [`overlay`]: the rows the log holds and redb does not yet, merged into every read;
-//! - `recovery`: replaying the log when a store is opened after a crash;
-//! - [`resume_point`]: where a crashed run resumes, from its rows.
+//! - [`Row`], [`RowKind`], [`RunSummary`] (`row`) and the value envelope ([`codec`]);
+//! - [`resume_point`]: where a crashed run resumes, from its rows (`resume`);
+//! - [`RedbStore`]: one file, one writer thread, group commit (`redb_store`: the API, its
+//!   writer thread, fork detection);
+//! - [`wal`]: the write-ahead log that makes an immediate group commit one sequential sync;
+//! - `overlay`: the rows the log holds and redb does not yet, merged into every read;
+//! - `replay`: replaying the log when a store is opened after a crash;
+//! - `schema`, `reads`: the tables, and reading runs from them;
+//! - [`StoreError`] (`error`): what a store can refuse.
 
 pub mod codec;
-pub mod error;
-pub mod overlay;
-mod recovery;
-pub mod redb_store;
+mod error;
+mod overlay;
+mod reads;
+mod redb_store;
+mod replay;
 mod resume;
-pub mod row;
+mod row;
+mod schema;
 pub mod wal;
 
 pub use error::StoreError;
-pub use redb_store::{BatchHook, Completion, Durability, Entry, RedbStore};
+pub use redb_store::{BatchHook, Completion, Durability, RedbStore};
 pub use resume::{resume_point, ResumeError, ResumePoint};
-pub use row::{Row, RowKind, RunSummary};
+pub use row::{Entry, Row, RowKind, RunSummary};

@@ -17,8 +17,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::codec;
 use super::error::StoreError;
-use super::redb_store::{load_run, Entry, TABLE};
-use super::row::{Row, RunSummary};
+use super::reads::load_run;
+use super::row::{Entry, Row, RunSummary};
+use super::schema::TABLE;
 
 /// What redb holds for a run, as far as the overlay knows (redb only changes at checkpoints,
 /// which empty the overlay, so what was learnt stays true until then).

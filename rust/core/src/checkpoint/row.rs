@@ -1,5 +1,7 @@
 //! The rows of a run's checkpoint log.
 
+use super::codec;
+
 /// Why a row was written. The discriminants are the stored bytes and the Python
 /// `cano.store.RowKind` values: never renumber them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -64,4 +66,20 @@ pub struct RunSummary {
     /// The state label and sequence of the run's last row.
     pub last_state: String,
     pub last_sequence: u64,
+}
+
+/// A row ready to be stored: its key, and its value already encoded (see [`codec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub workflow_id: String,
+    pub sequence: u64,
+    pub envelope: Vec<u8>,
+}
+
+impl Entry {
+    /// Encodes `row`.
+    pub fn from_row(row: Row) -> Self {
+        let envelope = codec::encode(&row);
+        Entry { workflow_id: row.workflow_id, sequence: row.sequence, envelope }
+    }
 }

@@ -1,6 +1,8 @@
 use super::*;
+use crate::checkpoint::schema::{META, META_GENERATION, TABLE};
 use crate::checkpoint::RowKind;
 use redb::ReadableDatabase;
+use redb::TableDefinition;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Barrier;
 

@@ -1,22 +1,15 @@
-//! Opening a store after a crash: the write-ahead log's records that redb does not hold yet
+//! Replaying the write-ahead log when a store opens after a crash: the write-ahead log's records that redb does not hold yet
 //! are replayed into it, in one durable commit that also retires them (see [`wal`]).
 //!
 //! [`wal`]: super::wal
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable};
 
 use super::error::{path_text, StoreError};
-use super::redb_store::TABLE;
+use super::schema::{META, META_GENERATION, META_STORE_ID, TABLE};
 use super::wal::{self, WalOp};
-
-/// What the write-ahead log needs to know about the database (see [`wal`]).
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("cano_meta");
-/// A random id, so that a log never replays into another database.
-pub(super) const META_STORE_ID: &str = "wal_store_id";
-/// The generation of log records the database does not hold yet.
-pub(super) const META_GENERATION: &str = "wal_generation";
 
 /// Opens the store's tables in one durable transaction: replays the records a crash left in
 /// the write-ahead log at `wal_path` (see [`wal`]), and moves the log to a new generation, so

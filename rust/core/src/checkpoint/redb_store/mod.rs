@@ -1,0 +1,430 @@
+//! The embedded checkpoint store: one redb file, one writer thread, group commit.
+//!
+//! Every request (append, clear, load, list, flush, close) goes through one channel to the
+//! store's writer thread, so their order is total: a `load_run` sees every `append` submitted
+//! before it, whatever the durability. The writer takes everything queued, applies it as one
+//! batch, makes the batch durable once (one fsync for all of it), and only then calls each
+//! request's completion. A caller that must not continue before its row is on disk waits for
+//! its completion; nobody blocks on anybody else's fsync.
+//!
+//! Completions run on the writer thread, in submission order, once the batch is durable (or,
+//! with [`Durability::Eventual`], committed). After each batch the optional *batch hook* runs
+//! once: the Python bindings use it to wake each event loop once per batch instead of once
+//! per row.
+//!
+//! **[`Durability::Immediate`]: a write-ahead log.** A redb commit that must reach the disk
+//! writes several pages at scattered offsets; a batch instead becomes one record appended to
+//! a log next to the database (`<path>.wal`, see [`wal`]) and one `fdatasync`,
+//! about the cost of the disk's fsync alone. Its rows go to an in-memory
+//! [`overlay`](super::overlay) that every read merges over redb, and reach redb in a
+//! *checkpoint*: one durable redb commit that also retires the log's records (they are
+//! stamped with a generation that the same commit bumps). A checkpoint runs every few
+//! thousand batches, and at close. Opening a store replays the records a crash left.
+//!
+//! **[`Durability::Eventual`]**: no log; each batch is a redb commit without fsync, and
+//! `flush` and `close` commit durably.
+
+mod fork;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use redb::Database;
+
+use super::error::{path_text, StoreError};
+use super::replay::recover;
+use super::row::{Entry, Row, RunSummary};
+use super::wal::{self, Wal};
+use fork::fork_generation;
+use writer::Writer;
+
+/// With a write-ahead log, a checkpoint is also due once the overlay holds this many rows.
+const CHECKPOINT_ROWS: usize = 50_000;
+
+/// At most this many requests share one write transaction, so one huge burst cannot delay
+/// the first caller's completion indefinitely.
+const MAX_BATCH: usize = 4096;
+
+/// Called once with the outcome of a request, on the writer thread.
+pub type Completion<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+/// Runs on the writer thread after the completions of each batch have run.
+pub type BatchHook = Box<dyn FnMut() + Send>;
+
+/// When a commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is fsynced before its completions run: an appended row survives a crash.
+    Immediate,
+    /// Commits are not fsynced; `flush` and `close` make everything durable. A crash may lose
+    /// the rows of the last commits, never corrupt the file. Reads in this process see every
+    /// row either way.
+    Eventual,
+}
+
+impl Durability {
+    /// `"immediate"` or `"eventual"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Immediate => "immediate",
+            Durability::Eventual => "eventual",
+        }
+    }
+}
+
+enum Request {
+    Append(Entry, Completion<()>),
+    Clear(String, Completion<()>),
+    LoadRun(String, Completion<Vec<Row>>),
+    ListRuns(Completion<Vec<RunSummary>>),
+    Flush(Completion<()>),
+    Close(Completion<()>),
+}
+
+/// What a request gets back, before its completion is called.
+enum Answer {
+    Unit(Result<(), StoreError>),
+    Rows(Result<Vec<Row>, StoreError>),
+    Runs(Result<Vec<RunSummary>, StoreError>),
+}
+
+impl Answer {
+    fn is_ok(&self) -> bool {
+        match self {
+            Answer::Unit(r) => r.is_ok(),
+            Answer::Rows(r) => r.is_ok(),
+            Answer::Runs(r) => r.is_ok(),
+        }
+    }
+
+    fn failed(request: &Request, err: StoreError) -> Answer {
+        match request {
+            Request::LoadRun(..) => Answer::Rows(Err(err)),
+            Request::ListRuns(..) => Answer::Runs(Err(err)),
+            _ => Answer::Unit(Err(err)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    commits: AtomicU64,
+    batches: AtomicU64,
+    checkpoints: AtomicU64,
+    wal_syncs: AtomicU64,
+}
+
+/// A redb checkpoint store. Cheap to share behind an `Arc`; every method may be called from
+/// any thread. Dropping the store closes it (flushes and joins the writer thread).
+pub struct RedbStore {
+    path: PathBuf,
+    durability: Durability,
+    owner_pid: u32,
+    /// [`fork_generation`] when the store was opened.
+    forks: u64,
+    /// `None` once closed: no request can be queued behind `Close`.
+    sender: Mutex<Option<Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    writer_id: std::thread::ThreadId,
+    stats: Arc<Stats>,
+    replayed: usize,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path` and starts its writer thread.
+    ///
+    /// Fails with [`StoreError::InUse`] if another process or another store of this process
+    /// has the file open, [`StoreError::NotAStore`] if the file is not a redb checkpoint store,
+    /// and [`StoreError::Io`] if it cannot be created or read.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with_hook(path, durability, None)
+    }
+
+    /// [`open`](Self::open) with a hook run on the writer thread after every batch.
+    pub fn open_with_hook(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        hook: Option<BatchHook>,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        // Takes the file lock: from here on the log next to the file is ours alone.
+        let db = Database::create(&path).map_err(|e| StoreError::from_redb(&path, e))?;
+        let wal_path = wal::wal_path(&path);
+        let (store_id, generation, replayed) = recover(&db, &path, &wal_path)?;
+        let wal = match durability {
+            Durability::Immediate => Some(Wal::open(wal_path, store_id, generation)?),
+            Durability::Eventual => {
+                wal::remove(&wal_path)?;
+                None
+            }
+        };
+
+        let stats = Arc::new(Stats::default());
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer::new(db, path.clone(), stats.clone(), hook, wal);
+        let handle = std::thread::Builder::new()
+            .name("cano-checkpoint-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StoreError::Io { path: path_text(&path), message: e.to_string() })?;
+        let writer_id = handle.thread().id();
+        Ok(RedbStore {
+            path,
+            durability,
+            owner_pid: std::process::id(),
+            forks: fork_generation(),
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+            writer_id,
+            stats,
+            replayed,
+        })
+    }
+
+    /// The file this store writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// True once `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.sender.lock().is_none()
+    }
+
+    /// How many group commits the writer made (the opening one excluded): with
+    /// [`Durability::Immediate`], log records plus checkpoints; with
+    /// [`Durability::Eventual`], redb commits.
+    pub fn commit_count(&self) -> u64 {
+        self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// How many batches the writer processed.
+    pub fn batch_count(&self) -> u64 {
+        self.stats.batches.load(Ordering::Relaxed)
+    }
+
+    /// How many durable redb commits the writer made since the store opened (with
+    /// [`Durability::Immediate`]: checkpoints of the write-ahead log).
+    pub fn checkpoint_count(&self) -> u64 {
+        self.stats.checkpoints.load(Ordering::Relaxed)
+    }
+
+    /// How many times the writer synced the write-ahead log (one per durable batch that was
+    /// not a checkpoint).
+    pub fn wal_sync_count(&self) -> u64 {
+        self.stats.wal_syncs.load(Ordering::Relaxed)
+    }
+
+    /// How many write-ahead log records opening the store replayed into the database (records
+    /// a crash left behind before their checkpoint).
+    pub fn replayed_records(&self) -> usize {
+        self.replayed
+    }
+
+    /// Queues `row`; `done` gets `Ok` once it is committed (and durable, for
+    /// [`Durability::Immediate`]), or [`StoreError::Conflict`] if the key is taken.
+    ///
+    /// Like every request method, an `Err` here means nothing was queued and `done` was
+    /// dropped without being called.
+    pub fn append(
+        &self,
+        row: Row,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.append_entry(Entry::from_row(row), done)
+    }
+
+    /// [`append`](Self::append) of a row encoded by the caller (see [`codec::encode_fields`]).
+    pub fn append_entry(
+        &self,
+        entry: Entry,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.submit(Request::Append(entry, Box::new(done)))
+    }
+
+    /// Queues the removal of every row of `workflow_id` (a no-op for an unknown id).
+    pub fn clear(
+        &self,
+        workflow_id: impl Into<String>,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.submit(Request::Clear(workflow_id.into(), Box::new(done)))
+    }
+
+    /// Queues a read of every row of `workflow_id`, ascending by sequence.
+    pub fn load_run(
+        &self,
+        workflow_id: impl Into<String>,
+        done: impl FnOnce(Result<Vec<Row>, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.submit(Request::LoadRun(workflow_id.into(), Box::new(done)))
+    }
+
+    /// Queues a summary of every run in the store, ordered by workflow id.
+    pub fn list_runs(
+        &self,
+        done: impl FnOnce(Result<Vec<RunSummary>, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.submit(Request::ListRuns(Box::new(done)))
+    }
+
+    /// Queues a flush: `done` runs once everything queued before it is durable.
+    pub fn flush(
+        &self,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.submit(Request::Flush(Box::new(done)))
+    }
+
+    /// Starts closing: no request is accepted after this one; `done` runs once everything
+    /// queued before is durable and the file is released. Returns [`StoreError::Closed`] if
+    /// the store was already closing.
+    pub fn close_with(
+        &self,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.check_process()?;
+        let sender = self.sender.lock().take();
+        match sender {
+            None => Err(self.closed()),
+            Some(s) => s.send(Request::Close(Box::new(done))).map_err(|_| self.writer_gone()),
+        }
+    }
+
+    /// Closes the store: flushes, releases the file and joins the writer thread. Blocks
+    /// (except on the writer thread itself, where it only queues the close).
+    /// Idempotent: closing a closed store returns `Ok(())`.
+    pub fn close(&self) -> Result<(), StoreError> {
+        if std::thread::current().id() == self.writer_id {
+            // Dropped by one of its own completions: the writer cannot wait for itself; it
+            // stops after the current batch, having flushed.
+            return match self.close_with(|_| {}) {
+                Ok(()) | Err(StoreError::Closed { .. }) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let outcome = match self.close_with(move |r| {
+            let _ = tx.send(r);
+        }) {
+            Ok(()) => rx.recv().unwrap_or_else(|_| Err(self.writer_gone())),
+            Err(StoreError::Closed { .. }) => Ok(()),
+            Err(e) => return Err(e),
+        };
+        // Held while joining, so a concurrent `close` returns only once the file is released.
+        let mut writer = self.writer.lock();
+        if let Some(handle) = writer.take() {
+            if handle.join().is_err() && outcome.is_ok() {
+                return Err(self.writer_gone());
+            }
+        }
+        outcome
+    }
+
+    /// [`append`](Self::append), waiting for the outcome.
+    pub fn append_blocking(&self, row: Row) -> Result<(), StoreError> {
+        self.wait(|done| self.append(row, done))
+    }
+
+    /// [`clear`](Self::clear), waiting for the outcome.
+    pub fn clear_blocking(&self, workflow_id: impl Into<String>) -> Result<(), StoreError> {
+        self.wait(|done| self.clear(workflow_id, done))
+    }
+
+    /// [`load_run`](Self::load_run), waiting for the rows.
+    pub fn load_run_blocking(
+        &self,
+        workflow_id: impl Into<String>,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.wait(|done| self.load_run(workflow_id, done))
+    }
+
+    /// [`list_runs`](Self::list_runs), waiting for the summaries.
+    pub fn list_runs_blocking(&self) -> Result<Vec<RunSummary>, StoreError> {
+        self.wait(|done| self.list_runs(done))
+    }
+
+    /// [`flush`](Self::flush), waiting until everything queued before is durable.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.wait(|done| self.flush(done))
+    }
+
+    fn wait<T: Send + 'static>(
+        &self,
+        submit: impl FnOnce(Completion<T>) -> Result<(), StoreError>,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        submit(Box::new(move |r| {
+            let _ = tx.send(r);
+        }))?;
+        rx.recv().unwrap_or_else(|_| Err(self.writer_gone()))
+    }
+
+    fn submit(&self, request: Request) -> Result<(), StoreError> {
+        self.check_process()?;
+        let sender = self.sender.lock();
+        match sender.as_ref() {
+            None => Err(self.closed()),
+            Some(s) => s.send(request).map_err(|_| self.writer_gone()),
+        }
+    }
+
+    /// The writer thread does not exist in a `fork()` child, and the parent's file lock is
+    /// shared with it: refuse rather than hang or write behind the parent's back.
+    fn check_process(&self) -> Result<(), StoreError> {
+        if fork_generation() == self.forks {
+            Ok(())
+        } else {
+            Err(StoreError::Forked {
+                path: path_text(&self.path),
+                owner_pid: self.owner_pid,
+                pid: std::process::id(),
+            })
+        }
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed { path: path_text(&self.path) }
+    }
+
+    fn writer_gone(&self) -> StoreError {
+        StoreError::WriterFailed {
+            path: path_text(&self.path),
+            reason: "it stopped before answering".into(),
+        }
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        if self.check_process().is_err() {
+            // In a fork() child the writer thread and its channel belong to the parent.
+            std::mem::forget(self.writer.get_mut().take());
+            std::mem::forget(self.sender.get_mut().take());
+            return;
+        }
+        let _ = self.close();
+    }
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,13 @@
+//! The tables of a redb checkpoint store: one place for the schema every module reads.
+
+use redb::TableDefinition;
+
+/// The rows of a store: `(workflow_id, sequence)` → envelope (see [`codec`]).
+pub const TABLE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("cano_checkpoints");
+
+/// What the write-ahead log needs to know about the database (see [`wal`]).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("cano_meta");
+/// A random id, so that a log never replays into another database.
+pub const META_STORE_ID: &str = "wal_store_id";
+/// The generation of log records the database does not hold yet.
+pub const META_GENERATION: &str = "wal_generation";
