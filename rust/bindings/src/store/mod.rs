@@ -373,6 +373,11 @@ impl RedbCheckpointStore {
         Ok(future)
     }
 
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        crate::gc::PyGcTraverse::py_gc_traverse(&*self.shared, &visit)?;
+        visit.call(&self.at_exit)
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let path = PyString::new(py, &self.path).repr()?;
         let closed = if self.store.is_closed() { ", closed" } else { "" };

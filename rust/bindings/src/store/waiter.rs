@@ -8,6 +8,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::gc::PyGcTraverse;
+
 use super::rows::checkpoint_error;
 use super::wake::Outcome;
 
@@ -334,18 +336,14 @@ impl Waiter {
 
     pub(super) fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
-        if let Some(inner) = self.inner.try_lock() {
-            match &inner.state {
-                WaiterState::Failed(e) => visit.call(e)?,
-                WaiterState::Cancelled(Some(m)) => visit.call(m)?,
-                _ => {}
-            }
-            for (cb, ctx) in inner.callbacks.iter() {
-                visit.call(cb)?;
-                if let Some(c) = ctx {
-                    visit.call(c)?;
-                }
-            }
+        let inner = self.inner.lock();
+        match &inner.state {
+            WaiterState::Failed(e) => visit.call(e)?,
+            WaiterState::Cancelled(Some(m)) => visit.call(m)?,
+            _ => {}
+        }
+        for callback in inner.callbacks.iter() {
+            callback.py_gc_traverse(&visit)?;
         }
         Ok(())
     }

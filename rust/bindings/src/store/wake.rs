@@ -10,6 +10,9 @@ use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::gc::PyGcTraverse;
 
 use super::rows::{checkpoint_error, rows_to_python, summaries_to_python};
 use super::waiter::Waiter;
@@ -56,9 +59,33 @@ pub(super) struct Channel {
     pub(super) wake: Wake,
 }
 
+crate::gc_traverse!(Pending { target });
+crate::gc_traverse!(Channel { event_loop, wake });
+
+impl PyGcTraverse for Target {
+    fn py_gc_traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Target::Future(f) => visit.call(f),
+            Target::Waiter(w) => visit.call(w),
+        }
+    }
+}
+
+impl PyGcTraverse for Wake {
+    fn py_gc_traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            #[cfg(unix)]
+            Wake::Socket(_) => Ok(()),
+            Wake::Threadsafe(drain) => visit.call(drain),
+        }
+    }
+}
+
 /// Shared by the Python object, the writer thread's completions and batch hook, and the
 /// loops' `Drain`s. Nothing here is dropped by the writer thread: it only moves the `Py`
 /// references of a completion into `pending`.
+/// Held behind an `Arc` by the store, its `Drain`s, its at-exit hook and the writer's batch
+/// hook: only the store visits it (see `crate::gc`).
 #[derive(Default)]
 pub(super) struct Shared {
     pub(super) pending: Mutex<Vec<Pending>>,
@@ -68,6 +95,8 @@ pub(super) struct Shared {
     /// then (the closing thread wakes the `call_soon_threadsafe` loops itself afterwards).
     pub(super) hold: AtomicBool,
 }
+
+crate::gc_traverse!(Shared { pending, channels });
 
 impl Shared {
     /// The channels that have outcomes waiting.
