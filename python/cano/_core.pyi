@@ -213,7 +213,13 @@ class RedbCheckpointStore:
     """The embedded, durable checkpoint store: one redb file per process."""
 
     def __new__(
-        cls, path: str | _os.PathLike[str], *, durability: str = "immediate"
+        cls,
+        path: str | _os.PathLike[str],
+        *,
+        durability: str = "immediate",
+        read_only: bool = False,
+        create: bool = True,
+        repair: bool = False,
     ) -> RedbCheckpointStore: ...
     def append(self, row: _CheckpointRow) -> _asyncio.Future[None]: ...
     def _append_raw(
@@ -238,6 +244,10 @@ class RedbCheckpointStore:
     def durability(self) -> str: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def read_only(self) -> bool: ...
+    @property
+    def repair_report(self) -> dict[str, Any] | None: ...
     def __enter__(self) -> _Self: ...
     def __exit__(
         self,

@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from cano import _demo as demo
 from cano._demo import describe_output
-from cano.errors import CanoError
+from cano.errors import CanoError, CheckpointError
 from cano.store import CheckpointRow, RedbCheckpointStore
 from cano.stores import SqliteCheckpointStore
 from cano.workflow import Workflow
@@ -118,10 +118,11 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _REDB_MAGIC = b"redb"
 
 
-def _open_store(spec: str) -> RedbCheckpointStore | SqliteCheckpointStore:
+def _open_store(spec: str, *, write: bool = False) -> RedbCheckpointStore | SqliteCheckpointStore:
     """The store named by ``--store``: ``sqlite:///ABS/PATH`` or ``sqlite:REL/PATH``, a
     ``postgresql://`` URL (not available yet), or a file path: a SQLite file (by its header,
-    or by a .db/.sqlite/.sqlite3 name) or a redb file. Never creates anything."""
+    or by a .db/.sqlite/.sqlite3 name) or a redb file. Never creates anything; a redb file is
+    opened read-only unless the command writes (so a full disk can still be inspected)."""
     if spec.startswith(("postgresql:", "postgres:")):
         scheme = spec.split(":", 1)[0]
         raise Failure(f"{scheme} checkpoint stores are not available in this version of cano")
@@ -140,7 +141,45 @@ def _open_store(spec: str) -> RedbCheckpointStore | SqliteCheckpointStore:
         )
     if sqlite:
         return SqliteCheckpointStore(path, create=False)
-    return RedbCheckpointStore(path)
+    try:
+        if not write:
+            try:
+                return RedbCheckpointStore(path, read_only=True, create=False)
+            except CheckpointError as err:
+                if "not closed cleanly" not in str(err):
+                    raise
+                # Its process died: redb recovers the file when it is opened for writing.
+        return RedbCheckpointStore(path, create=False)
+    except CheckpointError as err:
+        if "already open" in str(err):
+            raise Failure(_held_by(path)) from err
+        raise
+
+
+def _held_by(path: str) -> str:
+    """One line saying which process holds a redb file (Linux: from /proc/locks)."""
+    holder = "another process"
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4242 08:01:123456 0 EOF"
+                # (OFD locks show pid -1: they name no process.)
+                if (
+                    len(fields) >= 6
+                    and fields[5].rsplit(":", 1)[-1] == str(inode)
+                    and fields[4].isdigit()
+                ):
+                    holder = f"process {fields[4]}"
+                    break
+    except OSError:
+        pass
+    return (
+        f"checkpoint store {path} is held by {holder}: a redb store belongs to one process "
+        "at a time; inspect it when that process has stopped, or keep live runs in SQLite "
+        "(SqliteCheckpointStore) or PostgreSQL for live inspection"
+    )
 
 
 def _sqlite_url_path(spec: str) -> str:
@@ -159,7 +198,7 @@ def _sqlite_url_path(spec: str) -> str:
 
 
 async def _runs(args: argparse.Namespace) -> int:
-    with _open_store(args.store) as store:
+    with _open_store(args.store, write=args.action == "clear") as store:
         if args.action == "list":
             summaries = await store.runs_summary()
             if args.json:

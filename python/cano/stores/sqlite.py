@@ -476,9 +476,10 @@ class SqliteCheckpointStore:
         busy_timeout: float = 5.0,
         create: bool = True,
     ) -> None:
-        if durability not in _DURABILITY:
+        if not isinstance(durability, str) or durability not in _DURABILITY:
             raise ConfigurationError(
-                f'durability must be "immediate" or "eventual", got {durability!r}'
+                f'SqliteCheckpointStore durability= must be "immediate" or "eventual", '
+                f"got {durability!r}"
             )
         if (
             isinstance(busy_timeout, bool)
@@ -488,9 +489,15 @@ class SqliteCheckpointStore:
             raise ConfigurationError(
                 f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}"
             )
-        label = os.fspath(path)
-        if not isinstance(label, str):
-            raise TypeError(f"path must be a str or os.PathLike[str], got {path!r}")
+        try:
+            label = os.fspath(path)
+        except TypeError:
+            label = None
+        if not isinstance(label, str) or not label or "\x00" in label:
+            raise ConfigurationError(
+                "a store path must be a non-empty str or os.PathLike of str without NUL bytes, "
+                f"got {path!r}"
+            )
         if not create and label != ":memory:" and not Path(label).is_file():
             raise CheckpointError(
                 f"checkpoint store {_quoted(label)}: cannot open the file: it does not exist"

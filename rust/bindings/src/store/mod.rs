@@ -30,17 +30,18 @@ mod rows;
 mod waiter;
 mod wake;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use cano_core::checkpoint::{codec, Completion, Durability, Entry, RedbStore, Row, StoreError};
+use cano_core::checkpoint::{
+    codec, Completion, Durability, Entry, OpenOptions, RedbStore, Row, StoreError,
+};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyString;
+use pyo3::types::{PyDict, PyString};
 
 use crate::errors;
-use rows::{checkpoint_error, extract, field, output_bytes, row_kind};
+use rows::{checkpoint_error, extract, field, output_bytes, row_kind, store_path};
 pub use waiter::Waiter;
 use wake::{close_blocking, CloseAtExit, Outcome, Pending, Shared, Target};
 
@@ -102,7 +103,16 @@ impl RunLog {
         version: u32,
     ) -> PyResult<Bound<'py, Waiter>> {
         let mut envelope = Vec::with_capacity(16 + state.len() + task_id.len());
-        codec::encode_fields(kind, version, state, task_id, output, &mut envelope);
+        codec::encode_fields(
+            &self.workflow_id,
+            sequence,
+            kind,
+            version,
+            state,
+            task_id,
+            output,
+            &mut envelope,
+        );
         let entry = Entry { workflow_id: self.workflow_id.clone(), sequence, envelope };
         let waiter = Bound::new(py, Waiter::new(self.event_loop.clone_ref(py)))?;
         let shared = self.shared.clone();
@@ -183,23 +193,65 @@ impl RedbCheckpointStore {
 
 #[pymethods]
 impl RedbCheckpointStore {
+    /// `RedbCheckpointStore(path, *, durability="immediate", read_only=False, create=True,
+    /// repair=False)`. Keyword options are read by hand so that each bad value — `None`
+    /// included — is a `ConfigurationError` naming the option.
     #[new]
-    #[pyo3(signature = (path, *, durability = "immediate"))]
-    fn new(py: Python<'_>, path: PathBuf, durability: &str) -> PyResult<Self> {
-        let level = match durability {
-            "immediate" => Durability::Immediate,
-            "eventual" => Durability::Eventual,
-            other => {
-                return Err(errors::configuration(
-                    py,
-                    format!("durability must be \"immediate\" or \"eventual\", got {other:?}"),
-                ))
-            }
+    #[pyo3(signature = (path, **options))]
+    fn new(
+        py: Python<'_>,
+        path: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let path = store_path(path)?;
+        let bad = |name: &str, value: &Bound<'_, PyAny>, expected: &str| {
+            let shown = value.repr().map(|r| r.to_string()).unwrap_or_default();
+            errors::configuration(
+                py,
+                format!("RedbCheckpointStore {name}= must be {expected}, got {shown}"),
+            )
         };
+        let mut level = Durability::Immediate;
+        let mut options_set = OpenOptions::new(level);
+        for (key, value) in options.into_iter().flat_map(|d| d.iter()) {
+            let key: String = key.extract()?;
+            let flag = || value.extract::<bool>().map_err(|_| bad(&key, &value, "True or False"));
+            match key.as_str() {
+                "durability" => {
+                    level = match value.extract::<String>().as_deref() {
+                        Ok("immediate") => Durability::Immediate,
+                        Ok("eventual") => Durability::Eventual,
+                        _ => {
+                            return Err(bad("durability", &value, "\"immediate\" or \"eventual\""))
+                        }
+                    }
+                }
+                "read_only" => options_set.read_only = flag()?,
+                "create" => options_set.create = flag()?,
+                "repair" => options_set.repair = flag()?,
+                other => {
+                    return Err(errors::configuration(
+                        py,
+                        format!(
+                            "RedbCheckpointStore got an unknown option {other}=; the options are \
+                             durability, read_only, create and repair"
+                        ),
+                    ))
+                }
+            }
+        }
+        let mut options = options_set;
+        options.durability = level;
+        if options.read_only && options.repair {
+            return Err(errors::configuration(
+                py,
+                "RedbCheckpointStore: repair=True writes, so it cannot be read_only".to_owned(),
+            ));
+        }
         let shared = Arc::new(Shared::default());
         let hook_shared = shared.clone();
         let hook = Box::new(move || hook_shared.wake_from_writer());
-        let opened = py.detach(|| RedbStore::open_with_hook(&path, level, Some(hook)));
+        let opened = py.detach(|| RedbStore::open_with(&path, &options, Some(hook)));
         let store = Arc::new(opened.map_err(|e| checkpoint_error(py, &e))?);
         let at_exit =
             Py::new(py, CloseAtExit { store: Arc::downgrade(&store), shared: shared.clone() })?
@@ -210,6 +262,26 @@ impl RedbCheckpointStore {
             return Err(e);
         }
         Ok(RedbCheckpointStore { store, shared, path: path.display().to_string(), at_exit })
+    }
+
+    /// What `repair=True` did when the store was opened: `{"replayed": records replayed,
+    /// "missing": record numbers lost, "moved_to": where the damaged log was kept (or None),
+    /// "problems": [what was wrong, in words]}`; `None` without `repair=True`.
+    #[getter]
+    fn repair_report<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(report) = self.store.repair_report() else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("replayed", report.replayed)?;
+        d.set_item("missing", report.missing.clone())?;
+        d.set_item("moved_to", report.moved_to.as_ref().map(|p| p.display().to_string()))?;
+        d.set_item("problems", report.problems.clone())?;
+        Ok(Some(d))
+    }
+
+    /// True when the store was opened with `read_only=True`.
+    #[getter]
+    fn read_only(&self) -> bool {
+        self.store.is_read_only()
     }
 
     /// Appends `row` (a `cano.store.CheckpointRow`); the future completes once the row is
@@ -253,7 +325,16 @@ impl RedbCheckpointStore {
     ) -> PyResult<Bound<'py, Waiter>> {
         // Encoded here, straight from the Python strings: one buffer instead of a `Row`.
         let mut envelope = Vec::new();
-        codec::encode_fields(row_kind(kind)?, version, state, task_id, output, &mut envelope);
+        codec::encode_fields(
+            &workflow_id,
+            sequence,
+            row_kind(kind)?,
+            version,
+            state,
+            task_id,
+            output,
+            &mut envelope,
+        );
         let entry = Entry { workflow_id, sequence, envelope };
         let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
         let channel = self.shared.channel(&event_loop)?;

@@ -92,3 +92,30 @@ pub(super) fn row_kind(value: u8) -> PyResult<RowKind> {
         ))
     })
 }
+
+/// The path a store is opened at: a `str` or an `os.PathLike`, without NUL bytes (which the
+/// operating system would cut the name at, silently opening another file).
+pub(super) fn store_path(value: &Bound<'_, PyAny>) -> PyResult<std::path::PathBuf> {
+    let py = value.py();
+    let shown = || value.repr().map(|r| r.to_string()).unwrap_or_default();
+    let fspath = py.import("os").and_then(|os| os.call_method1("fspath", (value,)));
+    let text: String = match fspath.and_then(|p| p.extract::<String>()) {
+        Ok(t) => t,
+        Err(_) => {
+            return Err(errors::configuration(
+                py,
+                format!("a store path must be a str or an os.PathLike of str, got {}", shown()),
+            ))
+        }
+    };
+    if text.is_empty() || text.contains('\0') {
+        return Err(errors::configuration(
+            py,
+            format!(
+                "a store path must be a non-empty file name without NUL bytes, got {}",
+                shown()
+            ),
+        ));
+    }
+    Ok(std::path::PathBuf::from(text))
+}

@@ -1,27 +1,52 @@
 //! The stored value of a row: a small versioned binary envelope.
 //!
-//! The key `(workflow_id, sequence)` carries the rest of the row. Layout of version 1:
+//! The key `(workflow_id, sequence)` carries the rest of the row. Layout of version 2:
 //!
 //! ```text
-//! u8      envelope version (1)
+//! u8      envelope version (2)
 //! u8      row kind (0 state entry, 1 compensation, 2 step cursor)
 //! varint  workflow version
 //! varint  length of the state label, then its UTF-8 bytes
 //! varint  length of the task id, then its UTF-8 bytes
 //! u8      0 = no output, 1 = output follows
 //! varint  length of the output, then its bytes (only when the flag is 1)
+//! u32 LE  CRC-32 of: varint length of the workflow id ‖ its bytes ‖ sequence (u64 LE) ‖
+//!         every byte of the envelope before this field
 //! ```
 //!
-//! Varints are unsigned LEB128. Nothing may follow the last field. A reader refuses an envelope
-//! version it does not know rather than guessing.
+//! Varints are unsigned LEB128. Nothing may follow the checksum. The checksum covers the key
+//! too: a damaged byte anywhere — in the value, or in the key that says which run and which
+//! sequence a row belongs to — is a decode error, never a different row (redb itself does
+//! not checksum values). Version 1 (the same fields without the checksum, written by earlier
+//! builds) is still read. A reader refuses an envelope version it does not know.
 
 use super::error::StoreError;
 use super::row::{Row, RowKind};
 
 /// The envelope version this build writes.
-pub const ENVELOPE_VERSION: u8 = 1;
+pub const ENVELOPE_VERSION: u8 = 2;
+/// The version without a checksum, written by earlier builds (still read).
+const LEGACY_VERSION: u8 = 1;
 
-/// Encodes everything of `row` except its key.
+fn checksum(workflow_id: &str, sequence: u64, body: &[u8]) -> u32 {
+    let mut len = [0u8; 10];
+    let mut n = 0;
+    let mut value = workflow_id.len() as u64;
+    while value >= 0x80 {
+        len[n] = (value as u8) | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    len[n] = value as u8;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len[..=n]);
+    h.update(workflow_id.as_bytes());
+    h.update(&sequence.to_le_bytes());
+    h.update(body);
+    h.finalize()
+}
+
+/// Encodes everything of `row` except its key (which its checksum covers).
 pub fn encode(row: &Row) -> Vec<u8> {
     let output_len = row.output.as_ref().map_or(0, Vec::len);
     let mut out = Vec::with_capacity(2 + 5 + row.state.len() + row.task_id.len() + output_len + 21);
@@ -33,6 +58,8 @@ pub fn encode(row: &Row) -> Vec<u8> {
 pub fn encode_into(row: &Row, out: &mut Vec<u8>) {
     out.clear();
     encode_fields(
+        &row.workflow_id,
+        row.sequence,
         row.kind,
         row.workflow_version,
         &row.state,
@@ -44,7 +71,10 @@ pub fn encode_into(row: &Row, out: &mut Vec<u8>) {
 
 /// Appends the envelope of a row with these fields to `out`: what [`encode`] does, for a
 /// caller that has the fields but not a [`Row`].
+#[allow(clippy::too_many_arguments)]
 pub fn encode_fields(
+    workflow_id: &str,
+    sequence: u64,
     kind: RowKind,
     workflow_version: u32,
     state: &str,
@@ -52,7 +82,8 @@ pub fn encode_fields(
     output: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) {
-    out.reserve(12 + state.len() + task_id.len() + output.map_or(0, <[u8]>::len));
+    out.reserve(16 + state.len() + task_id.len() + output.map_or(0, <[u8]>::len));
+    let start = out.len();
     out.push(ENVELOPE_VERSION);
     out.push(kind as u8);
     put_varint(out, u64::from(workflow_version));
@@ -65,6 +96,8 @@ pub fn encode_fields(
             put_bytes(out, bytes);
         }
     }
+    let sum = checksum(workflow_id, sequence, &out[start..]);
+    out.extend_from_slice(&sum.to_le_bytes());
 }
 
 /// Decodes the value stored under `(workflow_id, sequence)`.
@@ -82,14 +115,29 @@ pub fn decode_state(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<St
 }
 
 fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, String> {
-    let mut r = Reader { bytes: value, at: 0 };
-    let version = r.byte("envelope version")?;
-    if version != ENVELOPE_VERSION {
-        return Err(format!(
-            "unknown envelope version {version} (this cano reads version {ENVELOPE_VERSION}; \
-             was the row written by a newer cano?)"
-        ));
-    }
+    let version = *value.first().ok_or("truncated before the envelope version")?;
+    let body = match version {
+        ENVELOPE_VERSION => {
+            let Some(split) = value.len().checked_sub(4) else {
+                return Err("truncated before the checksum".into());
+            };
+            let (body, sum) = value.split_at(split);
+            let stored = u32::from_le_bytes(sum.try_into().expect("4 bytes"));
+            if checksum(workflow_id, sequence, body) != stored {
+                return Err("checksum mismatch: the row or its key was damaged".into());
+            }
+            body
+        }
+        LEGACY_VERSION => value,
+        _ => {
+            return Err(format!(
+                "unknown envelope version {version} (this cano reads versions 1 and \
+                 {ENVELOPE_VERSION}; damaged, or written by a newer cano?)"
+            ))
+        }
+    };
+    let value = body;
+    let mut r = Reader { bytes: value, at: 1 };
     let kind_byte = r.byte("row kind")?;
     let kind =
         RowKind::from_u8(kind_byte).ok_or_else(|| format!("unknown row kind {kind_byte}"))?;
@@ -214,7 +262,39 @@ mod tests {
     #[test]
     fn layout_is_compact_and_stable() {
         let r = Row::state_entry("w", 0, "A", "t");
-        assert_eq!(encode(&r), vec![1, 0, 0, 1, b'A', 1, b't', 0]);
+        let v = encode(&r);
+        assert_eq!(v[..8], [2, 0, 0, 1, b'A', 1, b't', 0]);
+        assert_eq!(v.len(), 12);
+        assert_eq!(v[8..], checksum("w", 0, &v[..8]).to_le_bytes());
+    }
+
+    #[test]
+    fn rows_written_before_checksums_are_still_read() {
+        let legacy = [1, 0, 0, 1, b'A', 1, b't', 0];
+        assert_eq!(decode("w", 0, &legacy).unwrap(), Row::state_entry("w", 0, "A", "t"));
+    }
+
+    #[test]
+    fn every_single_bit_flip_in_the_value_or_the_key_is_detected() {
+        let r = row(RowKind::Compensation, Some(b"{\"charge\":1250}".to_vec()));
+        let value = encode(&r);
+        for bit in 0..value.len() * 8 {
+            let mut v = value.clone();
+            v[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(&r.workflow_id, r.sequence, &v).is_err(), "value bit {bit}");
+        }
+        // The key, as a damaged redb page could present it.
+        for bit in 0..64 {
+            assert!(decode(&r.workflow_id, r.sequence ^ (1 << bit), &value).is_err(), "seq {bit}");
+        }
+        let id = r.workflow_id.as_bytes();
+        for bit in 0..id.len() * 8 {
+            let mut other = id.to_vec();
+            other[bit / 8] ^= 1 << (bit % 8);
+            if let Ok(other) = String::from_utf8(other) {
+                assert!(decode(&other, r.sequence, &value).is_err(), "id bit {bit}");
+            }
+        }
     }
 
     #[test]
@@ -266,7 +346,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_workflow_and_sequence() {
-        let err = decode("order-9", 12, &[1, 0, 0, 5, b'A']).unwrap_err();
+        let err = decode("order-9", 12, &[1, 0, 0, 5, b'A']).unwrap_err(); // legacy, truncated
         let text = err.to_string();
         assert!(text.starts_with("decode checkpoint row at workflow_id=\"order-9\" sequence=12:"));
         assert!(text.contains("state label"), "{text}");
@@ -275,14 +355,15 @@ mod tests {
     #[test]
     fn refuses_unknown_versions_kinds_and_trailing_bytes() {
         let mut v = encode(&row(RowKind::StateEntry, None));
-        v[0] = 2;
-        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("envelope version 2"));
-        let mut v = encode(&row(RowKind::StateEntry, None));
-        v[1] = 9;
-        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("row kind 9"));
+        v[0] = 3;
+        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("envelope version 3"));
+        let legacy_bad_kind = [1, 9, 0, 1, b'A', 1, b't', 0];
+        assert!(decode("w", 0, &legacy_bad_kind).unwrap_err().to_string().contains("row kind 9"));
+        let legacy_trailing = [1, 0, 0, 1, b'A', 1, b't', 0, 0];
+        assert!(decode("w", 0, &legacy_trailing).unwrap_err().to_string().contains("trailing"));
         let mut v = encode(&row(RowKind::StateEntry, None));
         v.push(0);
-        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("trailing"));
+        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("checksum"));
         assert!(decode("w", 0, &[]).unwrap_err().to_string().contains("truncated"));
     }
 

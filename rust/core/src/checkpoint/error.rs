@@ -37,6 +37,39 @@ pub enum StoreError {
     #[error("decode checkpoint row at workflow_id={workflow_id:?} sequence={sequence}: {reason}")]
     Decode { workflow_id: String, sequence: u64, reason: String },
 
+    /// A stored row failed its checks (checksum, layout): the file is damaged. The row is
+    /// never returned as if it were right.
+    #[error(
+        "checkpoint store {path:?} is damaged: the row of workflow {workflow_id:?} at sequence \
+         {sequence} cannot be trusted ({reason}); the file was left as it is for inspection"
+    )]
+    Damaged { path: String, workflow_id: String, sequence: u64, reason: String },
+
+    /// The write-ahead log is missing, truncated or has a hole: opening refuses, and leaves
+    /// every file as it was, until the store is repaired.
+    #[error(
+        "checkpoint store log {path:?} is damaged: {reason}. Nothing was changed; open the \
+         store with repair=True (RedbCheckpointStore(path, repair=True)) to replay what is \
+         intact and move the damaged log aside"
+    )]
+    LogDamaged { path: String, reason: String },
+
+    /// The store was opened read-only and was asked to write.
+    #[error("checkpoint store {path:?} was opened read-only: {what} is refused")]
+    ReadOnly { path: String, what: String },
+
+    /// A read-only open of a file its last writer did not close (it crashed): redb must
+    /// recover it first, which writes.
+    #[error(
+        "checkpoint store {path:?} was not closed cleanly (its process stopped): it must be \
+         opened for writing once to recover, so it cannot be opened read-only now"
+    )]
+    NeedsRecovery { path: String },
+
+    /// Opened without creating, and there is no file.
+    #[error("checkpoint store {path:?} does not exist (nothing was created)")]
+    NotFound { path: String },
+
     /// The store was closed before this request.
     #[error("checkpoint store {path:?} is closed")]
     Closed { path: String },
@@ -58,6 +91,26 @@ pub(crate) fn path_text(path: &Path) -> String {
 }
 
 impl StoreError {
+    /// An I/O failure of `what` on the file at `path`; a full disk says so plainly.
+    pub(crate) fn from_io(path: &Path, what: &str, e: &std::io::Error) -> Self {
+        let message = if e.kind() == std::io::ErrorKind::StorageFull {
+            format!("{what}: no space left on the device ({e})")
+        } else {
+            format!("{what}: {e}")
+        };
+        StoreError::Io { path: path_text(path), message }
+    }
+
+    /// A decode error of a row read from the file at `path`: the file is damaged.
+    pub(crate) fn damaged_in(self, path: &Path) -> Self {
+        match self {
+            StoreError::Decode { workflow_id, sequence, reason } => {
+                StoreError::Damaged { path: path_text(path), workflow_id, sequence, reason }
+            }
+            other => other,
+        }
+    }
+
     /// Maps any redb error met while using the file at `path`.
     pub(crate) fn from_redb(path: &Path, err: impl Into<redb::Error>) -> Self {
         let path = path_text(path);
@@ -65,6 +118,7 @@ impl StoreError {
             redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
                 StoreError::InUse { path }
             }
+            redb::Error::RepairAborted => StoreError::NeedsRecovery { path },
             redb::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 StoreError::NotAStore { path, reason: e.to_string() }
             }

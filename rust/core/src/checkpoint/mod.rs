@@ -8,9 +8,10 @@
 //! - `overlay`: the rows the log holds and redb does not yet, merged into every read;
 //! - `replay`: replaying the log when a store is opened after a crash;
 //! - `schema`, `reads`: the tables, and reading runs from them;
-//! - [`StoreError`] (`error`): what a store can refuse.
+//! - [`StoreError`] (`error`): what a store can refuse; `contain`: redb panics as errors.
 
 pub mod codec;
+mod contain;
 mod error;
 mod overlay;
 mod reads;
@@ -22,6 +23,7 @@ mod schema;
 pub mod wal;
 
 pub use error::StoreError;
-pub use redb_store::{BatchHook, Completion, Durability, RedbStore};
+pub use redb_store::{BatchHook, Completion, Durability, OpenOptions, RedbStore};
+pub use replay::RepairReport;
 pub use resume::{resume_point, ResumeError, ResumePoint};
 pub use row::{Entry, Row, RowKind, RunSummary};

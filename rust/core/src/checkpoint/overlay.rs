@@ -142,9 +142,26 @@ impl Overlay {
     }
 }
 
+/// A database that can be read: the writable one, or one opened read-only.
+pub(super) trait ReadSource {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError>;
+}
+
+impl ReadSource for Database {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        ReadableDatabase::begin_read(self)
+    }
+}
+
+impl ReadSource for redb::ReadOnlyDatabase {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        ReadableDatabase::begin_read(self)
+    }
+}
+
 /// Lazily opened read access to redb's committed rows, for one batch of the logged mode.
 pub(super) struct Base<'a> {
-    pub(super) db: &'a Database,
+    pub(super) db: &'a dyn ReadSource,
     pub(super) path: &'a Path,
     pub(super) table: Option<redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>>,
 }
@@ -250,6 +267,8 @@ pub(super) fn list_runs_logged(
         if overlay.run(id).is_some_and(|run| run.cleared) {
             continue;
         }
+        // Every row is verified, not only the last of each run.
+        codec::decode(id, sequence, value.value()).map_err(|e| e.damaged_in(path))?;
         match runs.get_mut(id) {
             Some(run) => {
                 run.0 += 1;

@@ -20,7 +20,9 @@ pub(super) fn load_run(
     for entry in range {
         let (key, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
         let (_, sequence) = key.value();
-        rows.push(codec::decode(workflow_id, sequence, value.value())?);
+        rows.push(
+            codec::decode(workflow_id, sequence, value.value()).map_err(|e| e.damaged_in(path))?,
+        );
     }
     Ok(rows)
 }
@@ -35,13 +37,16 @@ pub(super) fn list_runs(
     let mut last_value: Vec<u8> = Vec::new();
     let finish = |runs: &mut Vec<RunSummary>, last_value: &[u8]| -> Result<(), StoreError> {
         if let Some(run) = runs.last_mut() {
-            run.last_state = codec::decode_state(&run.workflow_id, run.last_sequence, last_value)?;
+            run.last_state = codec::decode_state(&run.workflow_id, run.last_sequence, last_value)
+                .map_err(|e| e.damaged_in(path))?;
         }
         Ok(())
     };
     for entry in table.iter().map_err(|e| StoreError::from_redb(path, e))? {
         let (key, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
         let (id, sequence) = key.value();
+        // Every row is verified, not only the last of each run.
+        codec::decode(id, sequence, value.value()).map_err(|e| e.damaged_in(path))?;
         match runs.last_mut() {
             Some(run) if run.workflow_id == id => {
                 run.rows += 1;

@@ -11,3 +11,9 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("cano_meta");
 pub const META_STORE_ID: &str = "wal_store_id";
 /// The generation of log records the database does not hold yet.
 pub const META_GENERATION: &str = "wal_generation";
+/// How many bytes the write-ahead log has been grown to, recorded durably before any record
+/// in the new space is acknowledged: a log found missing or shorter was deleted or
+/// truncated. 0 when the store has no log.
+pub const META_WAL_ALLOCATED: &str = "wal_allocated";
+/// The record format of the log (absent: 1, written by earlier builds).
+pub const META_WAL_FORMAT: &str = "wal_format";

@@ -3,16 +3,10 @@
 //!
 //! A redb commit that must reach the disk writes several pages at scattered offsets (leaf,
 //! branches, allocator state, header) before its fsync. The log turns each group commit into
-//! one sequential write plus one `fdatasync` into a file whose blocks are already allocated
-//! (zero-filled in chunks, so the sync rarely has file metadata to write). The writer thread:
-//!
-//! 1. applies a batch in a redb write transaction (conflict checks, inserts, clears);
-//! 2. appends one log record holding the batch's mutations, and `fdatasync`s the log: the
-//!    batch is durable, its requests complete;
-//! 3. commits the redb transaction with redb's `Durability::None` (visible in-process,
-//!    persisted by the next durable redb commit);
-//! 4. every [`CHECKPOINT_BATCHES`] batches or [`CHECKPOINT_BYTES`] bytes of log, and at close,
-//!    commits a batch durably in redb instead (a *checkpoint*), and starts the log over.
+//! sequential writes plus one `fdatasync` into a file whose blocks are already allocated
+//! (zero-filled in chunks, so the sync rarely has file metadata to write). A batch is
+//! durable once its record is synced; its rows reach redb at the next *checkpoint* (one
+//! durable redb commit every few thousand batches, and at close).
 //!
 //! ## Which records belong to the database
 //!
@@ -20,26 +14,38 @@
 //! *generation*. Every record's CRC covers `store id ‖ generation ‖ length ‖ payload`, so a
 //! record only counts if it was written for this database, in the generation the database
 //! expects. A checkpoint bumps the generation **in the same durable redb transaction** that
-//! persists the log's rows: from then on every record in the file is stale, with no write to
-//! the log, and the next records overwrite it from offset 0. Opening a store replays the
-//! records of the current generation, from offset 0 up to the first one that is torn,
-//! truncated, zero or fails its CRC (the tail a crash can leave: never an acknowledged one,
-//! since a batch completes only after its `fdatasync`), then bumps the generation in the same
-//! durable commit. Replay is idempotent: a record re-applied over a database that already
-//! holds it (a crash between the checkpoint commit and the next record) leaves the same rows,
-//! because each record replays its mutations in their original order (inserts overwrite,
-//! clears remove a range).
+//! persists the log's rows: from then on every record in the file is stale, and the next
+//! records overwrite it from offset 0, numbered from 1 again.
+//!
+//! ## Nothing acknowledged is lost silently
+//!
+//! - Every record is written **twice**: a copy where the log ends, and a second copy starting
+//!   at the next page boundary after it, so the two never share a page. One bit flip, or one
+//!   zeroed or unreadable page, leaves a good copy.
+//! - Records are **numbered**. Replay takes record 1, 2, 3... each from whichever copy is
+//!   intact. The first number with no intact copy ends the log — a crash tears only the write
+//!   that was never acknowledged — *unless* an intact record with a higher number follows:
+//!   then a record in the middle was damaged, and the store refuses to open ([`scan`]
+//!   reports it) rather than replay around a hole.
+//! - The database records, durably, how many bytes the log has been grown to. A log that is
+//!   missing, or shorter than that, was deleted or truncated: the store refuses to open.
+//! - A damaged log is never retired: the store only opens after an explicit repair, which
+//!   replays what is intact, moves the damaged log aside and says what was lost.
 //!
 //! ## Record layout
 //!
 //! ```text
 //! u32 LE  payload length (> 0)
 //! u32 LE  CRC-32 (IEEE) of: store id (u64 LE) ‖ generation (u64 LE) ‖ length (u32 LE) ‖ payload
-//! payload: one or more operations, in the order the batch applied them
+//! payload: varint record number (1, 2, 3, ... within a generation), then one or more
+//!          operations, in the order the batch applied them
 //!   u8 1 = append: varint id length, id bytes, varint sequence, varint envelope length,
 //!                  envelope bytes (the row's value, see [`codec`](super::codec))
 //!   u8 2 = clear:  varint id length, id bytes
 //! ```
+//!
+//! Logs of format 1 (written by earlier builds: one copy, no record numbers) are still
+//! replayed, as they were: up to the first record that does not check out.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
@@ -50,9 +56,13 @@ use super::error::{path_text, StoreError};
 /// The log grows (zero-filled, then fsynced) by this many bytes at a time.
 pub const CHUNK_BYTES: u64 = 1 << 20;
 /// A checkpoint is due once the log holds this many bytes...
-pub const CHECKPOINT_BYTES: u64 = 4 << 20;
+pub const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// ...or this many records (few in unit tests, so that they cross checkpoints).
 pub const CHECKPOINT_BATCHES: u64 = if cfg!(test) { 16 } else { 4096 };
+/// The second copy of a record starts on a page of its own.
+pub const PAGE: u64 = 4096;
+/// The record format this build writes (1: earlier builds).
+pub const FORMAT: u64 = 2;
 
 const HEADER: usize = 8;
 const OP_APPEND: u8 = 1;
@@ -81,15 +91,109 @@ fn crc(store_id: u64, generation: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// The valid records of `generation` at the start of `bytes`, each as its operations, and
-/// the offset where the valid prefix ends. Stops at the first record that is truncated,
-/// zero-length or fails its CRC. A record whose CRC is right but whose payload cannot be
-/// parsed was written by something else than this code: that is an error, not a tail.
-pub fn read_records(
+fn align_up(offset: u64) -> u64 {
+    offset.div_ceil(PAGE) * PAGE
+}
+
+/// What a log holds for the current generation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogScan {
+    /// Records 1, 2, ... up to the end of the log, each as its operations.
+    pub records: Vec<Vec<WalOp>>,
+    /// Set when the log has a hole: no intact copy of record `missing`, but intact records
+    /// with higher numbers (listed in `after`) follow it. Those are not in `records`.
+    pub damage: Option<LogHole>,
+}
+
+/// A record lost in the middle of a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHole {
+    /// The first record number with no intact copy.
+    pub missing: u64,
+    /// The intact records that follow it, by number, with their operations.
+    pub after: Vec<(u64, Vec<WalOp>)>,
+}
+
+/// The record starting at `at`, if it is intact: its number, operations and length.
+fn record_at(
     bytes: &[u8],
+    at: usize,
     store_id: u64,
     generation: u64,
-) -> Result<(Vec<Vec<WalOp>>, usize), String> {
+) -> Result<Option<(u64, Vec<WalOp>, usize)>, String> {
+    if bytes.len().saturating_sub(at) < HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let sum = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+    if len == 0 || len > bytes.len() - at - HEADER {
+        return Ok(None);
+    }
+    let payload = &bytes[at + HEADER..at + HEADER + len];
+    if crc(store_id, generation, payload) != sum {
+        return Ok(None);
+    }
+    let mut r = Cursor { bytes: payload, at: 0 };
+    let number = r.varint().map_err(|e| format!("record at offset {at} {e}"))?;
+    let ops = parse_ops(&payload[r.at..])
+        .map_err(|reason| format!("record at offset {at} has a valid CRC but {reason}"))?;
+    Ok(Some((number, ops, HEADER + len)))
+}
+
+/// Reads the records of `generation` (format 2, see the module docs).
+pub fn scan(bytes: &[u8], store_id: u64, generation: u64) -> Result<LogScan, String> {
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    let mut expect = 1u64;
+    loop {
+        // The first copy, where the previous record ended.
+        if let Some((number, ops, len)) = record_at(bytes, at, store_id, generation)? {
+            if number == expect {
+                records.push(ops);
+                expect += 1;
+                at = align_up((at + len) as u64) as usize + len;
+                continue;
+            }
+        }
+        // The second copy: on a page boundary past `at`.
+        let mut found = None;
+        let mut page = align_up(at as u64 + HEADER as u64 + 1) as usize;
+        while page < bytes.len() {
+            if let Some((number, ops, len)) = record_at(bytes, page, store_id, generation)? {
+                if number == expect {
+                    found = Some((ops, page + len));
+                    break;
+                }
+            }
+            page += PAGE as usize;
+        }
+        match found {
+            Some((ops, end)) => {
+                records.push(ops);
+                expect += 1;
+                at = end;
+            }
+            None => break,
+        }
+    }
+    // Nothing intact may follow the end: every record has a copy on a page boundary.
+    let mut after: Vec<(u64, Vec<WalOp>)> = Vec::new();
+    let mut page = align_up(at as u64) as usize;
+    while page < bytes.len() {
+        if let Some((number, ops, _)) = record_at(bytes, page, store_id, generation)? {
+            if number > expect && !after.iter().any(|(n, _)| *n == number) {
+                after.push((number, ops));
+            }
+        }
+        page += PAGE as usize;
+    }
+    after.sort_by_key(|(n, _)| *n);
+    let damage = (!after.is_empty()).then_some(LogHole { missing: expect, after });
+    Ok(LogScan { records, damage })
+}
+
+/// Format 1 (earlier builds): one copy per record, no numbers; the valid prefix.
+pub fn scan_format1(bytes: &[u8], store_id: u64, generation: u64) -> Result<LogScan, String> {
     let mut at = 0usize;
     let mut records = Vec::new();
     while bytes.len() - at >= HEADER {
@@ -102,15 +206,15 @@ pub fn read_records(
         if crc(store_id, generation, payload) != sum {
             break;
         }
-        let ops = parse_payload(payload)
+        let ops = parse_ops(payload)
             .map_err(|reason| format!("record at offset {at} has a valid CRC but {reason}"))?;
         records.push(ops);
         at += HEADER + len;
     }
-    Ok((records, at))
+    Ok(LogScan { records, damage: None })
 }
 
-fn parse_payload(payload: &[u8]) -> Result<Vec<WalOp>, String> {
+fn parse_ops(payload: &[u8]) -> Result<Vec<WalOp>, String> {
     let mut r = Cursor { bytes: payload, at: 0 };
     let mut ops = Vec::new();
     while r.at < payload.len() {
@@ -126,6 +230,9 @@ fn parse_payload(payload: &[u8]) -> Result<Vec<WalOp>, String> {
             OP_CLEAR => WalOp::Clear { workflow_id },
             other => return Err(format!("holds an unknown operation {other}")),
         });
+    }
+    if ops.is_empty() {
+        return Err("holds no operation".into());
     }
     Ok(ops)
 }
@@ -184,17 +291,17 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Reads the whole log at `path` (empty if there is none).
-pub fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+/// Reads the whole log at `path`; `None` if there is none.
+pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(path, "read the write-ahead log", &e)),
     }
 }
 
 fn io_error(path: &Path, what: &str, e: &std::io::Error) -> StoreError {
-    StoreError::Io { path: path_text(path), message: format!("{what}: {e}") }
+    StoreError::from_io(path, what, e)
 }
 
 /// The open log of a store, owned by its writer thread.
@@ -208,15 +315,27 @@ pub struct Wal {
     /// Bytes of the file known to be allocated and zero-filled or written.
     allocated: u64,
     records: u64,
-    /// The record being built: header placeholder, then operations.
+    /// The number of the next record (from 1 in each generation).
+    next_number: u64,
+    /// Operations staged in `buf`.
+    ops: usize,
+    /// The record being built: header placeholder, record number, then operations.
     buf: Vec<u8>,
 }
 
 impl Wal {
     /// Opens (creating it if needed) the log at `path` for writing records of `generation`
-    /// from offset 0. Whatever the file holds must already be stale (replayed, and the
-    /// generation bumped durably).
-    pub fn open(path: PathBuf, store_id: u64, generation: u64) -> Result<Wal, StoreError> {
+    /// from offset 0, and locks it (so that no other store uses it as its database). Whatever
+    /// the file holds must already be stale (replayed, and the generation bumped durably), or
+    /// empty of this generation's records.
+    /// `allocated` is what the database recorded of the log's size: space beyond it is grown
+    /// (and recorded) again before use.
+    pub fn open(
+        path: PathBuf,
+        store_id: u64,
+        generation: u64,
+        allocated: u64,
+    ) -> Result<Wal, StoreError> {
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -225,12 +344,24 @@ impl Wal {
             .truncate(false)
             .open(&path)
             .map_err(|e| io_error(&path, "open the write-ahead log", &e))?;
+        lock(&file, &path)?;
         if !existed {
             // The records will be acknowledged as durable: the file's name must be too.
             sync_parent(&path)?;
         }
-        let allocated =
+        let len =
             file.metadata().map_err(|e| io_error(&path, "stat the write-ahead log", &e))?.len();
+        let mut magic = [0u8; 4];
+        if len >= 4 && read_exact_at(&file, &mut magic, 0).is_ok() && &magic == b"redb" {
+            // Somebody's database sits where this store keeps its log: never overwrite it.
+            return Err(StoreError::NotAStore {
+                path: path_text(&path),
+                reason: "this is a redb database, not the write-ahead log of the store next \
+                         to it; move one of them"
+                    .into(),
+            });
+        }
+        let allocated = allocated.min(len);
         Ok(Wal {
             file,
             path,
@@ -239,12 +370,19 @@ impl Wal {
             offset: 0,
             allocated,
             records: 0,
+            next_number: 1,
+            ops: 0,
             buf: Vec::with_capacity(4096),
         })
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Bytes of the file allocated for records.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
     }
 
     /// True once a checkpoint should be taken.
@@ -261,11 +399,13 @@ impl Wal {
     pub fn begin(&mut self) {
         self.buf.clear();
         self.buf.extend_from_slice(&[0; HEADER]);
+        put_varint(&mut self.buf, self.next_number);
+        self.ops = 0;
     }
 
     /// True if the staged record holds no operation.
     pub fn is_empty(&self) -> bool {
-        self.buf.len() <= HEADER
+        self.ops == 0
     }
 
     pub fn push_append(&mut self, workflow_id: &str, sequence: u64, envelope: &[u8]) {
@@ -273,24 +413,36 @@ impl Wal {
         put_bytes(&mut self.buf, workflow_id.as_bytes());
         put_varint(&mut self.buf, sequence);
         put_bytes(&mut self.buf, envelope);
+        self.ops += 1;
     }
 
     pub fn push_clear(&mut self, workflow_id: &str) {
         self.buf.push(OP_CLEAR);
         put_bytes(&mut self.buf, workflow_id.as_bytes());
+        self.ops += 1;
     }
 
-    /// Makes sure a record of up to `payload` bytes fits in the allocated file.
-    pub fn reserve(&mut self, payload: u64) -> Result<(), StoreError> {
-        let end = self.offset + HEADER as u64 + payload;
+    /// Where a record of `payload` bytes (operations only) would end, both copies written.
+    fn end_of(&self, payload: u64) -> u64 {
+        let len = HEADER as u64 + 10 + payload;
+        align_up(self.offset + len) + len
+    }
+
+    /// Makes sure a record of up to `payload` bytes of operations fits in the allocated file,
+    /// growing it if needed; returns the new allocated size when it grew (the database must
+    /// record it durably before the record is acknowledged).
+    pub fn reserve(&mut self, payload: u64) -> Result<Option<u64>, StoreError> {
+        let end = self.end_of(payload);
         if end > self.allocated {
             self.grow(end)?;
+            return Ok(Some(self.allocated));
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Writes the staged record after the last one. Not durable until [`sync`](Self::sync).
-    /// On failure nothing counts as written: the next record goes to the same offset.
+    /// Writes the staged record, twice, after the last one. Not durable until
+    /// [`sync`](Self::sync). On failure nothing counts as written: the next record goes to
+    /// the same offset, with the same number.
     pub fn write(&mut self) -> Result<(), StoreError> {
         let payload_len = self.buf.len() - HEADER;
         let len = u32::try_from(payload_len).map_err(|_| StoreError::Io {
@@ -300,14 +452,21 @@ impl Wal {
         let sum = crc(self.store_id, self.generation, &self.buf[HEADER..]);
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         self.buf[4..8].copy_from_slice(&sum.to_le_bytes());
-        let end = self.offset + self.buf.len() as u64;
+        let first = self.offset;
+        let second = align_up(first + self.buf.len() as u64);
+        let end = second + self.buf.len() as u64;
         if end > self.allocated {
-            self.grow(end)?;
+            return Err(StoreError::Io {
+                path: path_text(&self.path),
+                message: "the write-ahead log has no room reserved for this record".into(),
+            });
         }
-        write_all_at(&self.file, &self.buf, self.offset)
+        write_all_at(&self.file, &self.buf, first)
+            .and_then(|()| write_all_at(&self.file, &self.buf, second))
             .map_err(|e| io_error(&self.path, "write the write-ahead log", &e))?;
         self.offset = end;
         self.records += 1;
+        self.next_number += 1;
         Ok(())
     }
 
@@ -334,11 +493,12 @@ impl Wal {
     }
 
     /// After a checkpoint made generation `generation - 1` durable in the database: the
-    /// records in the file are stale; the next one goes to offset 0.
+    /// records in the file are stale; the next one goes to offset 0, numbered 1.
     pub fn reset(&mut self, generation: u64) {
         self.generation = generation;
         self.offset = 0;
         self.records = 0;
+        self.next_number = 1;
     }
 
     /// Closes and deletes the log (everything in it is stale).
@@ -349,12 +509,38 @@ impl Wal {
     }
 }
 
+/// Takes an exclusive advisory lock on the log, so that no other store — in this process or
+/// another — opens it as its own database file while it is a log.
+fn lock(file: &File, path: &Path) -> Result<(), StoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { path: path_text(path) }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(path, "lock the write-ahead log", &e)),
+    }
+}
+
 /// Deletes the log at `path` if there is one.
 pub fn remove(path: &Path) -> Result<(), StoreError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_error(path, "remove the write-ahead log", &e)),
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    let n = file.seek_read(buf, offset)?;
+    if n == buf.len() {
+        Ok(())
+    } else {
+        Err(std::io::ErrorKind::UnexpectedEof.into())
     }
 }
 
@@ -401,14 +587,27 @@ fn sync_parent(path: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
-    fn record(store_id: u64, generation: u64, payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
-        out.extend_from_slice(&crc(store_id, generation, payload).to_le_bytes());
-        out.extend_from_slice(payload);
-        out
+    /// A log image written by the real writer: records numbered from 1, two copies each.
+    fn log_of(payloads: &[Vec<u8>], store_id: u64, generation: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; 1 << 16];
+        let mut at = 0u64;
+        for (i, ops) in payloads.iter().enumerate() {
+            let mut payload = Vec::new();
+            put_varint(&mut payload, i as u64 + 1);
+            payload.extend_from_slice(ops);
+            let mut rec = (payload.len() as u32).to_le_bytes().to_vec();
+            rec.extend_from_slice(&crc(store_id, generation, &payload).to_le_bytes());
+            rec.extend_from_slice(&payload);
+            let second = align_up(at + rec.len() as u64);
+            bytes[at as usize..at as usize + rec.len()].copy_from_slice(&rec);
+            bytes[second as usize..second as usize + rec.len()].copy_from_slice(&rec);
+            at = second + rec.len() as u64;
+        }
+        bytes.truncate(align_up(at) as usize);
+        bytes
     }
 
-    fn append_payload(id: &str, seq: u64) -> Vec<u8> {
+    fn append_ops(id: &str, seq: u64) -> Vec<u8> {
         let mut p = vec![OP_APPEND];
         put_bytes(&mut p, id.as_bytes());
         put_varint(&mut p, seq);
@@ -416,45 +615,138 @@ mod tests {
         p
     }
 
+    fn seqs(scan: &LogScan) -> Vec<u64> {
+        scan.records
+            .iter()
+            .flatten()
+            .map(|op| match op {
+                WalOp::Append { sequence, .. } => *sequence,
+                WalOp::Clear { .. } => u64::MAX,
+            })
+            .collect()
+    }
+
+    fn six() -> Vec<u8> {
+        log_of(&(0..6).map(|s| append_ops("w", s)).collect::<Vec<_>>(), 7, 3)
+    }
+
     #[test]
     fn records_of_another_generation_or_store_are_not_read() {
-        let mut bytes = record(7, 3, &append_payload("w", 0));
-        bytes.extend(record(7, 3, &append_payload("w", 1)));
-        assert_eq!(read_records(&bytes, 7, 3).unwrap().0.len(), 2);
-        assert_eq!(read_records(&bytes, 7, 4).unwrap().0.len(), 0);
-        assert_eq!(read_records(&bytes, 8, 3).unwrap().0.len(), 0);
+        let bytes = six();
+        assert_eq!(seqs(&scan(&bytes, 7, 3).unwrap()), [0, 1, 2, 3, 4, 5]);
+        assert!(scan(&bytes, 7, 4).unwrap().records.is_empty());
+        assert!(scan(&bytes, 8, 3).unwrap().records.is_empty());
+        assert_eq!(scan(&bytes, 7, 4).unwrap().damage, None);
     }
 
     #[test]
-    fn reading_stops_at_zeros_truncation_and_bad_crc() {
-        let one = record(1, 1, &append_payload("w", 0));
-        let two = record(1, 1, &append_payload("w", 1));
-        let mut bytes = one.clone();
-        bytes.extend(&two);
-        // Every truncation of the second record leaves exactly the first.
-        for cut in one.len()..bytes.len() {
-            let (records, end) = read_records(&bytes[..cut], 1, 1).unwrap();
-            assert_eq!((records.len(), end), (1, one.len()), "cut at {cut}");
+    fn any_single_bit_flip_anywhere_loses_nothing() {
+        let bytes = six();
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let s = scan(&damaged, 7, 3).unwrap();
+            assert_eq!(seqs(&s), [0, 1, 2, 3, 4, 5], "bit {bit}");
+            assert_eq!(s.damage, None, "bit {bit}");
         }
-        // Any flipped bit in the second record drops it (and only it).
-        for i in one.len()..bytes.len() {
-            for bit in 0..8 {
-                let mut damaged = bytes.clone();
-                damaged[i] ^= 1 << bit;
-                let (records, _) = read_records(&damaged, 1, 1).unwrap();
-                assert_eq!(records.len(), 1, "byte {i} bit {bit}");
+    }
+
+    #[test]
+    fn any_zeroed_page_loses_nothing() {
+        let bytes = six();
+        for page in (0..bytes.len()).step_by(PAGE as usize) {
+            let mut damaged = bytes.clone();
+            let end = (page + PAGE as usize).min(damaged.len());
+            damaged[page..end].fill(0);
+            assert_eq!(seqs(&scan(&damaged, 7, 3).unwrap()), [0, 1, 2, 3, 4, 5], "page {page}");
+        }
+    }
+
+    #[test]
+    fn a_record_with_both_copies_damaged_is_a_hole_when_others_follow() {
+        let bytes = six();
+        // Find both copies of record 3 and damage both.
+        let mut damaged = bytes.clone();
+        let mut at = 0usize;
+        for n in 1..=3u64 {
+            let (number, _, len) = record_at(&bytes, at, 7, 3).unwrap().unwrap();
+            assert_eq!(number, n);
+            let second = align_up((at + len) as u64) as usize;
+            if n == 3 {
+                damaged[at + 9] ^= 0xff;
+                damaged[second + 9] ^= 0xff;
             }
+            at = second + len;
         }
-        let mut zeros = bytes.clone();
-        zeros.extend([0u8; 64]);
-        assert_eq!(read_records(&zeros, 1, 1).unwrap().0.len(), 2);
+        let s = scan(&damaged, 7, 3).unwrap();
+        assert_eq!(seqs(&s), [0, 1]);
+        let hole = s.damage.expect("a hole");
+        assert_eq!(hole.missing, 3);
+        assert_eq!(hole.after.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [4, 5, 6]);
     }
 
     #[test]
-    fn valid_crc_with_garbage_payload_is_an_error() {
-        let bytes = record(1, 1, &[9, 1, b'w']);
-        let err = read_records(&bytes, 1, 1).unwrap_err();
+    fn a_torn_tail_ends_the_log_without_a_hole() {
+        let bytes = six();
+        let full = seqs(&scan(&bytes, 7, 3).unwrap());
+        for cut in 0..bytes.len() {
+            let s = scan(&bytes[..cut], 7, 3).unwrap();
+            let got = seqs(&s);
+            assert_eq!(got[..], full[..got.len()], "cut at {cut}");
+            assert_eq!(s.damage, None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_valid_crc_over_a_garbage_payload_is_an_error() {
+        let mut payload = vec![1u8];
+        payload.extend([9, 1, b'w']);
+        let mut rec = (payload.len() as u32).to_le_bytes().to_vec();
+        rec.extend_from_slice(&crc(1, 1, &payload).to_le_bytes());
+        rec.extend_from_slice(&payload);
+        let err = scan(&rec, 1, 1).unwrap_err();
         assert!(err.contains("offset 0") && err.contains("unknown operation 9"), "{err}");
+    }
+
+    #[test]
+    fn format1_logs_are_read_up_to_the_first_bad_record() {
+        let rec = |seq| {
+            let payload = append_ops("w", seq);
+            let mut r = (payload.len() as u32).to_le_bytes().to_vec();
+            r.extend_from_slice(&crc(1, 1, &payload).to_le_bytes());
+            r.extend_from_slice(&payload);
+            r
+        };
+        let mut bytes = rec(0);
+        bytes.extend(rec(1));
+        assert_eq!(seqs(&scan_format1(&bytes, 1, 1).unwrap()), [0, 1]);
+    }
+
+    #[test]
+    fn the_writer_and_the_reader_agree() {
+        let dir = std::env::temp_dir().join(format!("cano-wal-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("log.wal");
+        let _ = std::fs::remove_file(&path);
+        let mut wal = Wal::open(path.clone(), 5, 9, 0).unwrap();
+        for seq in 0..40u64 {
+            wal.reserve(200).unwrap();
+            wal.begin();
+            wal.push_append("run", seq, &[7; 30]);
+            if seq % 7 == 0 {
+                wal.push_clear("other");
+            }
+            wal.write().unwrap();
+        }
+        wal.sync().unwrap();
+        let bytes = read_file(&path).unwrap().unwrap();
+        let s = scan(&bytes, 5, 9).unwrap();
+        assert_eq!(s.records.len(), 40);
+        assert_eq!(s.damage, None);
+        // A second store cannot open this log as its own file while it is held.
+        assert!(matches!(Wal::open(path.clone(), 5, 9, 0), Err(StoreError::InUse { .. })));
+        wal.remove().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -34,14 +34,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
-use redb::Database;
+use redb::{Database, ReadOnlyDatabase};
 
+use super::contain::contain;
 use super::error::{path_text, StoreError};
-use super::replay::recover;
+use super::overlay::Overlay;
+use super::replay::{pending_records, recover, repair, RepairReport};
 use super::row::{Entry, Row, RunSummary};
-use super::wal::{self, Wal};
+use super::wal::{self, Wal, WalOp};
 use fork::fork_generation;
-use writer::Writer;
+use writer::{Db, Writer};
 
 /// With a write-ahead log, a checkpoint is also due once the overlay holds this many rows.
 const CHECKPOINT_ROWS: usize = 50_000;
@@ -133,16 +135,60 @@ pub struct RedbStore {
     writer_id: std::thread::ThreadId,
     stats: Arc<Stats>,
     replayed: usize,
+    read_only: bool,
+    repair: Option<RepairReport>,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub durability: Durability,
+    /// Create the file when it does not exist (otherwise a missing file is an error).
+    pub create: bool,
+    /// Open for reading only: nothing is written (a full disk can be inspected), the file is
+    /// shared with other readers and refused while a writer holds it.
+    pub read_only: bool,
+    /// Salvage a damaged write-ahead log first (see [`RepairReport`]).
+    pub repair: bool,
+}
+
+impl OpenOptions {
+    pub fn new(durability: Durability) -> Self {
+        OpenOptions { durability, create: true, read_only: false, repair: false }
+    }
+}
+
+/// Refuses a path that cannot be a store before redb touches it: a directory, an empty file
+/// (redb would silently make it a new database), or — when not creating — a missing file.
+fn check_file(path: &Path, create: bool) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            Err(StoreError::NotAStore { path: path_text(path), reason: "it is a directory".into() })
+        }
+        Ok(m) if m.len() == 0 => Err(StoreError::NotAStore {
+            path: path_text(path),
+            reason: "the file is empty (0 bytes), so it holds no store; delete it to create a \
+                     new store there"
+                .into(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+            Err(StoreError::NotFound { path: path_text(path) })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::from_io(path, "read the file", &e)),
+    }
 }
 
 impl RedbStore {
     /// Opens (or creates) the store at `path` and starts its writer thread.
     ///
     /// Fails with [`StoreError::InUse`] if another process or another store of this process
-    /// has the file open, [`StoreError::NotAStore`] if the file is not a redb checkpoint store,
-    /// and [`StoreError::Io`] if it cannot be created or read.
+    /// has the file open, [`StoreError::NotAStore`] if the file is not a redb checkpoint store
+    /// (an empty file included), [`StoreError::LogDamaged`] if its write-ahead log is missing,
+    /// truncated or damaged, and [`StoreError::Io`] if it cannot be created or read.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
-        Self::open_with_hook(path, durability, None)
+        Self::open_with(path, &OpenOptions::new(durability), None)
     }
 
     /// [`open`](Self::open) with a hook run on the writer thread after every batch.
@@ -151,22 +197,70 @@ impl RedbStore {
         durability: Durability,
         hook: Option<BatchHook>,
     ) -> Result<Self, StoreError> {
+        Self::open_with(path, &OpenOptions::new(durability), hook)
+    }
+
+    /// Opens the store at `path` as `options` say.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: &OpenOptions,
+        hook: Option<BatchHook>,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        // Takes the file lock: from here on the log next to the file is ours alone.
-        let db = Database::create(&path).map_err(|e| StoreError::from_redb(&path, e))?;
+        check_file(&path, options.create && !options.read_only)?;
         let wal_path = wal::wal_path(&path);
-        let (store_id, generation, replayed) = recover(&db, &path, &wal_path)?;
-        let wal = match durability {
-            Durability::Immediate => Some(Wal::open(wal_path, store_id, generation)?),
-            Durability::Eventual => {
-                wal::remove(&wal_path)?;
-                None
+        let panicked = |what: &str, panic: String| StoreError::NotAStore {
+            path: path_text(&path),
+            reason: format!("redb panicked while {what} (the file is damaged?): {panic}"),
+        };
+        let (db, wal, overlay, replayed, repair) = if options.read_only {
+            // A shared lock: refused while a writer holds the file. Nothing is written.
+            let db = contain(|| ReadOnlyDatabase::open(&path))
+                .map_err(|p| panicked("opening it", p))?
+                .map_err(|e| StoreError::from_redb(&path, e))?;
+            let records = contain(|| pending_records(&db, &path, &wal_path))
+                .map_err(|p| panicked("reading it", p))??;
+            let mut overlay = Overlay::default();
+            for op in records.iter().flatten() {
+                match op {
+                    WalOp::Append { workflow_id, sequence, envelope } => {
+                        overlay.insert(workflow_id, *sequence, envelope.clone())
+                    }
+                    WalOp::Clear { workflow_id } => overlay.clear(workflow_id),
+                }
             }
+            (Db::Read(db), None, overlay, 0, None)
+        } else {
+            // Takes the file lock: from here on the log next to the file is ours alone.
+            let db = contain(|| Database::create(&path))
+                .map_err(|p| panicked("opening it", p))?
+                .map_err(|e| StoreError::from_redb(&path, e))?;
+            let repair = if options.repair {
+                Some(
+                    contain(|| repair(&db, &path, &wal_path))
+                        .map_err(|p| panicked("repairing it", p))??,
+                )
+            } else {
+                None
+            };
+            let keep_log = options.durability == Durability::Immediate;
+            let opened = contain(|| recover(&db, &path, &wal_path, keep_log))
+                .map_err(|p| panicked("opening it", p))??;
+            let wal = match options.durability {
+                Durability::Immediate => {
+                    Some(Wal::open(wal_path, opened.store_id, opened.generation, opened.allocated)?)
+                }
+                Durability::Eventual => {
+                    wal::remove(&wal_path)?;
+                    None
+                }
+            };
+            (Db::Write(db), wal, Overlay::default(), opened.replayed, repair)
         };
 
         let stats = Arc::new(Stats::default());
         let (sender, receiver) = mpsc::channel();
-        let writer = Writer::new(db, path.clone(), stats.clone(), hook, wal);
+        let writer = Writer::new(db, path.clone(), stats.clone(), hook, wal, overlay);
         let handle = std::thread::Builder::new()
             .name("cano-checkpoint-writer".into())
             .spawn(move || writer.run(receiver))
@@ -174,7 +268,8 @@ impl RedbStore {
         let writer_id = handle.thread().id();
         Ok(RedbStore {
             path,
-            durability,
+            durability: options.durability,
+            read_only: options.read_only,
             owner_pid: std::process::id(),
             forks: fork_generation(),
             sender: Mutex::new(Some(sender)),
@@ -182,7 +277,18 @@ impl RedbStore {
             writer_id,
             stats,
             replayed,
+            repair,
         })
+    }
+
+    /// What `repair` did, when the store was opened with it.
+    pub fn repair_report(&self) -> Option<&RepairReport> {
+        self.repair.as_ref()
+    }
+
+    /// True when the store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The file this store writes.

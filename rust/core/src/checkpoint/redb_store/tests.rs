@@ -313,7 +313,12 @@ fn damaged_row_is_reported_with_its_key() {
     }
     let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
     let err = store.load_run_blocking("w").unwrap_err();
-    assert!(err.to_string().starts_with("decode checkpoint row at workflow_id=\"w\" sequence=3"));
+    assert!(
+        matches!(&err, StoreError::Damaged { workflow_id, sequence: 3, .. } if workflow_id == "w")
+    );
+    let text = err.to_string();
+    assert!(text.contains(&format!("{:?}", dir.file().display().to_string())), "{text}");
+    assert!(store.list_runs_blocking().is_err());
 }
 
 #[test]
@@ -395,19 +400,38 @@ fn contents(store: &RedbStore) -> Vec<(String, Vec<(u64, String)>)> {
         .collect()
 }
 
-/// Offsets where each record of a log ends (walking the length headers).
-fn record_ends(log: &[u8]) -> Vec<usize> {
-    let mut ends = Vec::new();
+/// Where both copies of each record of a log are: `(first, second, length)` (walking the
+/// length headers; see `wal`'s layout).
+fn record_copies(log: &[u8]) -> Vec<(usize, usize, usize)> {
+    let mut copies = Vec::new();
     let mut at = 0;
     while at + 8 <= log.len() {
-        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
-        if len == 0 || at + 8 + len > log.len() {
+        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize + 8;
+        if len == 8 || at + len > log.len() {
             break;
         }
-        at += 8 + len;
-        ends.push(at);
+        let second = (at + len).div_ceil(wal::PAGE as usize) * wal::PAGE as usize;
+        copies.push((at, second, len));
+        at = second + len;
     }
-    ends
+    copies
+}
+
+fn seqs_of(store: &RedbStore, id: &str) -> Vec<u64> {
+    store.load_run_blocking(id).unwrap().iter().map(|r| r.sequence).collect()
+}
+
+/// A crash image of a store holding rows 0..n of run "w", one batch each.
+fn logged_image(name: &str, n: u64) -> (TempDir, TempDir, PathBuf) {
+    let dir = TempDir::new(name);
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    for seq in 0..n {
+        store.append_blocking(row("w", seq, &format!("S{seq}"))).unwrap();
+    }
+    let image = TempDir::new(&format!("{name}-image"));
+    let copy = crash_image(&store, &image);
+    drop(store);
+    (dir, image, copy)
 }
 
 #[test]
@@ -441,59 +465,187 @@ fn acknowledged_rows_survive_a_crash_through_the_log() {
 }
 
 #[test]
-fn a_torn_tail_loses_only_the_unfinished_record() {
-    let dir = TempDir::new("wal-torn");
-    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
-    for seq in 0..10 {
-        store.append_blocking(row("w", seq, &format!("S{seq}"))).unwrap();
-    }
-    let image = TempDir::new("wal-torn-image");
-    let copy = crash_image(&store, &image);
+fn a_record_torn_by_the_crash_is_not_replayed_and_nothing_before_it_is_lost() {
+    let (_dir, _image, copy) = logged_image("wal-torn", 10);
     let pristine_db = std::fs::read(&copy).unwrap();
     let log = std::fs::read(wal::wal_path(&copy)).unwrap();
-    let ends = record_ends(&log);
-    assert_eq!(ends.len(), 10);
-
-    let mut cuts: Vec<usize> = vec![0, 1, 7, 8, 9];
-    for &end in &ends {
-        cuts.extend([end - 1, end, end + 1, end + 5]);
-    }
-    for cut in cuts {
-        let cut = cut.min(log.len());
+    let copies = record_copies(&log);
+    assert_eq!(copies.len(), 10);
+    // The last record stands for one the crash tore (it was never acknowledged): cut its
+    // first copy anywhere and never write its second.
+    let (first, second, len) = copies[9];
+    for keep in [0, 1, 7, 8, 9, len / 2, len - 1] {
+        let mut torn = log.clone();
+        torn[first + keep..first + len].fill(0);
+        torn[second..second + len].fill(0);
         std::fs::write(&copy, &pristine_db).unwrap();
-        std::fs::write(wal::wal_path(&copy), &log[..cut]).unwrap();
-        let whole = ends.iter().filter(|&&e| e <= cut).count();
+        std::fs::write(wal::wal_path(&copy), &torn).unwrap();
         let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
-        let seqs: Vec<u64> =
-            reopened.load_run_blocking("w").unwrap().iter().map(|r| r.sequence).collect();
-        assert_eq!(seqs, (0..whole as u64).collect::<Vec<_>>(), "cut at byte {cut}");
-        assert_eq!(reopened.replayed_records(), whole);
+        assert_eq!(seqs_of(&reopened, "w"), (0..9).collect::<Vec<_>>(), "kept {keep} bytes");
+        assert_eq!(reopened.replayed_records(), 9);
     }
 }
 
 #[test]
-fn a_bad_crc_stops_replay_at_that_record() {
-    let dir = TempDir::new("wal-crc");
-    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
-    for seq in 0..6 {
-        store.append_blocking(row("w", seq, "S")).unwrap();
-    }
-    let image = TempDir::new("wal-crc-image");
-    let copy = crash_image(&store, &image);
+fn one_damaged_copy_of_any_record_loses_nothing() {
+    let (_dir, _image, copy) = logged_image("wal-flip", 6);
     let pristine_db = std::fs::read(&copy).unwrap();
     let log = std::fs::read(wal::wal_path(&copy)).unwrap();
-    let ends = record_ends(&log);
-    // Damage record 3: its payload, its CRC, or its length.
-    let start = ends[2];
-    for at in [start + 8, start + ends[3] - start - 1, start + 5, start] {
-        let mut damaged = log.clone();
-        damaged[at] ^= 0x40;
-        std::fs::write(&copy, &pristine_db).unwrap();
-        std::fs::write(wal::wal_path(&copy), &damaged).unwrap();
-        let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
-        let seqs: Vec<u64> =
-            reopened.load_run_blocking("w").unwrap().iter().map(|r| r.sequence).collect();
-        assert_eq!(seqs, vec![0, 1, 2], "damaged byte {at}");
+    for (first, second, len) in record_copies(&log) {
+        for at in [first, first + 5, first + 9, first + len - 1, second + 3, second + len - 2] {
+            let mut damaged = log.clone();
+            damaged[at] ^= 0x40;
+            std::fs::write(&copy, &pristine_db).unwrap();
+            std::fs::write(wal::wal_path(&copy), &damaged).unwrap();
+            let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
+            assert_eq!(seqs_of(&reopened, "w"), (0..6).collect::<Vec<_>>(), "byte {at}");
+        }
+    }
+}
+
+#[test]
+fn a_hole_in_the_log_is_refused_and_repair_says_what_was_lost() {
+    let (_dir, _image, copy) = logged_image("wal-hole", 6);
+    let log = std::fs::read(wal::wal_path(&copy)).unwrap();
+    let (first, second, _) = record_copies(&log)[2];
+    let mut damaged = log.clone();
+    damaged[first + 9] ^= 0xff;
+    damaged[second + 9] ^= 0xff;
+    std::fs::write(wal::wal_path(&copy), &damaged).unwrap();
+
+    let err = RedbStore::open(&copy, Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::LogDamaged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("record 3") && text.contains("repair=True"), "{text}");
+    // The damaged log was not touched (redb may have repaired its own file after the crash).
+    assert!(std::fs::read(wal::wal_path(&copy)).unwrap() == damaged);
+    assert!(RedbStore::open(&copy, Durability::Immediate).is_err(), "still refused");
+
+    let mut options = OpenOptions::new(Durability::Immediate);
+    options.repair = true;
+    let repaired = RedbStore::open_with(&copy, &options, None).unwrap();
+    let report = repaired.repair_report().unwrap().clone();
+    assert_eq!(report.missing, vec![3]);
+    assert_eq!(report.replayed, 5);
+    let aside = report.moved_to.clone().unwrap();
+    assert!(std::fs::read(&aside).unwrap() == damaged, "the damaged log is kept");
+    assert_eq!(seqs_of(&repaired, "w"), vec![0, 1, 3, 4, 5]);
+    repaired.close().unwrap();
+    drop(repaired);
+    let again = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(seqs_of(&again, "w"), vec![0, 1, 3, 4, 5]);
+}
+
+#[test]
+fn a_deleted_or_truncated_log_is_refused() {
+    let (_dir, _image, copy) = logged_image("wal-cut", 4);
+    let log = std::fs::read(wal::wal_path(&copy)).unwrap();
+    for cut in [0, 100, log.len() / 2, log.len() - 1] {
+        std::fs::write(wal::wal_path(&copy), &log[..cut]).unwrap();
+        let err = RedbStore::open(&copy, Durability::Immediate).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "cut {cut}: {err}");
+    }
+    std::fs::remove_file(wal::wal_path(&copy)).unwrap();
+    let err = RedbStore::open(&copy, Durability::Immediate).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    // Repair acknowledges the loss and opens: the rows were only in the log.
+    let mut options = OpenOptions::new(Durability::Immediate);
+    options.repair = true;
+    let repaired = RedbStore::open_with(&copy, &options, None).unwrap();
+    assert!(!repaired.repair_report().unwrap().problems.is_empty());
+    assert_eq!(seqs_of(&repaired, "w"), Vec::<u64>::new());
+}
+
+#[test]
+fn a_clean_close_leaves_no_log_and_reopening_replays_nothing() {
+    let dir = TempDir::new("clean");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("w", 0, "A")).unwrap();
+    store.close().unwrap();
+    assert!(!wal::wal_path(&dir.file()).exists());
+    let reopened = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    assert_eq!(seqs_of(&reopened, "w"), vec![0]);
+    assert_eq!(reopened.replayed_records(), 0);
+    assert_eq!(reopened.checkpoint_count(), 0);
+}
+
+#[test]
+fn read_only_writes_nothing_and_refuses_writes() {
+    let dir = TempDir::new("ro");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    for seq in 0..3 {
+        store.append_blocking(row("w", seq, "S")).unwrap();
+    }
+    store.close().unwrap();
+    drop(store);
+    let db_before = std::fs::read(dir.file()).unwrap();
+    let mut options = OpenOptions::new(Durability::Immediate);
+    options.read_only = true;
+    options.create = false;
+    let ro = RedbStore::open_with(dir.file(), &options, None).unwrap();
+    // Readers share the file.
+    let ro2 = RedbStore::open_with(dir.file(), &options, None).unwrap();
+    assert_eq!(seqs_of(&ro, "w"), vec![0, 1, 2]);
+    assert_eq!(ro2.list_runs_blocking().unwrap().len(), 1);
+    assert!(matches!(ro.append_blocking(row("w", 9, "X")), Err(StoreError::ReadOnly { .. })));
+    assert!(matches!(ro.clear_blocking("w"), Err(StoreError::ReadOnly { .. })));
+    ro.close().unwrap();
+    ro2.close().unwrap();
+    drop((ro, ro2));
+    assert!(std::fs::read(dir.file()).unwrap() == db_before, "the file is unchanged");
+    assert!(!wal::wal_path(&dir.file()).exists());
+    // Read-only never creates.
+    let missing = dir.file().with_file_name("missing.redb");
+    assert!(matches!(
+        RedbStore::open_with(&missing, &options, None),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(!missing.exists());
+}
+
+#[test]
+fn read_only_is_refused_while_a_writer_holds_the_file() {
+    let dir = TempDir::new("ro-held");
+    let _writer = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    let mut options = OpenOptions::new(Durability::Immediate);
+    options.read_only = true;
+    let err = RedbStore::open_with(dir.file(), &options, None).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+}
+
+#[test]
+fn an_empty_file_is_not_silently_a_new_store() {
+    let dir = TempDir::new("empty");
+    std::fs::write(dir.file(), b"").unwrap();
+    let err = RedbStore::open(dir.file(), Durability::Immediate).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }) && err.to_string().contains("empty"));
+    assert_eq!(std::fs::metadata(dir.file()).unwrap().len(), 0, "left as it was");
+}
+
+#[test]
+fn a_store_cannot_be_opened_on_another_store_s_log() {
+    let dir = TempDir::new("on-log");
+    let first = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    first.append_blocking(row("w", 0, "A")).unwrap();
+    let log = wal::wal_path(&dir.file());
+    assert!(RedbStore::open(&log, Durability::Immediate).is_err());
+    first.append_blocking(row("w", 1, "B")).unwrap();
+    first.close().unwrap();
+    let reopened = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    assert_eq!(seqs_of(&reopened, "w"), vec![0, 1]);
+}
+
+#[test]
+fn eventual_commits_become_durable_within_the_window() {
+    let dir = TempDir::new("eventual-window");
+    let store = RedbStore::open(dir.file(), Durability::Eventual).unwrap();
+    store.append_blocking(row("w", 0, "A")).unwrap();
+    let synced = store.checkpoint_count();
+    // The writer makes it durable on its own, without a flush, once the window passes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.checkpoint_count() == synced {
+        assert!(std::time::Instant::now() < deadline, "never made durable");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -2,41 +2,73 @@
 //! applies them as one batch, makes the batch durable once (a log record and one sync, a
 //! checkpoint, or with `Durability::Eventual` one redb commit) and completes the requests
 //! in order.
+//!
+//! Every call into redb runs inside [`contain`]: a panic of the storage engine (a damaged file
+//! can cause one) fails the batch with an error naming the file, and prints nothing.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use redb::{Database, WriteTransaction};
+use redb::{Database, ReadOnlyDatabase, WriteTransaction};
 
 use super::{Answer, BatchHook, Request, Stats, CHECKPOINT_ROWS, MAX_BATCH};
+use crate::checkpoint::contain::contain;
 use crate::checkpoint::error::{path_text, StoreError};
-use crate::checkpoint::overlay::{append_logged, list_runs_logged, load_run_logged, Base, Overlay};
+use crate::checkpoint::overlay::{
+    append_logged, list_runs_logged, load_run_logged, Base, Overlay, ReadSource,
+};
 use crate::checkpoint::reads::{list_runs, load_run};
 use crate::checkpoint::row::Entry;
-use crate::checkpoint::schema::{META, META_GENERATION, TABLE};
+use crate::checkpoint::schema::{META, META_GENERATION, META_WAL_ALLOCATED, TABLE};
 use crate::checkpoint::wal::Wal;
+
+/// `Durability::Eventual`: commits made without fsync are made durable at the latest this
+/// long after the first of them...
+pub const EVENTUAL_WINDOW: Duration = Duration::from_secs(1);
+/// ...or once this many rows are waiting, whichever comes first.
+pub const EVENTUAL_ROWS: usize = 10_000;
+
+/// The database, as the writer holds it.
+pub(super) enum Db {
+    Write(Database),
+    /// Opened read-only: reads only, served through the overlay (which holds what the log
+    /// held), nothing ever written.
+    Read(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn source(&self) -> &dyn ReadSource {
+        match self {
+            Db::Write(db) => db,
+            Db::Read(db) => db,
+        }
+    }
+}
 
 /// The state owned by the writer thread.
 pub(super) struct Writer {
     /// `None` after `Close`: the file is released before the close completes.
-    db: Option<Database>,
+    db: Option<Db>,
     path: PathBuf,
-    /// [`Durability::Eventual`]: a commit without fsync happened since the last durable one.
-    unsynced: bool,
+    /// `Durability::Eventual`: when the oldest commit not yet durable was made, and how many
+    /// rows have been committed without fsync since the last durable commit.
+    unsynced_since: Option<Instant>,
+    unsynced_rows: usize,
     stats: Arc<Stats>,
     hook: Option<BatchHook>,
-    /// The write-ahead log ([`Durability::Immediate`] only).
+    /// The write-ahead log (`Durability::Immediate` only).
     wal: Option<Wal>,
     /// Set when the store can no longer guarantee what it acknowledges (a log write or sync,
     /// or a checkpoint, failed): every later request fails with it.
     failed: Option<StoreError>,
-    /// With a write-ahead log: what the log holds that redb does not (see [`overlay`]).
-    /// Batches need no redb write at all until the next checkpoint.
-    ///
-    /// [`overlay`]: super::overlay
+    /// The first I/O error met: redb answers later calls with "Previous I/O error occurred",
+    /// which says nothing of the cause (a full disk, say); this does.
+    first_io: Option<StoreError>,
+    /// With a write-ahead log (or read-only): what the log holds that redb does not (see
+    /// `overlay`). Batches need no redb write at all until the next checkpoint.
     overlay: Overlay,
 }
 
@@ -68,29 +100,54 @@ fn fail_succeeded(answers: &mut [Answer], requests: &[Request], err: &StoreError
     }
 }
 
+fn mutates(request: &Request) -> bool {
+    matches!(request, Request::Append(..) | Request::Clear(..))
+}
+
 impl Writer {
     pub(super) fn new(
-        db: Database,
+        db: Db,
         path: PathBuf,
         stats: Arc<Stats>,
         hook: Option<BatchHook>,
         wal: Option<Wal>,
+        overlay: Overlay,
     ) -> Self {
         Writer {
             db: Some(db),
             path,
-            unsynced: false,
+            unsynced_since: None,
+            unsynced_rows: 0,
             stats,
             hook,
             wal,
             failed: None,
-            overlay: Overlay::default(),
+            first_io: None,
+            overlay,
         }
     }
 
     pub(super) fn run(mut self, receiver: Receiver<Request>) {
         let mut batch = Vec::new();
-        while let Ok(first) = receiver.recv() {
+        loop {
+            let first = match self.unsynced_since {
+                // Eventual commits are waiting: wait for work at most until they are due.
+                Some(since) => {
+                    let due = EVENTUAL_WINDOW.saturating_sub(since.elapsed());
+                    match receiver.recv_timeout(due) {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.make_eventual_durable();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match receiver.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
@@ -100,6 +157,11 @@ impl Writer {
             }
             let closing = batch.iter().any(|r| matches!(r, Request::Close(_)));
             self.process(std::mem::take(&mut batch), closing);
+            if self.unsynced_rows >= EVENTUAL_ROWS
+                || self.unsynced_since.is_some_and(|t| t.elapsed() >= EVENTUAL_WINDOW)
+            {
+                self.make_eventual_durable();
+            }
             if let Some(hook) = self.hook.as_mut() {
                 hook();
             }
@@ -109,28 +171,51 @@ impl Writer {
         }
         // Every sender is gone without a `Close` (cannot happen through `RedbStore`, whose
         // drop closes): still make what was acknowledged durable in redb.
-        if self.db.is_some() && self.failed.is_none() && self.sync().is_ok() {
+        if self.db.is_some() && self.failed.is_none() && contain(|| self.sync()).is_ok() {
             if let Some(wal) = self.wal.take() {
                 let _ = wal.remove();
             }
         }
     }
 
+    /// The eventual loss window ends: one durable (empty) commit persists every commit made
+    /// without fsync before it. A failure is kept for the next request to report.
+    fn make_eventual_durable(&mut self) {
+        match contain(|| self.sync()) {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                self.first_io.get_or_insert(err);
+            }
+            Err(panic) => {
+                self.first_io.get_or_insert(StoreError::WriterFailed {
+                    path: path_text(&self.path),
+                    reason: format!("redb panicked while flushing: {panic}"),
+                });
+            }
+        }
+        // Tried once per window: a full disk is reported by the next write, not retried here
+        // in a loop.
+        self.unsynced_since = None;
+        self.unsynced_rows = 0;
+    }
+
     /// Applies a batch, makes it durable (one log sync, a checkpoint, or with
-    /// [`Durability::Eventual`] one redb commit), then completes its requests in order.
+    /// `Durability::Eventual` one redb commit), then completes its requests in order.
     fn process(&mut self, mut requests: Vec<Request>, closing: bool) {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        let applied = panic::catch_unwind(AssertUnwindSafe(|| self.apply(&mut requests, closing)));
+        let applied = contain(|| self.apply(&mut requests, closing));
         let (mut answers, durable) = match applied {
             Ok(Ok(done)) => done,
             Ok(Err(err)) => {
                 let answers = requests.iter().map(|r| Answer::failed(r, err.clone())).collect();
                 (answers, Durable::Now)
             }
-            Err(_) => {
+            Err(panic) => {
                 let err = StoreError::WriterFailed {
                     path: path_text(&self.path),
-                    reason: "redb panicked while applying a batch".into(),
+                    reason: format!(
+                        "redb panicked while applying a batch (is the file damaged?): {panic}"
+                    ),
                 };
                 if self.wal.is_some() {
                     // The overlay may hold part of the batch.
@@ -140,6 +225,7 @@ impl Writer {
                 (answers, Durable::Now)
             }
         };
+        self.explain_io_errors(&mut answers);
         if let (Durable::AfterSync, Some(wal)) = (&durable, self.wal.as_ref()) {
             // The batch's one fsync. Appends queued meanwhile wait in the channel, without
             // waking anybody, and form the next batch.
@@ -156,8 +242,9 @@ impl Writer {
             }
         }
         if closing {
-            // The last batch was a checkpoint: the log is stale; delete it while the file lock
-            // is still ours. If the checkpoint failed, the log keeps the rows for the next open.
+            // The closing batch ended with a checkpoint that also recorded "no log": delete it
+            // while the file lock is still ours. If anything failed, the log keeps the rows for
+            // the next open.
             if let Some(wal) = self.wal.take() {
                 if wal.records() == 0 && self.overlay.is_empty() && self.failed.is_none() {
                     let _ = wal.remove();
@@ -171,6 +258,31 @@ impl Writer {
         }
     }
 
+    /// redb answers every call after a failed write with "Previous I/O error occurred": the
+    /// first I/O error is kept, and reported in their place (it says what went wrong — a full
+    /// disk, say).
+    fn explain_io_errors(&mut self, answers: &mut [Answer]) {
+        for answer in answers.iter_mut() {
+            let err = match answer {
+                Answer::Unit(Err(e)) => e,
+                Answer::Rows(Err(e)) => e,
+                Answer::Runs(Err(e)) => e,
+                _ => continue,
+            };
+            match err {
+                StoreError::Io { .. } => {
+                    self.first_io.get_or_insert_with(|| err.clone());
+                }
+                StoreError::Storage { message, .. } if message.contains("Previous I/O error") => {
+                    if let Some(first) = &self.first_io {
+                        *err = first.clone();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Applies the whole batch and returns the answers and what makes them durable.
     fn apply(
         &mut self,
@@ -180,28 +292,62 @@ impl Writer {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
-        if self.db.is_none() {
-            return Err(StoreError::Closed { path: path_text(&self.path) });
-        }
-        if self.wal.is_some() {
-            self.apply_logged(requests, closing)
-        } else {
-            self.apply_eventual(requests, closing)
+        match &self.db {
+            None => Err(StoreError::Closed { path: path_text(&self.path) }),
+            Some(Db::Read(_)) => Ok((self.apply_read_only(requests), Durable::Now)),
+            Some(Db::Write(_)) if self.wal.is_some() => self.apply_logged(requests, closing),
+            Some(Db::Write(_)) => self.apply_eventual(requests, closing),
         }
     }
 
-    /// [`Durability::Eventual`]: one redb write transaction per batch, committed without
-    /// fsync unless the batch flushes or closes.
+    /// A read-only store: reads through the overlay, writes refused.
+    fn apply_read_only(&mut self, requests: &[Request]) -> Vec<Answer> {
+        let path = self.path.clone();
+        let Some(db) = self.db.as_ref() else { return Vec::new() };
+        let mut base = Base { db: db.source(), path: &path, table: None };
+        let overlay = &self.overlay;
+        let refuse =
+            |what: &str| StoreError::ReadOnly { path: path_text(&path), what: what.into() };
+        requests
+            .iter()
+            .map(|request| match request {
+                Request::Append(..) => Answer::Unit(Err(refuse("append"))),
+                Request::Clear(..) => Answer::Unit(Err(refuse("clear"))),
+                Request::LoadRun(id, _) => Answer::Rows(load_run_logged(overlay, &mut base, id)),
+                Request::ListRuns(_) => Answer::Runs(list_runs_logged(overlay, &mut base)),
+                Request::Flush(_) | Request::Close(_) => Answer::Unit(Ok(())),
+            })
+            .collect()
+    }
+
+    fn write_db(&self) -> Result<&Database, StoreError> {
+        match &self.db {
+            Some(Db::Write(db)) => Ok(db),
+            Some(Db::Read(_)) => {
+                Err(StoreError::ReadOnly { path: path_text(&self.path), what: "a write".into() })
+            }
+            None => Err(StoreError::Closed { path: path_text(&self.path) }),
+        }
+    }
+
+    /// `Durability::Eventual`: one redb write transaction per batch, committed without fsync
+    /// unless the batch flushes or closes (the loss window bounds the rest).
     fn apply_eventual(
         &mut self,
         requests: &[Request],
         closing: bool,
     ) -> Result<(Vec<Answer>, Durable), StoreError> {
+        if let Some(err) = &self.first_io {
+            // A failed commit or flush: redb would only answer "Previous I/O error occurred".
+            if requests.iter().any(mutates) {
+                return Err(err.clone());
+            }
+        }
         let path = self.path.clone();
         let redb_err = |e: redb::Error| StoreError::from_redb(&path, e);
-        let db = self.db.as_ref().expect("checked by apply");
-        let mutates =
-            requests.iter().any(|r| matches!(r, Request::Append(..) | Request::Clear(..)));
+        let db = self.write_db()?;
+        let appended = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
+        let mutating = requests.iter().any(mutates);
         let durable = closing || requests.iter().any(|r| matches!(r, Request::Flush(_)));
 
         let tx = db.begin_write().map_err(|e| redb_err(e.into()))?;
@@ -225,19 +371,28 @@ impl Writer {
                 });
             }
         }
-        if !(mutates || (durable && self.unsynced)) {
+        let pending = self.unsynced_since.is_some();
+        if !(mutating || (durable && pending)) {
             // Reads only, or a flush with nothing pending: no commit, no fsync.
             tx.abort().map_err(|e| redb_err(e.into()))?;
             return Ok((answers, Durable::Now));
         }
-        if let Err(err) = self.commit(tx, durable, false) {
+        match self.commit(tx, durable, false, false) {
+            Ok(()) if durable => {
+                self.unsynced_since = None;
+                self.unsynced_rows = 0;
+            }
+            Ok(()) => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                self.unsynced_rows += appended;
+            }
             // Nothing of the batch was committed.
-            fail_succeeded(&mut answers, requests, &err);
+            Err(err) => fail_succeeded(&mut answers, requests, &err),
         }
         Ok((answers, Durable::Now))
     }
 
-    /// [`Durability::Immediate`]: the batch goes to the overlay and into one log record; a
+    /// `Durability::Immediate`: the batch goes to the overlay and into one log record; a
     /// checkpoint (when due, and at close) writes the overlay to redb durably instead.
     fn apply_logged(
         &mut self,
@@ -245,11 +400,21 @@ impl Writer {
         closing: bool,
     ) -> Result<(Vec<Answer>, Durable), StoreError> {
         let path = self.path.clone();
-        let db = self.db.as_ref().expect("checked by apply");
+        if requests.iter().any(mutates) {
+            // Room for the record first (a read never needs any): a batch in the overlay that
+            // cannot be logged would be rows nobody acknowledged. A log that grew has its new
+            // size recorded durably before any record lands in the new space.
+            let bound = requests.iter().map(record_bound).sum();
+            let wal = self.wal.as_mut().expect("checked by apply");
+            if let Some(allocated) = wal.reserve(bound)? {
+                self.record_log_size(allocated)?;
+            }
+        }
+        let db: &Database = match &self.db {
+            Some(Db::Write(db)) => db,
+            _ => return Err(StoreError::Closed { path: path_text(&self.path) }),
+        };
         let wal = self.wal.as_mut().expect("checked by apply");
-        // Room for the record first: a batch in the overlay that cannot be logged would be
-        // rows nobody acknowledged.
-        wal.reserve(requests.iter().map(record_bound).sum())?;
         wal.begin();
         let mut base = Base { db, path: &path, table: None };
         let overlay = &mut self.overlay;
@@ -280,9 +445,25 @@ impl Writer {
 
         let logged = !wal.is_empty();
         let due = wal.checkpoint_due() || self.overlay.rows() >= CHECKPOINT_ROWS;
-        if closing || (logged && due) {
+        if closing {
+            // The last checkpoint also records that the store has no log any more. If it
+            // fails (a full disk), the log still holds everything: nothing is lost, the next
+            // open replays it, and the store closes all the same.
+            if logged {
+                let wal = self.wal.as_mut().expect("checked by apply");
+                if let Err(err) = wal.write().and_then(|()| wal.sync()) {
+                    poison(&mut self.failed, &self.path, &err);
+                    fail_succeeded(&mut answers, requests, &err);
+                    return Ok((answers, Durable::Now));
+                }
+            }
+            // A failed checkpoint poisons the writer, so the log is kept, not removed.
+            let _ = self.checkpoint(true);
+            return Ok((answers, Durable::Now));
+        }
+        if logged && due {
             // A checkpoint makes this batch durable together with everything before it.
-            if let Err(err) = self.checkpoint() {
+            if let Err(err) = self.checkpoint(false) {
                 fail_succeeded(&mut answers, requests, &err);
             }
             return Ok((answers, Durable::Now));
@@ -305,20 +486,34 @@ impl Writer {
         Ok((answers, Durable::AfterSync))
     }
 
+    /// Records durably how large the log has been grown (see `replay`): a log found shorter
+    /// later was truncated.
+    fn record_log_size(&mut self, allocated: u64) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let redb_err = |e: redb::Error| StoreError::from_redb(&path, e);
+        let tx = self.write_db()?.begin_write().map_err(|e| redb_err(e.into()))?;
+        tx.open_table(META)
+            .map_err(|e| redb_err(e.into()))?
+            .insert(META_WAL_ALLOCATED, allocated)
+            .map_err(|e| redb_err(e.into()))?;
+        // Durable (redb's default); not a checkpoint: the log's rows stay where they are.
+        tx.commit().map_err(|e| redb_err(e.into()))
+    }
+
     /// Writes the overlay to redb in one durable commit that also moves the log to its next
-    /// generation; the log then starts over. A failure leaves the store poisoned (the log
-    /// keeps every acknowledged batch for the next open).
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
+    /// generation (and, when `closing`, records that the store has no log); the log then
+    /// starts over. A failure leaves the store poisoned (the log keeps every acknowledged
+    /// batch for the next open).
+    fn checkpoint(&mut self, closing: bool) -> Result<(), StoreError> {
         let Some(wal) = self.wal.as_ref() else { return self.sync() };
-        if wal.records() == 0 && self.overlay.is_empty() {
+        if !closing && wal.records() == 0 && self.overlay.is_empty() {
             return Ok(());
         }
         let path = self.path.clone();
         let redb_err = |e: redb::Error| StoreError::from_redb(&path, e);
         let changes = self.overlay.take();
         let written = (|| {
-            let db =
-                self.db.as_ref().ok_or_else(|| StoreError::Closed { path: path_text(&path) })?;
+            let db = self.write_db()?;
             let tx = db.begin_write().map_err(|e| redb_err(e.into()))?;
             {
                 let mut table = tx.open_table(TABLE).map_err(|e| redb_err(e.into()))?;
@@ -338,7 +533,7 @@ impl Writer {
             }
             Ok(tx)
         })();
-        let result = written.and_then(|tx| self.commit(tx, true, true));
+        let result = written.and_then(|tx| self.commit(tx, true, true, closing));
         if let Err(err) = &result {
             poison(&mut self.failed, &self.path, err);
         }
@@ -346,33 +541,53 @@ impl Writer {
     }
 
     /// Commits `tx`; a durable commit with a write-ahead log (`checkpoint`) also moves the log
-    /// to its next generation in the same transaction, and the log starts over.
+    /// to its next generation in the same transaction (and with `drop_log` records that the
+    /// store has no log), and the log starts over.
     fn commit(
         &mut self,
         mut tx: WriteTransaction,
         durable: bool,
         checkpoint: bool,
+        drop_log: bool,
     ) -> Result<(), StoreError> {
-        let path = &self.path;
+        let path = self.path.clone();
         let next_generation = match (&self.wal, checkpoint) {
             (Some(wal), true) => {
                 let generation = wal.generation() + 1;
-                tx.open_table(META)
-                    .map_err(|e| StoreError::from_redb(path, e))?
-                    .insert(META_GENERATION, generation)
-                    .map_err(|e| StoreError::from_redb(path, e))?;
+                let mut meta = tx.open_table(META).map_err(|e| StoreError::from_redb(&path, e))?;
+                meta.insert(META_GENERATION, generation)
+                    .map_err(|e| StoreError::from_redb(&path, e))?;
+                if drop_log {
+                    meta.insert(META_WAL_ALLOCATED, 0)
+                        .map_err(|e| StoreError::from_redb(&path, e))?;
+                }
                 Some(generation)
             }
             _ => None,
         };
         let level = if durable { redb::Durability::Immediate } else { redb::Durability::None };
-        tx.set_durability(level).map_err(|e| StoreError::from_redb(path, e))?;
-        tx.commit().map_err(|e| StoreError::from_redb(path, e))?;
+        tx.set_durability(level).map_err(|e| StoreError::from_redb(&path, e))?;
+        if let Err(e) = tx.commit() {
+            let err = StoreError::from_redb(&path, e);
+            // redb reports every later failure as "Previous I/O error occurred": keep the
+            // first one, which says what went wrong.
+            let err = match (&self.first_io, &err) {
+                (Some(first), StoreError::Storage { message, .. })
+                    if message.contains("Previous I/O error") =>
+                {
+                    first.clone()
+                }
+                _ => err,
+            };
+            if matches!(err, StoreError::Io { .. }) {
+                self.first_io.get_or_insert_with(|| err.clone());
+            }
+            return Err(err);
+        }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         if durable {
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
-        self.unsynced = !durable;
         if let (Some(generation), Some(wal)) = (next_generation, self.wal.as_mut()) {
             wal.reset(generation);
         }
@@ -383,14 +598,17 @@ impl Writer {
     /// durable empty commit after eventual ones.
     fn sync(&mut self) -> Result<(), StoreError> {
         if self.wal.is_some() {
-            return self.checkpoint();
+            return self.checkpoint(false);
         }
-        if !self.unsynced {
+        if self.unsynced_since.is_none() {
             return Ok(());
         }
-        let Some(db) = self.db.as_ref() else { return Ok(()) };
+        let Some(Db::Write(db)) = self.db.as_ref() else { return Ok(()) };
         let tx = db.begin_write().map_err(|e| StoreError::from_redb(&self.path, e))?;
-        self.commit(tx, true, false)
+        self.commit(tx, true, false, false)?;
+        self.unsynced_since = None;
+        self.unsynced_rows = 0;
+        Ok(())
     }
 }
 
