@@ -461,9 +461,13 @@ impl Wal {
                 message: "the write-ahead log has no room reserved for this record".into(),
             });
         }
-        write_all_at(&self.file, &self.buf, first)
-            .and_then(|()| write_all_at(&self.file, &self.buf, second))
-            .map_err(|e| io_error(&self.path, "write the write-ahead log", &e))?;
+        // One write: the first copy, zeros up to the page boundary, the second copy.
+        let record = self.buf.len();
+        self.buf.resize((second - first) as usize, 0);
+        self.buf.extend_from_within(..record);
+        let written = write_all_at(&self.file, &self.buf, first);
+        self.buf.truncate(record);
+        written.map_err(|e| io_error(&self.path, "write the write-ahead log", &e))?;
         self.offset = end;
         self.records += 1;
         self.next_number += 1;
