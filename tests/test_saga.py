@@ -206,16 +206,29 @@ class Hold:
     items: list[int]
 
 
-async def test_compensate_receives_the_json_round_trip(store: Any) -> None:
+async def test_compensate_receives_a_json_output_unchanged(store: Any) -> None:
     journal: Journal = []
-    reserve = Step("reserve", S.CHARGE, Hold("h-9", [1, 2]), journal)
-    charge = Step("charge", S.SHIP, ("ch-9", 3), journal)
+    reserve = Step("reserve", S.CHARGE, {"hold": "h-9", "items": [1, 2]}, journal)
+    charge = Step("charge", S.SHIP, ["ch-9", 3], journal)
     with pytest.raises(cano.TaskError):
         await saga(journal, store, reserve=reserve, charge=charge).orchestrate(S.RESERVE)
     assert undos(journal) == [
         ("undo", "charge", ["ch-9", 3]),
         ("undo", "reserve", {"hold": "h-9", "items": [1, 2]}),
     ]
+
+
+@pytest.mark.parametrize("output", [Hold("h-9", [1, 2]), ("ch-9", 3), {"amount": float("nan")}])
+async def test_an_output_that_would_change_in_a_round_trip_is_refused(
+    store: Any, output: Any
+) -> None:
+    # compensate() would get another value than the step returned: refused (set output_type
+    # to rebuild a dataclass), and the step's failure undoes what came before it.
+    journal: Journal = []
+    charge = Step("charge", S.SHIP, output, journal)
+    with pytest.raises(cano.CheckpointError, match="output of task 'charge'"):
+        await saga(journal, store, charge=charge).orchestrate(S.RESERVE)
+    assert [u[1] for u in undos(journal)] == ["reserve"]
 
 
 async def test_output_type_rebuilds_the_output(store: Any) -> None:

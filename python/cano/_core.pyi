@@ -105,7 +105,7 @@ class Handler:
         kind: str,
         config: TaskConfig,
         targets: Sequence[int] | None = None,
-        cursor_type: object | None = None,
+        value_type: object | None = None,
     ) -> Handler: ...
     @staticmethod
     def split(

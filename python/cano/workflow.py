@@ -504,8 +504,10 @@ class Workflow(Generic[S]):
             kind=entry.kind,
             config=entry.config,
             targets=[ids[t] for t in entry.targets] if entry.targets is not None else None,
-            cursor_type=getattr(entry.task, "cursor_type", None)
+            value_type=getattr(entry.task, "cursor_type", None)
             if entry.kind in ("stepped", "stream")
+            else getattr(entry.task, "output_type", None)
+            if entry.kind == "compensatable"
             else None,
         )
 

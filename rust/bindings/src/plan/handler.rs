@@ -23,8 +23,9 @@ pub struct Handler {
     pub split: Option<SplitSpec>,
     pub breaker: Option<Py<CircuitBreaker>>,
     pub rate_limiter: Option<(Py<PyAny>, u64)>,
-    /// What a resumed stepped/stream task's cursor is rebuilt as (`cursor_type`).
-    pub cursor_type: Option<Py<PyAny>>,
+    /// What a persisted value of the task is rebuilt as: a stepped or stream task's
+    /// `cursor_type`, a compensatable task's `output_type`.
+    pub value_type: Option<Py<PyAny>>,
 }
 
 /// The branches and join of a split state.
@@ -38,7 +39,7 @@ pub struct SplitSpec {
 }
 
 gc_traverse!(SplitSpec { branches, strategy_repr });
-gc_traverse!(Handler { call, name, retry_on, split, breaker, rate_limiter, cursor_type });
+gc_traverse!(Handler { call, name, retry_on, split, breaker, rate_limiter, value_type });
 
 fn kind_of(py: Python<'_>, kind: &str) -> PyResult<HandlerKind> {
     Ok(match kind {
@@ -84,7 +85,7 @@ pub fn check_split(
 #[pymethods]
 impl Handler {
     #[new]
-    #[pyo3(signature = (call, *, takes_resources, name, kind, config, targets=None, cursor_type=None))]
+    #[pyo3(signature = (call, *, takes_resources, name, kind, config, targets=None, value_type=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -94,7 +95,7 @@ impl Handler {
         kind: &str,
         config: &TaskConfig,
         targets: Option<Vec<StateId>>,
-        cursor_type: Option<Py<PyAny>>,
+        value_type: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         Ok(Handler {
             call,
@@ -108,7 +109,7 @@ impl Handler {
             split: None,
             breaker: config.breaker.as_ref().map(|b| b.clone_ref(py)),
             rate_limiter: config.rate_limiter.as_ref().map(|(l, c)| (l.clone_ref(py), *c)),
-            cursor_type,
+            value_type,
         })
     }
 
@@ -155,7 +156,7 @@ impl Handler {
             }),
             breaker: None,
             rate_limiter: None,
-            cursor_type: None,
+            value_type: None,
         })
     }
 

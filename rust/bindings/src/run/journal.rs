@@ -266,9 +266,10 @@ impl Run {
         let kwargs = PyDict::new(py);
         kwargs.set_item("task", self.task_name_str(py, plan))?;
         kwargs.set_item("what", what)?;
+        let value_type = self.handler(plan).and_then(|h| h.get().value_type.as_ref());
         let bytes = ENCODE
             .import(py, "cano._codec", "encode")?
-            .call((value,), Some(&kwargs))
+            .call((value, value_type), Some(&kwargs))
             .map_err(|e| self.contextualise(py, plan, e))?;
         Ok(bytes.cast_into::<PyBytes>()?)
     }
@@ -322,7 +323,10 @@ impl Committer {
         let kwargs = PyDict::new(py);
         kwargs.set_item("task", this.task_id.bind(py))?;
         kwargs.set_item("what", "cursor")?;
-        let blob = ENCODE.import(py, "cano._codec", "encode")?.call((cursor,), Some(&kwargs))?;
+        let value_type = plan.handler(this.state).and_then(|h| h.get().value_type.as_ref());
+        let blob = ENCODE
+            .import(py, "cano._codec", "encode")?
+            .call((cursor, value_type), Some(&kwargs))?;
         let seq = sequence.fetch_add(1, Ordering::Relaxed);
         let on_durable = if plan.observes(Hook::Checkpoint) {
             Some(slf.getattr(intern!(py, "_checkpointed"))?)

@@ -187,7 +187,7 @@ impl Run {
             .collect();
         if let (Some(blob), Some(h)) = (point.cursor, plan.handler(state)) {
             let h = h.get();
-            let cursor_type = h.cursor_type.as_ref().map_or_else(|| py.None(), |t| t.clone_ref(py));
+            let cursor_type = h.value_type.as_ref().map_or_else(|| py.None(), |t| t.clone_ref(py));
             let decode = DECODE.import(py, "cano._codec", "decode")?;
             let kwargs = pyo3::types::PyDict::new(py);
             kwargs.set_item("task", h.name.bind(py))?;
