@@ -31,8 +31,9 @@ class _SlowStore(InMemoryCheckpointStore):
         await super().append(row)
 
     async def clear(self, workflow_id: str) -> None:
-        self.slow_clear.set()
-        await asyncio.sleep(10)
+        if not self.slow_clear.is_set():  # only the first clear is slow
+            self.slow_clear.set()
+            await asyncio.sleep(10)
         await super().clear(workflow_id)
 
 
@@ -61,7 +62,10 @@ async def test_asyncio_cancellation_during_a_checkpoint_write_propagates() -> No
     assert [r.state for r in await store.load_run("slow-append")] == ["VALIDATE"]
 
 
-async def test_asyncio_cancellation_while_clearing_the_log_propagates() -> None:
+async def test_a_cancellation_while_clearing_the_log_is_too_late_to_change_the_outcome() -> None:
+    # The run reached its exit state (its exit row is durable): a cancellation that lands
+    # while the log is being cleared cannot undo that. The run returns its exit state, so the
+    # caller learns the outcome, and the clear finishes in the background.
     store = _SlowStore()
 
     async def only() -> Step:
@@ -77,6 +81,10 @@ async def test_asyncio_cancellation_while_clearing_the_log_propagates() -> None:
     run = asyncio.create_task(wf.orchestrate(Step.VALIDATE, workflow_id="slow-clear"))
     await store.slow_clear.wait()
     run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
-    assert run.cancelled()
+    assert await run is Step.DONE
+    assert not run.cancelled()
+    for _ in range(100):
+        if await store.load_run("slow-clear") == []:
+            break
+        await asyncio.sleep(0.01)
+    assert await store.load_run("slow-clear") == []

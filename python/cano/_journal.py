@@ -3,12 +3,37 @@ own rows are written from Rust, in ``rust/bindings/src/run/journal.rs``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cano.store import CheckpointRow, RowKind
 
-__all__ = ["commit_cursor", "nothing"]
+__all__ = ["clear_in_background", "commit_cursor", "nothing"]
+
+_log = logging.getLogger("cano")
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def clear_in_background(clear: Callable[[str], Awaitable[None]], workflow_id: str) -> None:
+    """Clears a finished run's log without anybody awaiting it (the run's own clear was
+    interrupted by a cancellation that came too late to change its outcome)."""
+    try:
+        future = asyncio.ensure_future(clear(workflow_id))
+    except Exception:
+        _log.warning("cannot clear the checkpoint log of %r", workflow_id, exc_info=True)
+        return
+    _BACKGROUND.add(future)
+
+    def done(f: asyncio.Future[Any]) -> None:
+        _BACKGROUND.discard(f)
+        if not f.cancelled() and f.exception() is not None:
+            _log.warning(
+                "cannot clear the checkpoint log of %r", workflow_id, exc_info=f.exception()
+            )
+
+    future.add_done_callback(done)
 
 
 async def nothing() -> None:

@@ -184,23 +184,33 @@ impl Graph {
     }
 }
 
+/// How many of the most recent states a run's path keeps: a run that loops for ever keeps
+/// bounded memory, and errors list (at most) its last this-many states.
+pub const PATH_KEPT: usize = 10_000;
+
 /// Where one run is: the current state, the path so far and the transition count.
 #[derive(Debug, Clone)]
 pub struct Cursor {
     state: StateId,
     transitions: u64,
+    /// The path, of which only the last [`PATH_KEPT`] entries count; older ones are dropped in
+    /// chunks (amortised: at most twice that many ids are held).
     path: Vec<StateId>,
+    /// States entered and then dropped from `path`.
+    dropped: u64,
 }
 
 impl Cursor {
     /// A run about to enter `initial`.
     pub fn new(initial: StateId) -> Self {
-        Cursor { state: initial, transitions: 0, path: Vec::new() }
+        Cursor { state: initial, transitions: 0, path: Vec::new(), dropped: 0 }
     }
 
     /// A resumed run: `path` was walked before the crash, `initial` is entered next.
-    pub fn resumed(initial: StateId, path: Vec<StateId>) -> Self {
-        Cursor { state: initial, transitions: 0, path }
+    pub fn resumed(initial: StateId, mut path: Vec<StateId>) -> Self {
+        let excess = path.len().saturating_sub(PATH_KEPT);
+        path.drain(..excess);
+        Cursor { state: initial, transitions: 0, path, dropped: excess as u64 }
     }
 
     /// The current state.
@@ -208,9 +218,22 @@ impl Cursor {
         self.state
     }
 
-    /// Every state entered so far, in order.
+    /// The states entered so far, in order: every one, or the last [`PATH_KEPT`] of them.
     pub fn path(&self) -> &[StateId] {
-        &self.path
+        &self.path[self.path.len().saturating_sub(PATH_KEPT)..]
+    }
+
+    /// How many states the run entered in all (the path may keep only the last ones).
+    pub fn entered(&self) -> u64 {
+        self.dropped + self.path.len() as u64
+    }
+
+    fn record(&mut self, s: StateId) {
+        if self.path.len() >= 2 * PATH_KEPT {
+            self.path.drain(..PATH_KEPT);
+            self.dropped += PATH_KEPT as u64;
+        }
+        self.path.push(s);
     }
 
     /// Transitions made so far.
@@ -221,7 +244,7 @@ impl Cursor {
     /// Enters the current state: records it on the path and says what to do.
     /// `None` means the state has no handler and is not an exit.
     pub fn enter(&mut self, graph: &Graph) -> Option<Entry> {
-        self.path.push(self.state);
+        self.record(self.state);
         if graph.is_exit(self.state) {
             return Some(Entry::Exit);
         }
@@ -351,6 +374,26 @@ mod tests {
         assert!(HandlerKind::Single.checkpointed());
         assert!(HandlerKind::Stepped.checkpointed());
         assert!(HandlerKind::Compensatable.checkpointed());
+    }
+
+    #[test]
+    fn a_long_path_keeps_only_its_last_states_and_bounded_memory() {
+        let mut g = Graph::new(2);
+        g.set_handler(A, HandlerKind::Single, None);
+        g.set_exit(B);
+        let mut c = Cursor::new(A);
+        for _ in 0..(5 * PATH_KEPT + 3) {
+            c.enter(&g);
+            c.advance(&g, A).unwrap();
+        }
+        c.advance(&g, B).unwrap_or(());
+        c.enter(&g);
+        assert_eq!(c.path().len(), PATH_KEPT);
+        assert_eq!(c.path().last(), Some(&c.state()));
+        assert_eq!(c.entered(), 5 * PATH_KEPT as u64 + 4);
+        assert!(c.path.capacity() <= 4 * PATH_KEPT, "{}", c.path.capacity());
+        let resumed = Cursor::resumed(A, vec![A; 3 * PATH_KEPT]);
+        assert_eq!(resumed.path().len(), PATH_KEPT);
     }
 
     #[test]

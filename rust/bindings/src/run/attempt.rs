@@ -239,7 +239,9 @@ impl Run {
                 plan.notify(py, Hook::Retry, (h.name.bind(py), self.attempt));
                 self.attempt += 1;
                 if delay.is_zero() {
-                    return self.start_attempt(slf, plan, h);
+                    // Even a zero delay yields to the loop: a task that fails without
+                    // suspending must not starve it (or its own timeouts).
+                    return self.yield_then(super::Resume::Attempt);
                 }
                 let sleep = SLEEP
                     .import(py, "asyncio", "sleep")

@@ -83,7 +83,14 @@ impl Run {
         }
         let interruptible = match self.phase {
             Phase::Attempt => kind == SIG_ATTEMPT || !self.uninterruptible,
-            Phase::Sleep | Phase::Split | Phase::Throttle => kind != SIG_ATTEMPT,
+            // Waiting on the store is interruptible too: a store that never answers must not
+            // outlive the run's total timeout or its token.
+            Phase::Sleep
+            | Phase::Split
+            | Phase::Throttle
+            | Phase::Saving(_)
+            | Phase::Clearing
+            | Phase::Yield(_) => kind != SIG_ATTEMPT,
             Phase::Teardown | Phase::Done => return,
             _ => false,
         };

@@ -30,6 +30,7 @@ static ROW_KIND: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ENCODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static COMMIT_CURSOR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static NOTHING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static CLEAR_LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The per-run handle of a checkpoint log: which run, and the next row's sequence number
 /// (shared with a stream task's committer).
@@ -182,10 +183,19 @@ impl Run {
         let plan_ref = self.plan.bind(py).clone();
         let plan = plan_ref.get();
         if super::is_cancel_error(py, &err) {
-            // Cancelled from outside while the row was being written: the log keeps what
-            // the store committed; the cancellation propagates.
-            self.notify_cancelled(py, plan);
-            return self.fail(slf, err);
+            // Interrupted while the row was being written (the store may still commit it):
+            // by the run's token or total timeout, or from outside (which propagates).
+            let external = if self.cancel_owed { self.settle_cancel(py) } else { false };
+            let e = if !external && self.signals & super::SIG_CANCEL != 0 {
+                self.notify_cancelled(py, plan);
+                self.cancel_error(py, plan)
+            } else if !external && self.signals & super::SIG_TOTAL != 0 {
+                self.total_timeout_error(py, plan, false)
+            } else {
+                self.notify_cancelled(py, plan);
+                err
+            };
+            return self.fail(slf, e);
         }
         if errors::is_lease_lost(py, &err) {
             return self.abandon(py, plan, err);
@@ -230,14 +240,19 @@ impl Run {
         self.end(py, outcome.map_err(|o| PyErr::from_value(o.into_bound(py))));
     }
 
-    /// Clearing is best effort: report it and keep the run's outcome.
+    /// Clearing is best effort: report it and keep the run's outcome. A cancellation that
+    /// arrives while the log is being cleared comes too late to change the outcome — the run
+    /// reached its end — so the run still ends with it, and the clear is finished in the
+    /// background.
     pub(super) fn clear_failed(&mut self, py: Python<'_>, err: PyErr) {
-        if super::is_cancel_error(py, &err) {
-            // Cancelled from outside while clearing: the run ends cancelled, log kept.
-            self.outcome = None;
-            return self.end(py, Err(err));
-        }
         let plan_ref = self.plan.bind(py).clone();
+        if super::is_cancel_error(py, &err) {
+            if self.cancel_owed {
+                self.settle_cancel(py);
+            }
+            self.clear_in_background(py, plan_ref.get());
+            return self.cleared(py);
+        }
         if errors::is_lease_lost(py, &err) {
             self.outcome = None;
             return self.abandon(py, plan_ref.get(), err);
@@ -250,6 +265,18 @@ impl Run {
             );
         }
         self.cleared(py);
+    }
+
+    /// Issues the log clear again as a background task (kept referenced until done).
+    #[cold]
+    fn clear_in_background(&self, py: Python<'_>, plan: &Plan) {
+        let (Some(store), Some(journal)) = (&plan.store, &self.journal) else { return };
+        let started = CLEAR_LATER
+            .import(py, "cano._journal", "clear_in_background")
+            .and_then(|f| f.call1((store.clear.bind(py), journal.workflow_id.bind(py))));
+        if let Err(e) = started {
+            e.write_unraisable(py, None);
+        }
     }
 
     // ----- encoding ---------------------------------------------------------------------

@@ -74,10 +74,21 @@ enum Phase {
     Clearing,
     /// Driving the compensation drain.
     Draining,
+    /// Yielded to the event loop once (a loop that did not suspend by itself); then `Resume`.
+    Yield(Resume),
     /// Driving `Resources._release()`; the outcome is kept aside.
     Teardown,
     /// Finished; stepping again is an error.
     Done,
+}
+
+/// What a run does after yielding to the event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Start the attempt the retry decision asked for.
+    Attempt,
+    /// Run the next step of a stepped task.
+    NextStep,
 }
 
 /// What follows a checkpoint write.
@@ -135,6 +146,8 @@ pub struct Run {
     outcome: Option<Result<Py<PyAny>, Py<PyAny>>>,
     /// The run continues a checkpoint log.
     resumed: bool,
+    /// A `Phase::Yield` has returned control to the event loop once.
+    yielded: bool,
     /// The next entry is a resumed run re-entering the state its log ends in: that visit's
     /// entry row is already in the log, so none is written (a new row would read as a new
     /// visit, and the visit's cursor would be lost).
@@ -213,6 +226,7 @@ impl Run {
             outcome: None,
             resumed: false,
             reentering: false,
+            yielded: false,
             began: false,
             res_args: None,
             permit: None,
@@ -270,6 +284,17 @@ impl Run {
                         self.begin(slf);
                     }
                     (Phase::Done, _) => return self.take_outcome(py),
+                    (Phase::Yield(resume), Input::Send(_)) => {
+                        input = Input::Send(None);
+                        self.yielded = false;
+                        self.resume_after_yield(slf, resume);
+                    }
+                    (Phase::Yield(_), Input::Throw(e)) => {
+                        // Interrupted while yielding: as if the attempt had been.
+                        input = Input::Send(None);
+                        self.yielded = false;
+                        self.attempt_raised(slf, e);
+                    }
                     (_, Input::Throw(e)) => {
                         // Thrown in before the first step: nothing started, nothing to undo.
                         input = Input::Send(None);
@@ -287,6 +312,34 @@ impl Run {
             if self.phase == Phase::Done && self.inner.is_none() {
                 return self.take_outcome(py);
             }
+            if matches!(self.phase, Phase::Yield(_)) && self.inner.is_none() && !self.yielded {
+                // A bare `yield` hands the step back to the event loop, which steps the task
+                // again on its next iteration (what `asyncio.sleep(0)` does).
+                self.yielded = true;
+                return Ok(py.None());
+            }
+        }
+    }
+
+    /// Yields to the event loop before going on with `resume` — for engine loops that would
+    /// otherwise never suspend (zero-delay retries, store-less stepped tasks).
+    fn yield_then(&mut self, resume: Resume) {
+        self.phase = Phase::Yield(resume);
+    }
+
+    fn resume_after_yield(&mut self, slf: &Bound<'_, Self>, resume: Resume) {
+        let py = slf.py();
+        let plan_ref = self.plan.bind(py).clone();
+        let plan = plan_ref.get();
+        match resume {
+            Resume::NextStep => self.next_step_now(slf, plan),
+            Resume::Attempt => match self.handler(plan).map(|h| h.bind(py).clone()) {
+                Some(h) if self.signals & (SIG_CANCEL | SIG_TOTAL) == 0 => {
+                    self.start_attempt(slf, plan, h.get())
+                }
+                Some(_) => self.step_interrupted(slf, plan),
+                None => self.end(py, Err(PyRuntimeError::new_err("cano: handler missing"))),
+            },
         }
     }
 
@@ -389,7 +442,7 @@ impl Run {
                 self.acquired = false;
                 self.phase = Phase::Done;
             }
-            Phase::Init | Phase::Done => {}
+            Phase::Init | Phase::Done | Phase::Yield(_) => {}
         }
     }
 
@@ -416,7 +469,7 @@ impl Run {
                     self.outcome = Some(Err(err.into_value(py).into_any()));
                 }
             }
-            Phase::Init | Phase::Done => {
+            Phase::Init | Phase::Done | Phase::Yield(_) => {
                 self.phase = Phase::Done;
                 self.outcome = Some(Err(err.into_value(py).into_any()));
             }
@@ -592,6 +645,26 @@ impl Run {
         self.split = None;
         self.overlay = None;
         self.phase = Phase::Done;
+    }
+}
+
+impl Drop for Run {
+    /// A run that was never stepped warns, as CPython does for a coroutine never awaited.
+    fn drop(&mut self) {
+        if self.phase != Phase::Init || self.branch.is_some() {
+            return;
+        }
+        Python::attach(|py| {
+            let warned = PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(),
+                c"coroutine 'Workflow.orchestrate' was never awaited",
+                1,
+            );
+            if let Err(e) = warned {
+                e.write_unraisable(py, None);
+            }
+        });
     }
 }
 

@@ -90,8 +90,16 @@ impl Run {
         None
     }
 
-    /// Runs the next step with a fresh retry budget.
+    /// Runs the next step with a fresh retry budget. Without a log to write (which yields to
+    /// the loop), it yields first: a step that never suspends must not starve the loop.
     pub(super) fn next_step(&mut self, slf: &Bound<'_, Self>, plan: &Plan) {
+        if self.journal.is_none() {
+            return self.yield_then(super::Resume::NextStep);
+        }
+        self.next_step_now(slf, plan);
+    }
+
+    pub(super) fn next_step_now(&mut self, slf: &Bound<'_, Self>, plan: &Plan) {
         let py = slf.py();
         if self.token.as_ref().is_some_and(|t| t.get().fired()) || self.signals != 0 {
             // Cancelled or timed out between steps: stop here, the cursor is saved.
@@ -105,7 +113,7 @@ impl Run {
     }
 
     #[cold]
-    fn step_interrupted(&mut self, slf: &Bound<'_, Self>, plan: &Plan) {
+    pub(super) fn step_interrupted(&mut self, slf: &Bound<'_, Self>, plan: &Plan) {
         let py = slf.py();
         let e = if self.signals & super::SIG_TOTAL != 0 {
             self.total_timeout_error(py, plan, true)
