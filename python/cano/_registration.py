@@ -62,12 +62,25 @@ def _config_of(task: Any, default: TaskConfig) -> TaskConfig:
 
 
 def _name_of(task: Any) -> str:
+    """The task's name: what its ``name()`` method returns (one way to name a task); else the
+    function's or the class's qualified name."""
     method = getattr(task, "name", None)
-    if callable(method):
+    if isinstance(method, str):
+        raise ConfigurationError(
+            f"task {type(task).__qualname__}: name is set to the string {method!r}; a task is "
+            "named by overriding its name() method (def name(self) -> str: ...)"
+        )
+    if callable(method) and not isinstance(task, type):
         try:
             name = method()
         except TypeError:
-            name = None
+            name = None  # a name(...) taking arguments is not a task's name
+        else:
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError(
+                    f"task {type(task).__qualname__}: name() returned {name!r}; it must return "
+                    "a non-empty str"
+                )
         if isinstance(name, str):
             return name
     if isinstance(task, functools.partial):
@@ -92,6 +105,11 @@ def _describe_task(
     """
     label = state_label(state)
     router = kind == "router"
+    if isinstance(task, type):
+        raise ConfigurationError(
+            f"cannot register the class {task.__qualname__} for state {label}: register an "
+            f"instance of it ({task.__qualname__}())"
+        )
 
     def entry(
         call: Any,

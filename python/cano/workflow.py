@@ -92,7 +92,7 @@ class Workflow(Generic[S]):
         ``async def f()``. ``to`` optionally declares the states the task may return: they
         are checked by ``validate()`` and at run time, and drawn by ``to_mermaid()``.
         """
-        self._entries[self._claim(state)] = self._entry(state, task, to, kind=None)
+        self._entries[self._claim_handler(state)] = self._entry(state, task, to, kind=None)
         return self._changed()
 
     def register_split(
@@ -126,7 +126,7 @@ class Workflow(Generic[S]):
             has_timeout=join.timeout is not None,
             bulkhead=join.bulkhead,
         )
-        key = self._claim(state)
+        key = self._claim_handler(state)
         self._claim(join.join_state)
         del to  # a split always moves to its join state
         self._entries[key] = _Entry(
@@ -153,7 +153,7 @@ class Workflow(Generic[S]):
                     f"register_stream for state {state_label(state)} needs a StreamTask; "
                     f"{task!r} has no {method}() method"
                 )
-        self._entries[self._claim(state)] = self._entry(state, task, to, kind="stream")
+        self._entries[self._claim_handler(state)] = self._entry(state, task, to, kind="stream")
         return self._changed()
 
     def register_stepped(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
@@ -165,7 +165,7 @@ class Workflow(Generic[S]):
                 f"register_stepped for state {state_label(state)} needs a task with an async "
                 f"step(res, cursor) method, got {task!r}"
             )
-        self._entries[self._claim(state)] = self._entry(state, task, to, kind="stepped")
+        self._entries[self._claim_handler(state)] = self._entry(state, task, to, kind="stepped")
         return self._changed()
 
     def register_with_compensation(
@@ -180,12 +180,14 @@ class Workflow(Generic[S]):
                 f"register_with_compensation for state {state_label(state)} needs a task with "
                 f"async run(res) and compensate(res, output) methods, got {task!r}"
             )
-        self._entries[self._claim(state)] = self._entry(state, task, to, kind="compensatable")
+        self._entries[self._claim_handler(state)] = self._entry(
+            state, task, to, kind="compensatable"
+        )
         return self._changed()
 
     def register_router(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
         """Runs a :class:`RouterTask` (or an async function) in ``state``; never checkpointed."""
-        self._entries[self._claim(state)] = self._entry(state, task, to, kind="router")
+        self._entries[self._claim_handler(state)] = self._entry(state, task, to, kind="router")
         return self._changed()
 
     def add_exit_state(self, state: S) -> Self:
@@ -388,6 +390,17 @@ class Workflow(Generic[S]):
     def _changed(self) -> Self:
         self._plan = None
         return self
+
+    def _claim_handler(self, state: Any) -> Any:
+        """Like ``_claim``, for a state about to get its handler: a second handler for one
+        state is refused (it would silently replace the first)."""
+        key = self._claim(state)
+        if key in self._entries:
+            raise ConfigurationError(
+                f"state {state_label(state)} already has a task "
+                f"({self._entries[key].name!r}); register each state once"
+            )
+        return key
 
     def _claim(self, state: Any) -> Any:
         """Checks that ``state`` is usable and that its label is unique."""
