@@ -265,19 +265,19 @@ async def test_append_raw_is_append(tmp_path: Path) -> None:
         ]
         with pytest.raises(cano.CheckpointError, match="already has a row at sequence 0"):
             await store._append_raw("w", 0, "S", "t", 0, None, 0)
-        with pytest.raises(ValueError, match="row kind 9"):
+        with pytest.raises(cano.CheckpointError, match="row kind 9"):
             store._append_raw("w", 1, "S", "t", 9, None, 0)
 
 
-async def test_bad_rows_are_type_errors(tmp_path: Path) -> None:
+async def test_bad_rows_are_checkpoint_errors(tmp_path: Path) -> None:
     with RedbCheckpointStore(tmp_path / "c.redb") as store:
-        with pytest.raises(TypeError, match="CheckpointRow"):
+        with pytest.raises(cano.CheckpointError, match="CheckpointRow"):
             store.append("not a row")  # type: ignore[arg-type]
         bad_seq = CheckpointRow("w", -1, "S", "t", RowKind.STATE_ENTRY, None, 0)
-        with pytest.raises(TypeError, match="sequence"):
+        with pytest.raises(cano.CheckpointError, match="sequence"):
             store.append(bad_seq)
         bad_output = CheckpointRow("w", 0, "S", "t", RowKind.STATE_ENTRY, "text", 0)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="output must be bytes"):
+        with pytest.raises(cano.CheckpointError, match="output must be bytes"):
             store.append(bad_output)
         assert await store.list_runs() == []
 

@@ -355,7 +355,11 @@ async def test_jittered_backoff_stays_in_its_band_and_under_the_cap() -> None:
         assert 2.5 <= policy.compute_delay(10) <= 5.0
     assert BackoffPolicy(jitter=0).compute_delay(0) == 1.0
     assert not BackoffPolicy().is_tripped(10**6)
-    assert BackoffPolicy.with_trip(0).is_tripped(1)
+    assert BackoffPolicy.with_trip(1).is_tripped(1)
+    with pytest.raises(ConfigurationError, match="streak_limit"):  # 0 would trip before failing
+        BackoffPolicy.with_trip(0)
+    with pytest.raises(ConfigurationError, match="streak_limit"):
+        BackoffPolicy(streak_limit=0)
     assert BackoffPolicy(max_delay=timedelta(minutes=1)).max_delay == 60.0
     assert BackoffPolicy() == BackoffPolicy(1.0, 2.0, 300.0, 0.1, None)
     assert "streak_limit=4" in repr(BackoffPolicy(streak_limit=4))
@@ -698,7 +702,7 @@ def test_cron_schedule_next_after() -> None:
     assert CronSchedule("0 0 0 1 1 * 2020").next_after(T0.timestamp()) is None
     with pytest.raises(ConfigurationError, match=r'"0 9 \* \* \*".*6 or 7 fields'):
         CronSchedule("0 9 * * *")
-    with pytest.raises(ConfigurationError, match="not a representable"):
+    with pytest.raises(ConfigurationError, match=r"next_after\(ts\): expected a finite number"):
         schedule.next_after(float("nan"))
 
 

@@ -348,13 +348,13 @@ async def test_append_raw_is_append(tmp_path: Path) -> None:
         with pytest.raises(cano.CheckpointError) as info:
             await store._append_raw("w", 0, "S", "t", 0, None, 0)
         assert str(info.value) == conflict_message("w", 0)
-        with pytest.raises(ValueError, match="row kind 9"):
+        with pytest.raises(cano.CheckpointError, match="row kind 9"):
             store._append_raw("w", 1, "S", "t", 9, None, 0)
 
 
-async def test_bad_rows_are_type_errors(tmp_path: Path) -> None:
+async def test_bad_rows_are_checkpoint_errors(tmp_path: Path) -> None:
     with SqliteCheckpointStore(tmp_path / "c.db") as store:
-        with pytest.raises(TypeError, match="CheckpointRow"):
+        with pytest.raises(cano.CheckpointError, match="CheckpointRow"):
             store.append("not a row")  # type: ignore[arg-type]
         bad: list[tuple[str, CheckpointRow]] = [
             ("sequence", CheckpointRow("w", -1, "S", "t", RowKind.STATE_ENTRY, None, 0)),
@@ -365,13 +365,13 @@ async def test_bad_rows_are_type_errors(tmp_path: Path) -> None:
             ("workflow_version", CheckpointRow("w", 0, "S", "t", RowKind.STATE_ENTRY, None, -1)),
         ]  # fmt: skip
         for field, bad_row in bad:
-            with pytest.raises(TypeError, match=field):
+            with pytest.raises(cano.CheckpointError, match=field):
                 store.append(bad_row)
-        with pytest.raises(TypeError, match="workflow_id must be a str"):
+        with pytest.raises(cano.CheckpointError, match="workflow_id must be a str"):
             store.load_run(None)  # type: ignore[arg-type]
-        # A value SQLite cannot encode fails that append only.
-        with pytest.raises(cano.CheckpointError, match="cannot store the row"):
-            await store.append(row("w", 0, "\ud800"))
+        # A value no store can encode is refused with that append only.
+        with pytest.raises(cano.CheckpointError, match="state must be encodable as UTF-8"):
+            store.append(row("w", 0, "\ud800"))
         await store.append(CheckpointRow("w", 0, "S", "t", 0, bytearray(b"ab"), 0))  # type: ignore[arg-type]
         assert [r.output for r in await store.load_run("w")] == [b"ab"]
 

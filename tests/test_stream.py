@@ -151,13 +151,13 @@ def test_value_objects() -> None:
 
 def test_stream_window_validates_and_clamps() -> None:
     assert cano.StreamWindow.count(5).size == 5
-    assert cano.StreamWindow.count(0) == cano.StreamWindow.count(1)
+    assert cano.StreamWindow.count(1).size == 1
     assert cano.StreamWindow.duration(0).interval == 0.001
     assert cano.StreamWindow.duration(timedelta(milliseconds=250)).interval == 0.25
     assert cano.StreamWindow.duration(2).size is None
     assert repr(cano.StreamWindow.count(3)) == "StreamWindow.count(3)"
-    for bad in (-1, 1.5, True, "3"):
-        with pytest.raises(cano.ConfigurationError):
+    for bad in (0, -1, 1.5, True, "3"):  # 0 is refused, not silently made 1
+        with pytest.raises(cano.ConfigurationError, match=r"StreamWindow.count\(n\)"):
             cano.StreamWindow.count(bad)  # type: ignore[arg-type]
     for bad_d in (-0.5, float("nan"), timedelta(seconds=-1), "1s"):
         with pytest.raises(cano.ConfigurationError):

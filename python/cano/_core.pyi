@@ -30,6 +30,9 @@ __all__ = [
     "_BranchDone",
     "_Committer",
     "_SplitMailbox",
+    "_count",
+    "_number",
+    "_seconds",
     "__version__",
     "check_split",
     "resume_run",
@@ -46,9 +49,9 @@ class RetryMode:
     def exponential(
         max_retries: int,
         *,
-        base_delay: float | Any | None = None,
+        base_delay: float | Any = 0.1,
         multiplier: float = 2.0,
-        max_delay: float | Any | None = None,
+        max_delay: float | Any = 30.0,
         jitter: float = 0.1,
     ) -> RetryMode: ...
     @property
@@ -172,6 +175,9 @@ def check_split(
     has_timeout: bool,
     bulkhead: int | None = None,
 ) -> None: ...
+def _seconds(value: object, what: str) -> float: ...
+def _count(value: object, what: str, min: int) -> int: ...
+def _number(value: object, what: str, min: float, max: float) -> float: ...
 def resume_run(
     plan: Plan,
     workflow_id: str,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cano._core import ErrorStreak, TaskConfig
-from cano._duration import Duration, seconds
+from cano._values import Duration, count, seconds
 from cano.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class Pending:
     __slots__ = ("delay",)
 
     def __init__(self, delay: Duration = 0) -> None:
-        self.delay = seconds(delay, "Pending delay")
+        self.delay = seconds(delay, "Pending(delay)")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pending) and other.delay == self.delay
@@ -54,9 +54,9 @@ class PollErrorPolicy:
     __slots__ = ("max_errors",)
 
     def __init__(self, max_errors: int | None) -> None:
-        if max_errors is not None and max_errors < 0:
-            raise ConfigurationError(f"PollErrorPolicy max_errors must be >= 0, got {max_errors}")
-        self.max_errors = max_errors
+        self.max_errors = (
+            None if max_errors is None else count(max_errors, "PollErrorPolicy(max_errors)")
+        )
 
     @staticmethod
     def fail_fast() -> PollErrorPolicy:
@@ -66,7 +66,7 @@ class PollErrorPolicy:
     @staticmethod
     def retry_on_error(max_errors: int) -> PollErrorPolicy:
         """Tolerate up to ``max_errors`` consecutive errors, re-polling at once."""
-        return PollErrorPolicy(max_errors)
+        return PollErrorPolicy(count(max_errors, "PollErrorPolicy.retry_on_error(max_errors)"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PollErrorPolicy) and other.max_errors == self.max_errors

@@ -144,6 +144,12 @@ class Resources(Generic[K]):
         Raises :class:`cano.ResourceError` if ``key`` is already used, or if ``value`` has a
         lifecycle while these resources are set up for a run (it would never be set up).
         """
+        try:
+            hash(key)
+        except TypeError:
+            raise ResourceError(
+                f"Resources.insert(key): a resource key must be hashable, got {key!r:.80}"
+            ) from None
         if key in self._entries:
             raise ResourceError(
                 f"duplicate resource key {_key_label(key)}: a resource is already stored there"

@@ -40,14 +40,13 @@ import builtins
 import contextlib
 import enum
 import logging
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cano._core import BackoffPolicy, CancellationHandle, CancellationToken, CronSchedule
-from cano._duration import Duration, seconds
+from cano._values import Duration, seconds
 from cano.errors import ConfigurationError, WorkflowCancelledError, WorkflowError
 from cano.observer import ObserverHub
 from cano.resources import Resources
@@ -202,10 +201,10 @@ class Scheduler:
     ) -> Self:
         """Runs ``workflow`` from ``initial`` at start, then ``interval`` seconds after each
         run ends. ``interval`` must be positive and finite."""
-        secs = seconds(interval, f"flow {flow_id!r}: interval")
-        if secs <= 0 or math.isinf(secs):
+        secs = seconds(interval, f"flow {flow_id!r:.80}: every(interval)")
+        if secs <= 0:
             raise ConfigurationError(
-                f"flow {flow_id!r}: interval must be a positive, finite number of seconds, "
+                f"flow {flow_id!r:.80}: every(interval) must be a positive number of seconds, "
                 f"got {interval!r}"
             )
         self._add(_Flow(flow_id, workflow, initial, interval=secs))
@@ -216,7 +215,7 @@ class Scheduler:
         (``"0 */5 * * * *"`` = every five minutes), or seven with a year; in UTC."""
         if not isinstance(expr, str):
             raise ConfigurationError(
-                f"flow {flow_id!r}: the cron expression must be a str, got {expr!r}"
+                f"flow {flow_id!r:.80}: cron(expr) must be a str, got {expr!r:.80}"
             )
         try:
             schedule = CronSchedule(expr)
@@ -237,7 +236,8 @@ class Scheduler:
             raise ConfigurationError(f"set_backoff: no flow {flow_id!r} is registered")
         if not isinstance(policy, BackoffPolicy):
             raise ConfigurationError(
-                f"set_backoff: flow {flow_id!r} needs a cano.BackoffPolicy, got {policy!r}"
+                f"set_backoff(policy): flow {flow_id!r} needs a cano.BackoffPolicy, "
+                f"got {policy!r:.80}"
             )
         flow.policy = policy
         return self
@@ -259,7 +259,7 @@ class Scheduler:
                 f"flow {flow.id!r}: the scheduler is already started; register flows before start()"
             )
         if not isinstance(flow.id, str) or not flow.id:
-            raise ConfigurationError(f"flow ids must be non-empty str, got {flow.id!r}")
+            raise ConfigurationError(f"flow_id must be a non-empty str, got {flow.id!r:.80}")
         if not isinstance(flow.workflow, Workflow):
             raise ConfigurationError(
                 f"flow {flow.id!r}: expected a cano.Workflow, got {flow.workflow!r}"

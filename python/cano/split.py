@@ -15,11 +15,10 @@ errors.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from cano._duration import Duration, seconds
+from cano._values import Duration, count, number, seconds
 from cano.errors import ConfigurationError
 
 __all__ = ["JoinConfig", "JoinStrategy", "SplitResult"]
@@ -49,25 +48,20 @@ class JoinStrategy:
     @staticmethod
     def quorum(n: int) -> JoinStrategy:
         """At least ``n`` successful branches."""
-        return JoinStrategy("quorum", _count(n, "JoinStrategy.quorum"))
+        return JoinStrategy("quorum", count(n, "JoinStrategy.quorum(n)"))
 
     @staticmethod
     def percentage(p: float) -> JoinStrategy:
         """At least ``ceil(total * p)`` successful branches; ``p`` in (0, 1]."""
-        if (
-            isinstance(p, bool)
-            or not isinstance(p, int | float)
-            or not (math.isfinite(p) and 0 < p <= 1)
-        ):
-            raise ConfigurationError(
-                f"JoinStrategy.percentage requires a finite value in (0, 1], got {p!r}"
-            )
-        return JoinStrategy("percentage", float(p))
+        value = number(p, "JoinStrategy.percentage(p)", 0.0, 1.0)
+        if value == 0:
+            raise ConfigurationError("JoinStrategy.percentage(p): expected p in (0, 1], got 0")
+        return JoinStrategy("percentage", value)
 
     @staticmethod
     def partial_results(min: int) -> JoinStrategy:
         """At least ``min`` successful branches; the others are cancelled once reached."""
-        return JoinStrategy("partial_results", _count(min, "JoinStrategy.partial_results"))
+        return JoinStrategy("partial_results", count(min, "JoinStrategy.partial_results(min)"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, JoinStrategy) and (other.kind, other.value) == (
@@ -90,12 +84,6 @@ JoinStrategy.ANY = JoinStrategy("any")
 JoinStrategy.PARTIAL_TIMEOUT = JoinStrategy("partial_timeout")
 
 
-def _count(n: object, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ConfigurationError(f"{what} expects an int >= 0, got {n!r}")
-    return n
-
-
 class JoinConfig(Generic[S]):
     """The join of a split: strategy, the state to move to, an optional timeout (seconds)
     and an optional bulkhead (at most that many branches in flight)."""
@@ -111,17 +99,13 @@ class JoinConfig(Generic[S]):
         bulkhead: int | None = None,
     ) -> None:
         if not isinstance(strategy, JoinStrategy):
-            raise ConfigurationError(f"JoinConfig expects a JoinStrategy, got {strategy!r}")
+            raise ConfigurationError(
+                f"JoinConfig(strategy): expected a JoinStrategy, got {strategy!r:.80}"
+            )
         self.strategy = strategy
         self.join_state = join_state
-        self.timeout = None if timeout is None else seconds(timeout, "JoinConfig timeout")
-        if bulkhead is not None and (
-            isinstance(bulkhead, bool) or not isinstance(bulkhead, int) or bulkhead < 1
-        ):
-            raise ConfigurationError(
-                f"JoinConfig bulkhead requires a positive number of branches, got {bulkhead!r}"
-            )
-        self.bulkhead = bulkhead
+        self.timeout = None if timeout is None else seconds(timeout, "JoinConfig(timeout)")
+        self.bulkhead = None if bulkhead is None else count(bulkhead, "JoinConfig(bulkhead)", 1)
         if strategy.kind == "partial_timeout" and self.timeout is None:
             raise ConfigurationError("JoinStrategy.PARTIAL_TIMEOUT requires a timeout")
 

@@ -39,7 +39,9 @@ __all__ = [
     "RedbCheckpointStore",
     "RowKind",
     "RunSummary",
+    "check_workflow_id",
     "conflict_message",
+    "row_fields",
 ]
 
 
@@ -70,6 +72,81 @@ class CheckpointRow:
     kind: RowKind
     output: bytes | None
     workflow_version: int
+
+
+MAX_SEQUENCE = 2**63 - 1
+"""The largest sequence any built-in store accepts (SQLite's INTEGER is signed 64-bit)."""
+MAX_VERSION = 2**32 - 1
+"""The largest workflow version any built-in store accepts."""
+
+RowFields = tuple[str, int, str, str, int, bytes | None, int]
+"""``(workflow_id, sequence, state, task_id, kind value, output, workflow_version)``."""
+
+
+def row_fields(row: object) -> RowFields:
+    """The fields of a row given to ``append``, checked by the one rule every built-in store
+    applies: a non-empty ``workflow_id`` without NUL, ``0 <= sequence < 2**63``, str
+    ``state`` and ``task_id``, a :class:`RowKind`, ``bytes`` or ``None`` output and
+    ``0 <= workflow_version < 2**32``. Anything else is a :class:`cano.CheckpointError`
+    naming the field and the value."""
+    try:
+        workflow_id, sequence, state = row.workflow_id, row.sequence, row.state  # type: ignore[attr-defined]
+        task_id, kind, output = row.task_id, row.kind, row.output  # type: ignore[attr-defined]
+        version = row.workflow_version  # type: ignore[attr-defined]
+    except AttributeError as e:
+        raise CheckpointError(
+            f"append() expects a cano.CheckpointRow; {type(row).__name__} has no "
+            f"attribute {e.name!r}"
+        ) from None
+    check_workflow_id(workflow_id, "CheckpointRow.workflow_id")
+    if not workflow_id:
+        raise CheckpointError("CheckpointRow.workflow_id must be a non-empty str, got ''")
+    _field("state", state, "a str", isinstance(state, str))
+    _field("task_id", task_id, "a str", isinstance(task_id, str))
+    for name, text in (("workflow_id", workflow_id), ("state", state), ("task_id", task_id)):
+        _field(name, text, "encodable as UTF-8 (no lone surrogates)", _utf8(text))
+    _field("sequence", sequence, "an int in [0, 2**63)", _int_in(sequence, MAX_SEQUENCE))
+    _field("workflow_version", version, "an int in [0, 2**32)", _int_in(version, MAX_VERSION))
+    kind_value = kind.value if isinstance(kind, RowKind) else kind
+    _field(
+        "kind",
+        kind,
+        "a RowKind (0 state entry, 1 compensation, 2 step cursor)",
+        type(kind_value) is int and kind_value in _KIND_VALUES,
+    )
+    if output is not None and type(output) is not bytes:
+        _field("output", output, "bytes or None", isinstance(output, bytearray | memoryview))
+        output = bytes(output)
+    return workflow_id, sequence, state, task_id, kind_value, output, version
+
+
+def check_workflow_id(value: object, what: str = "workflow_id") -> str:
+    """A workflow id given to a store: a str without NUL characters."""
+    if not isinstance(value, str) or "\x00" in value or not _utf8(value):
+        raise CheckpointError(
+            f"{what} must be a str without NUL characters or lone surrogates, got {value!r:.80}"
+        )
+    return value
+
+
+_KIND_VALUES = frozenset(kind.value for kind in RowKind)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _int_in(value: object, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
+
+
+def _field(name: str, value: object, expected: str, ok: bool) -> None:
+    if not ok:
+        raise CheckpointError(f"CheckpointRow.{name} must be {expected}, got {value!r:.80}")
 
 
 class RunSummary(TypedDict):
@@ -137,20 +214,24 @@ class InMemoryCheckpointStore:
         self._runs: dict[str, dict[int, CheckpointRow]] = {}
 
     async def append(self, row: CheckpointRow) -> None:
-        """Store ``row``; a row already at ``(workflow_id, sequence)`` raises CheckpointError."""
-        rows = self._runs.setdefault(row.workflow_id, {})
-        if row.sequence in rows:
-            raise CheckpointError(conflict_message(row.workflow_id, row.sequence))
-        rows[row.sequence] = row
+        """Store ``row``; a row already at ``(workflow_id, sequence)`` raises CheckpointError,
+        and so does a row the other built-in stores would refuse (see :func:`row_fields`)."""
+        workflow_id, sequence, state, task_id, kind, output, version = row_fields(row)
+        rows = self._runs.setdefault(workflow_id, {})
+        if sequence in rows:
+            raise CheckpointError(conflict_message(workflow_id, sequence))
+        rows[sequence] = CheckpointRow(
+            workflow_id, sequence, state, task_id, RowKind(kind), output, version
+        )
 
     async def load_run(self, workflow_id: str) -> list[CheckpointRow]:
         """Every row of ``workflow_id``, ascending by sequence."""
-        rows = self._runs.get(workflow_id, {})
+        rows = self._runs.get(check_workflow_id(workflow_id, "load_run(workflow_id)"), {})
         return [rows[seq] for seq in sorted(rows)]
 
     async def clear(self, workflow_id: str) -> None:
         """Forget ``workflow_id``'s rows (a no-op for an unknown id)."""
-        self._runs.pop(workflow_id, None)
+        self._runs.pop(check_workflow_id(workflow_id, "clear(workflow_id)"), None)
 
     async def list_runs(self) -> list[str]:
         """The workflow ids that have rows, sorted."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from cano._core import ErrorStreak, TaskConfig
-from cano._duration import Duration, seconds
+from cano._values import Duration, count, seconds
 from cano.errors import ConfigurationError, TaskTimeoutError
 
 if TYPE_CHECKING:
@@ -114,13 +114,9 @@ class StreamWindow:
                 "StreamWindow.count(n) or StreamWindow.duration(d)"
             )
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ConfigurationError(
-                    f"StreamWindow.count: expected a non-negative int, got {size!r}"
-                )
-            self.size, self.interval = max(size, 1), None
+            self.size, self.interval = count(size, "StreamWindow.count(n)", 1), None
         else:
-            secs = seconds(interval, "StreamWindow.duration")
+            secs = seconds(interval, "StreamWindow.duration(d)")
             self.size, self.interval = None, max(secs, _MIN_WINDOW)
 
     @staticmethod
@@ -177,11 +173,7 @@ class StreamErrorPolicy:
         if kind not in ("fail_fast", "skip_and_continue", "retry_on_error"):
             raise ConfigurationError(f"StreamErrorPolicy: unknown kind {kind!r}")
         if kind == "retry_on_error":
-            if isinstance(max_errors, bool) or not isinstance(max_errors, int) or max_errors < 0:
-                raise ConfigurationError(
-                    f"StreamErrorPolicy.retry_on_error: max_errors must be an int >= 0, "
-                    f"got {max_errors!r}"
-                )
+            count(max_errors, "StreamErrorPolicy.retry_on_error(max_errors)")
         elif max_errors is not None:
             raise ConfigurationError(f"StreamErrorPolicy {kind}: takes no max_errors")
         self.kind = kind

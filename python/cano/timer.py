@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cano._core import TaskConfig
-from cano._duration import Duration, seconds
+from cano._values import Duration, seconds
 from cano.errors import ConfigurationError
 
 if TYPE_CHECKING:

@@ -20,9 +20,9 @@ from cano._core import (
     resume_run,
     start_run,
 )
-from cano._duration import Duration, seconds
 from cano._registration import _describe_task, _Entry, state_label
 from cano._returns import ReturnCheck
+from cano._values import Duration, count, seconds
 from cano.errors import ConfigurationError
 from cano.observer import ObserverHub
 from cano.resources import Resources
@@ -39,6 +39,15 @@ else:
     S = TypeVar("S")
 
 __all__ = ["Workflow", "state_label"]
+
+
+def _workflow_id(value: object, what: str) -> str:
+    """A run id given by a user: a non-empty str without NUL characters."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigurationError(
+            f"{what}: expected a non-empty str without NUL characters, got {value!r:.80}"
+        )
+    return value
 
 
 async def _raise(err: BaseException) -> Any:
@@ -64,6 +73,10 @@ class Workflow(Generic[S]):
     """
 
     def __init__(self, resources: Resources[Any] | None = None) -> None:
+        if resources is not None and not isinstance(resources, Resources):
+            raise ConfigurationError(
+                f"Workflow(resources): expected a cano.Resources or None, got {resources!r:.80}"
+            )
         self._resources: Resources[Any] = resources if resources is not None else Resources()
         self._entries: dict[Any, _Entry] = {}
         self._exits: list[Any] = []
@@ -223,34 +236,28 @@ class Workflow(Generic[S]):
 
     def with_workflow_id(self, workflow_id: str) -> Self:
         """The id of runs started without ``workflow_id=``."""
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise ConfigurationError(f"workflow id must be a non-empty str, got {workflow_id!r}")
-        self._workflow_id = workflow_id
+        self._workflow_id = _workflow_id(workflow_id, "with_workflow_id(workflow_id)")
         return self._changed()
 
     def with_workflow_version(self, version: int) -> Self:
         """The definition's version, stamped on checkpoint rows (default 0)."""
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ConfigurationError(f"workflow version must be an int >= 0, got {version!r}")
-        self._version = version
+        self._version = count(version, "with_workflow_version(version)")
         return self._changed()
 
     def with_total_timeout(self, limit: Duration) -> Self:
         """Fails a run with ``WorkflowTimeoutError`` once it ran ``limit`` seconds (counted
         after resource setup); the task in flight is cancelled."""
-        self._total_timeout = seconds(limit, "with_total_timeout")
+        self._total_timeout = seconds(limit, "with_total_timeout(limit)")
         return self._changed()
 
     def with_compensation_timeout(self, limit: Duration) -> Self:
         """The rollback budget after a failure."""
-        self._compensation_timeout = seconds(limit, "with_compensation_timeout")
+        self._compensation_timeout = seconds(limit, "with_compensation_timeout(limit)")
         return self._changed()
 
     def with_max_transitions(self, n: int) -> Self:
         """A loop guard: a run may move from one state to the next at most ``n`` times."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigurationError(f"with_max_transitions expects an int >= 0, got {n!r}")
-        self._max_transitions = n
+        self._max_transitions = count(n, "with_max_transitions(n)")
         return self._changed()
 
     # ----- inspection -------------------------------------------------------------------
@@ -330,6 +337,11 @@ class Workflow(Generic[S]):
                 Coroutine[Any, Any, S],
                 _raise(ConfigurationError(f"cancel= expects a CancellationToken, got {cancel!r}")),
             )
+        if workflow_id is not None:
+            try:
+                _workflow_id(workflow_id, "orchestrate(workflow_id)")
+            except ConfigurationError as err:
+                return cast(Coroutine[Any, Any, S], _raise(err))
         run_id = workflow_id if workflow_id is not None else self._workflow_id
         if self._store is not None and run_id is None:
             return cast(
@@ -363,15 +375,10 @@ class Workflow(Generic[S]):
             plan = self._plan if self._plan is not None else self._compile()
         except ConfigurationError as err:
             return cast(Coroutine[Any, Any, S], _raise(err))
-        if not isinstance(workflow_id, str) or not workflow_id:
-            return cast(
-                Coroutine[Any, Any, S],
-                _raise(
-                    ConfigurationError(
-                        f"resume_from expects a workflow id (a non-empty str), got {workflow_id!r}"
-                    )
-                ),
-            )
+        try:
+            _workflow_id(workflow_id, "resume_from(workflow_id)")
+        except ConfigurationError as err:
+            return cast(Coroutine[Any, Any, S], _raise(err))
         if cancel is not None and not isinstance(cancel, CancellationToken):
             return cast(
                 Coroutine[Any, Any, S],

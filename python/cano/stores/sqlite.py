@@ -34,8 +34,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
 
+from cano._values import seconds
 from cano.errors import CheckpointError, ConfigurationError
-from cano.store import CheckpointRow, RowKind, RunSummary, _quoted, conflict_message
+from cano.store import (
+    CheckpointRow,
+    RowKind,
+    RunSummary,
+    _quoted,
+    check_workflow_id,
+    conflict_message,
+    row_fields,
+)
 
 __all__ = ["SqliteCheckpointStore"]
 
@@ -74,8 +83,6 @@ _SUMMARY: Final = (
     "GROUP BY workflow_id ORDER BY workflow_id"
 )
 
-_MAX_SEQUENCE: Final = 2**63 - 1  # SQLite INTEGER is a signed 64-bit integer
-_MAX_VERSION: Final = 2**32 - 1
 _MAX_BATCH: Final = 4096  # requests per transaction: bounds the latency of the first one
 _KINDS: Final = {kind.value: kind for kind in RowKind}
 _DURABILITY: Final = {"immediate": "FULL", "eventual": "NORMAL"}
@@ -443,11 +450,6 @@ class _Engine:
         self._deliver(work, outcomes)
 
 
-def _check(name: str, value: object, expected: str, ok: bool) -> None:
-    if not ok:
-        raise TypeError(f"CheckpointRow.{name} must be {expected}, got {value!r}")
-
-
 class SqliteCheckpointStore:
     """A checkpoint store in a SQLite file that several processes on one machine can share.
 
@@ -481,14 +483,7 @@ class SqliteCheckpointStore:
                 f'SqliteCheckpointStore durability= must be "immediate" or "eventual", '
                 f"got {durability!r}"
             )
-        if (
-            isinstance(busy_timeout, bool)
-            or not isinstance(busy_timeout, int | float)
-            or not 0 <= busy_timeout < float("inf")
-        ):
-            raise ConfigurationError(
-                f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}"
-            )
+        busy_timeout = seconds(busy_timeout, "SqliteCheckpointStore(busy_timeout)")
         try:
             label = os.fspath(path)
         except TypeError:
@@ -516,45 +511,7 @@ class SqliteCheckpointStore:
         with ``durability="immediate"``). A row already stored at the same
         ``(workflow_id, sequence)`` — by this process or another — fails it with
         :class:`cano.CheckpointError` and is kept."""
-        try:
-            workflow_id, sequence, state = row.workflow_id, row.sequence, row.state
-            task_id, kind, output, version = row.task_id, row.kind, row.output, row.workflow_version
-        except AttributeError as e:
-            raise TypeError(
-                f"append() expects a cano.store.CheckpointRow; {type(row).__name__} has no "
-                f"attribute {e.name!r}"
-            ) from None
-        _check("workflow_id", workflow_id, "a str", isinstance(workflow_id, str))
-        _check("state", state, "a str", isinstance(state, str))
-        _check("task_id", task_id, "a str", isinstance(task_id, str))
-        _check(
-            "sequence",
-            sequence,
-            "an int in [0, 2**63)",
-            isinstance(sequence, int)
-            and not isinstance(sequence, bool)
-            and 0 <= sequence <= _MAX_SEQUENCE,
-        )
-        _check(
-            "workflow_version",
-            version,
-            "an int in [0, 2**32)",
-            isinstance(version, int)
-            and not isinstance(version, bool)
-            and 0 <= version <= _MAX_VERSION,
-        )
-        kind_value = kind.value if isinstance(kind, RowKind) else kind
-        if type(kind_value) is not int or kind_value not in _KINDS:
-            raise TypeError(f"CheckpointRow.kind must be a RowKind, got {kind!r}")
-        if output is not None and type(output) is not bytes:
-            if not isinstance(output, bytes | bytearray | memoryview):
-                raise TypeError(
-                    f"CheckpointRow.output must be bytes or None, got {type(output).__name__}"
-                )
-            output = bytes(output)
-        return self._submit(
-            _APPEND, (workflow_id, sequence, state, task_id, kind_value, output, version)
-        )
+        return self._submit(_APPEND, row_fields(row))
 
     def _append_raw(
         self,
@@ -568,19 +525,19 @@ class SqliteCheckpointStore:
     ) -> asyncio.Future[None]:
         """``append`` without building a ``CheckpointRow`` (the engine's fast path)."""
         if kind not in _KINDS:
-            raise ValueError(
+            raise CheckpointError(
                 f"unknown checkpoint row kind {kind} (0 state entry, 1 compensation, 2 step cursor)"
             )
         return self._submit(_APPEND, (workflow_id, sequence, state, task_id, kind, output, version))
 
     def load_run(self, workflow_id: str) -> asyncio.Future[list[CheckpointRow]]:
         """Every row of ``workflow_id``, ascending by sequence (``[]`` if none)."""
-        _check_id(workflow_id)
+        check_workflow_id(workflow_id)
         return self._submit(_LOAD, workflow_id)
 
     def clear(self, workflow_id: str) -> asyncio.Future[None]:
         """Removes every row of ``workflow_id``; an unknown id is not an error."""
-        _check_id(workflow_id)
+        check_workflow_id(workflow_id)
         return self._submit(_CLEAR, workflow_id)
 
     def list_runs(self) -> asyncio.Future[list[str]]:
@@ -665,8 +622,3 @@ class SqliteCheckpointStore:
             f"SqliteCheckpointStore({self._engine.label!r}, "
             f"durability={self._engine.durability!r}{closed})"
         )
-
-
-def _check_id(workflow_id: object) -> None:
-    if not isinstance(workflow_id, str):
-        raise TypeError(f"workflow_id must be a str, got {workflow_id!r}")

@@ -8,8 +8,8 @@
 //! in Python (`cano.resilience._guard`); a sync callable is wrapped in `GuardedCall`, which
 //! acquires, calls and records in Rust without creating a permit object.
 
-use crate::duration;
 use crate::errors;
+use crate::values;
 use cano_core::{
     CircuitBreaker as CoreBreaker, CircuitPolicy as CorePolicy, CircuitState as CoreState, Permit,
     Rejection, SystemClock,
@@ -18,10 +18,9 @@ use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::Arc;
-use std::time::Duration;
 
 static STATES: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
 static GUARD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -43,20 +42,6 @@ fn state_member(py: Python<'_>, state: CoreState) -> PyResult<Bound<'_, PyAny>> 
         CoreState::HalfOpen => 2,
     };
     Ok(members[i].bind(py).clone())
-}
-
-/// A non-negative int given by a user; anything else is a `ConfigurationError`.
-pub(crate) fn count(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
-    if value.is_instance_of::<PyInt>() && !value.is_instance_of::<PyBool>() {
-        if let Ok(n) = value.extract::<u64>() {
-            return Ok(n);
-        }
-    }
-    let shown = value.repr().map(|r| r.to_string()).unwrap_or_default();
-    Err(errors::configuration(
-        value.py(),
-        format!("{what} must be an int between 0 and {}, got {shown}", u64::MAX),
-    ))
 }
 
 fn rejected(py: Python<'_>, rejection: Rejection, call: Option<&str>) -> PyErr {
@@ -96,15 +81,15 @@ impl CircuitPolicy {
     ) -> PyResult<Self> {
         let defaults = CorePolicy::default();
         let threshold = match failure_threshold {
-            Some(v) => count(v, "CircuitPolicy failure_threshold")?,
+            Some(v) => values::count::<u64>(v, "CircuitPolicy(failure_threshold)", 0)?,
             None => u64::from(defaults.failure_threshold()),
         };
-        let reset = duration::optional_seconds(reset_timeout, "CircuitPolicy reset_timeout")?
-            .map_or(defaults.reset_timeout(), |s| {
-                Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)
-            });
+        let reset = match reset_timeout {
+            Some(v) if !v.is_none() => values::duration(v, "CircuitPolicy(reset_timeout)")?,
+            _ => defaults.reset_timeout(),
+        };
         let half_open = match half_open_max_calls {
-            Some(v) => count(v, "CircuitPolicy half_open_max_calls")?,
+            Some(v) => values::count::<u64>(v, "CircuitPolicy(half_open_max_calls)", 0)?,
             None => u64::from(defaults.half_open_max_calls()),
         };
         CorePolicy::new(threshold, reset, half_open)
@@ -197,9 +182,16 @@ impl CircuitBreaker {
 impl CircuitBreaker {
     #[new]
     #[pyo3(signature = (policy=None))]
-    fn new(policy: Option<&Bound<'_, CircuitPolicy>>) -> Self {
-        let policy = policy.map_or_else(CorePolicy::default, |p| p.get().policy);
-        CircuitBreaker { inner: Arc::new(CoreBreaker::new(policy)) }
+    fn new(policy: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let policy = match policy {
+            Some(p) if !p.is_none() => {
+                values::instance::<CircuitPolicy>(p, "CircuitBreaker(policy)", "CircuitPolicy")?
+                    .get()
+                    .policy
+            }
+            _ => CorePolicy::default(),
+        };
+        Ok(CircuitBreaker { inner: Arc::new(CoreBreaker::new(policy)) })
     }
 
     /// ``CircuitState.CLOSED``, ``OPEN`` or ``HALF_OPEN`` (an open breaker whose reset

@@ -1,20 +1,14 @@
 //! `RetryMode` and `TaskConfig`: frozen value objects whose maths lives in `cano_core`.
 
 use crate::circuit::CircuitBreaker;
-use crate::duration;
 use crate::errors;
 use crate::rate_limit::{MultiRateLimiter, RateLimiter, WindowedRateLimiter};
+use crate::values;
 use cano_core::RetryMode as CoreRetry;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use std::time::Duration;
-
-fn count(py: Python<'_>, value: i64, what: &str) -> PyResult<u32> {
-    u32::try_from(value).map_err(|_| {
-        errors::configuration(py, format!("{what} must be between 0 and {}, got {value}", u32::MAX))
-    })
-}
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -37,45 +31,46 @@ impl RetryMode {
 
     /// `retries` retries after the first attempt, each after `delay` seconds.
     #[staticmethod]
-    fn fixed(py: Python<'_>, retries: i64, delay: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let retries = count(py, retries, "RetryMode.fixed retries")?;
-        let delay = duration::seconds(delay, "RetryMode.fixed delay")?;
-        Ok(RetryMode { mode: CoreRetry::Fixed { retries, delay: Duration::from_secs_f64(delay) } })
+    fn fixed(retries: &Bound<'_, PyAny>, delay: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let retries = values::count::<u32>(retries, "RetryMode.fixed(retries)", 0)?;
+        let delay = values::duration(delay, "RetryMode.fixed(delay)")?;
+        Ok(RetryMode { mode: CoreRetry::Fixed { retries, delay } })
     }
 
     /// Exponential backoff: `base_delay * multiplier**k`, capped at `max_delay`, ± `jitter`.
     #[staticmethod]
-    #[pyo3(signature = (max_retries, *, base_delay=None, multiplier=2.0, max_delay=None, jitter=0.1))]
+    #[pyo3(
+        signature = (max_retries, *, base_delay=None, multiplier=None, max_delay=None, jitter=None),
+        text_signature = "(max_retries, *, base_delay=0.1, multiplier=2.0, max_delay=30.0, jitter=0.1)"
+    )]
     fn exponential(
-        py: Python<'_>,
-        max_retries: i64,
+        max_retries: &Bound<'_, PyAny>,
         base_delay: Option<&Bound<'_, PyAny>>,
-        multiplier: f64,
+        multiplier: Option<&Bound<'_, PyAny>>,
         max_delay: Option<&Bound<'_, PyAny>>,
-        jitter: f64,
+        jitter: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let max_retries = count(py, max_retries, "RetryMode.exponential max_retries")?;
-        let base = duration::optional_seconds(base_delay, "RetryMode.exponential base_delay")?
+        const WHAT: &str = "RetryMode.exponential";
+        let max_retries =
+            values::count::<u32>(max_retries, "RetryMode.exponential(max_retries)", 0)?;
+        let base = match base_delay {
+            Some(v) => values::duration(v, "RetryMode.exponential(base_delay)")?,
+            None => Duration::from_millis(100),
+        };
+        let cap = match max_delay {
+            Some(v) => values::duration(v, "RetryMode.exponential(max_delay)")?,
+            None => Duration::from_secs(30),
+        };
+        let multiplier = multiplier
+            .map(|v| values::number(v, &format!("{WHAT}(multiplier)"), 1.0, f64::MAX))
+            .transpose()?
+            .unwrap_or(2.0);
+        let jitter = jitter
+            .map(|v| values::number(v, &format!("{WHAT}(jitter)"), 0.0, 1.0))
+            .transpose()?
             .unwrap_or(0.1);
-        let cap = duration::optional_seconds(max_delay, "RetryMode.exponential max_delay")?
-            .unwrap_or(30.0);
-        if multiplier.is_nan() || jitter.is_nan() || jitter < 0.0 {
-            return Err(errors::configuration(
-                py,
-                format!(
-                    "RetryMode.exponential: multiplier and jitter must be numbers, jitter >= 0; \
-                     got multiplier={multiplier}, jitter={jitter}"
-                ),
-            ));
-        }
         Ok(RetryMode {
-            mode: CoreRetry::exponential_custom(
-                max_retries,
-                Duration::try_from_secs_f64(base).unwrap_or(Duration::MAX),
-                multiplier,
-                Duration::try_from_secs_f64(cap).unwrap_or(Duration::MAX),
-                jitter,
-            ),
+            mode: CoreRetry::exponential_custom(max_retries, base, multiplier, cap, jitter),
         })
     }
 
@@ -179,38 +174,37 @@ impl TaskConfig {
 
     /// A copy checking `breaker` before every attempt: an open breaker fails the task at
     /// once with `CircuitOpenError` (no retry consumed); each attempt's outcome is recorded.
-    fn with_circuit_breaker(&self, py: Python<'_>, breaker: Py<CircuitBreaker>) -> Self {
-        TaskConfig { breaker: Some(breaker), ..self.with(py) }
+    fn with_circuit_breaker(&self, breaker: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let what = "TaskConfig.with_circuit_breaker(breaker)";
+        let breaker = values::instance::<CircuitBreaker>(breaker, what, "CircuitBreaker")?;
+        let copy = self.with(breaker.py());
+        Ok(TaskConfig { breaker: Some(breaker.unbind()), ..copy })
     }
 
     /// A copy acquiring `cost` units of `limiter` (`RateLimiter`, `WindowedRateLimiter` or
     /// `MultiRateLimiter`) before every attempt, waiting as long as needed.
-    #[pyo3(signature = (limiter, cost=1))]
+    #[pyo3(signature = (limiter, cost=None), text_signature = "(self, limiter, cost=1)")]
     fn with_rate_limiter(
         &self,
         py: Python<'_>,
         limiter: &Bound<'_, PyAny>,
-        cost: i64,
+        cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let known = limiter.is_instance_of::<RateLimiter>()
             || limiter.is_instance_of::<WindowedRateLimiter>()
             || limiter.is_instance_of::<MultiRateLimiter>();
-        let shown = limiter.repr().map(|r| r.to_string()).unwrap_or_default();
+        let shown = values::shown(limiter);
         if !known {
             return Err(errors::configuration(
                 py,
                 format!(
-                    "TaskConfig.with_rate_limiter expects a RateLimiter, WindowedRateLimiter or \
-                     MultiRateLimiter, got {shown}"
+                    "TaskConfig.with_rate_limiter(limiter): expected a RateLimiter, \
+                     WindowedRateLimiter or MultiRateLimiter, got {shown}"
                 ),
             ));
         }
-        let cost = u64::try_from(cost).map_err(|_| {
-            errors::configuration(
-                py,
-                format!("TaskConfig.with_rate_limiter cost must be >= 0, got {cost}"),
-            )
-        })?;
+        let cost = values::optional_count::<u64>(cost, "TaskConfig.with_rate_limiter(cost)", 0)?
+            .unwrap_or(1);
         let wait: f64 =
             limiter.call_method1(pyo3::intern!(py, "time_until"), (cost,))?.extract()?;
         if wait.is_infinite() {
@@ -226,30 +220,38 @@ impl TaskConfig {
     }
 
     /// A copy with another retry mode.
-    fn with_retry(&self, py: Python<'_>, mode: &RetryMode) -> Self {
-        TaskConfig { retry: mode.mode, ..self.with(py) }
+    fn with_retry(&self, mode: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mode = values::instance::<RetryMode>(mode, "TaskConfig.with_retry(mode)", "RetryMode")?;
+        let copy = self.with(mode.py());
+        Ok(TaskConfig { retry: mode.get().mode, ..copy })
     }
 
     /// A copy retrying `retries` times after `delay` seconds.
     fn with_fixed_retry(
         &self,
         py: Python<'_>,
-        retries: i64,
+        retries: &Bound<'_, PyAny>,
         delay: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        let mode = RetryMode::fixed(py, retries, delay)?;
-        Ok(TaskConfig { retry: mode.mode, ..self.with(py) })
+        let retries = values::count::<u32>(retries, "TaskConfig.with_fixed_retry(retries)", 0)?;
+        let delay = values::duration(delay, "TaskConfig.with_fixed_retry(delay)")?;
+        Ok(TaskConfig { retry: CoreRetry::Fixed { retries, delay }, ..self.with(py) })
     }
 
     /// A copy with default exponential backoff and `max_retries` retries.
-    fn with_exponential_retry(&self, py: Python<'_>, max_retries: i64) -> PyResult<Self> {
-        let n = count(py, max_retries, "TaskConfig.with_exponential_retry max_retries")?;
+    fn with_exponential_retry(
+        &self,
+        py: Python<'_>,
+        max_retries: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let what = "TaskConfig.with_exponential_retry(max_retries)";
+        let n = values::count::<u32>(max_retries, what, 0)?;
         Ok(TaskConfig { retry: CoreRetry::exponential(n), ..self.with(py) })
     }
 
     /// A copy bounding every attempt to `timeout` seconds (`TaskTimeoutError` on expiry).
     fn with_attempt_timeout(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let t = duration::seconds(timeout, "TaskConfig.with_attempt_timeout")?;
+        let t = values::seconds(timeout, "TaskConfig.with_attempt_timeout(timeout)")?;
         Ok(TaskConfig { attempt_timeout: Some(t), ..self.with(py) })
     }
 
@@ -263,8 +265,8 @@ impl TaskConfig {
                 return Err(errors::configuration(
                     py,
                     format!(
-                        "TaskConfig.with_retry_on expects exception classes, got {}",
-                        t.repr().map(|r| r.to_string()).unwrap_or_default()
+                        "TaskConfig.with_retry_on(exc_types): expected exception classes, got {}",
+                        values::shown(&t)
                     ),
                 ));
             }
@@ -272,7 +274,8 @@ impl TaskConfig {
         if exc_types.is_empty() {
             return Err(errors::configuration(
                 py,
-                "TaskConfig.with_retry_on needs at least one exception class".to_owned(),
+                "TaskConfig.with_retry_on(exc_types): needs at least one exception class"
+                    .to_owned(),
             ));
         }
         Ok(TaskConfig { retry_on: Some(exc_types.clone().unbind()), ..self.with(py) })

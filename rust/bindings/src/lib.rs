@@ -17,7 +17,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cancel;
 mod circuit;
 mod config;
-mod duration;
 mod errors;
 mod gc;
 mod plan;
@@ -25,6 +24,7 @@ mod rate_limit;
 mod run;
 mod schedule;
 mod store;
+mod values;
 
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -39,6 +39,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run::start_run, m)?)?;
     m.add_function(wrap_pyfunction!(plan::check_split, m)?)?;
     m.add_function(wrap_pyfunction!(run::resume_run, m)?)?;
+    m.add_function(wrap_pyfunction!(values::py_seconds, m)?)?;
+    m.add_function(wrap_pyfunction!(values::py_count, m)?)?;
+    m.add_function(wrap_pyfunction!(values::py_number, m)?)?;
     m.add_class::<run::Mailbox>()?;
     m.add_class::<run::BranchDone>()?;
     m.add_class::<run::Committer>()?;

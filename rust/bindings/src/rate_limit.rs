@@ -7,9 +7,9 @@
 //! loop and never busy-waits. A cost that can never be granted is refused when `acquire` is
 //! called, before any waiting.
 
-use crate::circuit::{count, float_repr};
-use crate::duration;
+use crate::circuit::float_repr;
 use crate::errors;
+use crate::values;
 use cano_core::{
     LimiterError, Meter, MultiRateLimiter as CoreMulti, RateLimiter as CoreBucket,
     WindowedRateLimiter as CoreWindow,
@@ -29,9 +29,8 @@ fn limiter_error(py: Python<'_>, err: LimiterError) -> PyErr {
 }
 
 /// A cost passed to `try_acquire` / `acquire` / `time_until`.
-fn cost_arg(py: Python<'_>, cost: i64, what: &str) -> PyResult<u64> {
-    u64::try_from(cost)
-        .map_err(|_| errors::configuration(py, format!("{what}: cost must be >= 0, got {cost}")))
+fn cost_arg(cost: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<u64> {
+    Ok(values::optional_count::<u64>(cost, &format!("{what}(cost)"), 0)?.unwrap_or(1))
 }
 
 fn secs_or_inf(wait: Option<Duration>) -> f64 {
@@ -39,8 +38,7 @@ fn secs_or_inf(wait: Option<Duration>) -> f64 {
 }
 
 fn period_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Duration> {
-    let secs = duration::seconds(value, what)?;
-    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+    values::duration(value, what)
 }
 
 /// The coroutine of `cano.resilience.<helper>(limiter, cost)`, after refusing a cost that
@@ -85,9 +83,9 @@ impl RateLimiter {
         period: &Bound<'_, PyAny>,
         burst: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let tokens = count(tokens, "RateLimiter tokens")?;
-        let period = period_arg(period, "RateLimiter period")?;
-        let burst = burst.map(|b| count(b, "RateLimiter burst")).transpose()?.unwrap_or(0);
+        let tokens = values::count::<u64>(tokens, "RateLimiter(tokens)", 0)?;
+        let period = period_arg(period, "RateLimiter(period)")?;
+        let burst = values::optional_count::<u64>(burst, "RateLimiter(burst)", 0)?.unwrap_or(0);
         CoreBucket::new(tokens, period, burst, Instant::now())
             .map(|b| RateLimiter { inner: Arc::new(b) })
             .map_err(|e| limiter_error(py, e))
@@ -96,7 +94,7 @@ impl RateLimiter {
     /// ``n`` tokens per second, no burst.
     #[staticmethod]
     fn per_second(py: Python<'_>, n: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let n = count(n, "RateLimiter.per_second n")?;
+        let n = values::count::<u64>(n, "RateLimiter.per_second(n)", 0)?;
         CoreBucket::per_second(n, Instant::now())
             .map(|b| RateLimiter { inner: Arc::new(b) })
             .map_err(|e| limiter_error(py, e))
@@ -104,24 +102,27 @@ impl RateLimiter {
 
     /// Takes ``cost`` tokens if they are available now; never waits. A cost above the
     /// capacity is never granted.
-    #[pyo3(signature = (cost=1))]
-    fn try_acquire(&self, py: Python<'_>, cost: i64) -> PyResult<bool> {
-        let cost = cost_arg(py, cost, "RateLimiter.try_acquire")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn try_acquire(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let cost = cost_arg(cost, "RateLimiter.try_acquire")?;
         Ok(self.inner.try_acquire(cost, Instant::now()))
     }
 
     /// Seconds until ``cost`` tokens are available (0.0 if now, ``math.inf`` if never).
-    #[pyo3(signature = (cost=1))]
-    fn time_until(&self, py: Python<'_>, cost: i64) -> PyResult<f64> {
-        let cost = cost_arg(py, cost, "RateLimiter.time_until")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn time_until(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        let cost = cost_arg(cost, "RateLimiter.time_until")?;
         Ok(secs_or_inf(self.inner.time_until(cost, Instant::now())))
     }
 
     /// Waits (``await``) until ``cost`` tokens are available and takes them. A cost above
     /// the capacity raises ``ConfigurationError`` at once.
-    #[pyo3(signature = (cost=1))]
-    fn acquire<'py>(slf: &Bound<'py, Self>, cost: i64) -> PyResult<Bound<'py, PyAny>> {
-        let cost = cost_arg(slf.py(), cost, "RateLimiter.acquire")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn acquire<'py>(
+        slf: &Bound<'py, Self>,
+        cost: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cost = cost_arg(cost, "RateLimiter.acquire")?;
         let check = slf.get().inner.check_cost(cost);
         acquire_coroutine(slf.as_any(), &ACQUIRE, "_acquire", cost, check)
     }
@@ -182,32 +183,35 @@ pub struct WindowedRateLimiter {
 impl WindowedRateLimiter {
     #[new]
     fn new(py: Python<'_>, limit: &Bound<'_, PyAny>, window: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let limit = count(limit, "WindowedRateLimiter limit")?;
-        let window = period_arg(window, "WindowedRateLimiter window")?;
+        let limit = values::count::<u64>(limit, "WindowedRateLimiter(limit)", 0)?;
+        let window = period_arg(window, "WindowedRateLimiter(window)")?;
         CoreWindow::new(limit, window, Instant::now())
             .map(|w| WindowedRateLimiter { inner: Arc::new(w) })
             .map_err(|e| limiter_error(py, e))
     }
 
     /// Takes ``cost`` units of the current window if they fit; never waits.
-    #[pyo3(signature = (cost=1))]
-    fn try_acquire(&self, py: Python<'_>, cost: i64) -> PyResult<bool> {
-        let cost = cost_arg(py, cost, "WindowedRateLimiter.try_acquire")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn try_acquire(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let cost = cost_arg(cost, "WindowedRateLimiter.try_acquire")?;
         Ok(self.inner.try_acquire(cost, Instant::now()))
     }
 
     /// Seconds until ``cost`` units fit (0.0 if now, ``math.inf`` if ``cost > limit``).
-    #[pyo3(signature = (cost=1))]
-    fn time_until(&self, py: Python<'_>, cost: i64) -> PyResult<f64> {
-        let cost = cost_arg(py, cost, "WindowedRateLimiter.time_until")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn time_until(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        let cost = cost_arg(cost, "WindowedRateLimiter.time_until")?;
         Ok(secs_or_inf(self.inner.time_until(cost, Instant::now())))
     }
 
     /// Waits (``await``) until ``cost`` units fit and takes them. ``cost > limit`` raises
     /// ``ConfigurationError`` at once.
-    #[pyo3(signature = (cost=1))]
-    fn acquire<'py>(slf: &Bound<'py, Self>, cost: i64) -> PyResult<Bound<'py, PyAny>> {
-        let cost = cost_arg(slf.py(), cost, "WindowedRateLimiter.acquire")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn acquire<'py>(
+        slf: &Bound<'py, Self>,
+        cost: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cost = cost_arg(cost, "WindowedRateLimiter.acquire")?;
         let check = slf.get().inner.check_cost(cost);
         acquire_coroutine(slf.as_any(), &ACQUIRE, "_acquire", cost, check)
     }
@@ -290,28 +294,27 @@ impl MultiRateLimiter {
     fn with_tier(
         &self,
         py: Python<'_>,
-        name: String,
+        name: &Bound<'_, PyAny>,
         limiter: &Bound<'_, PyAny>,
         cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let name = values::text(name, "MultiRateLimiter.with_tier(name)")?;
         let meter: Arc<dyn Meter> = if let Ok(b) = limiter.cast::<RateLimiter>() {
             b.get().inner.clone()
         } else if let Ok(w) = limiter.cast::<WindowedRateLimiter>() {
             w.get().inner.clone()
         } else {
-            let shown = limiter.repr().map(|r| r.to_string()).unwrap_or_default();
+            let shown = values::shown(limiter);
             return Err(errors::configuration(
                 py,
                 format!(
-                    "MultiRateLimiter.with_tier {name:?}: expected a RateLimiter or \
+                    "MultiRateLimiter.with_tier {name:?} (limiter): expected a RateLimiter or \
                      WindowedRateLimiter, got {shown}"
                 ),
             ));
         };
-        let cost = match cost {
-            Some(c) => count(c, &format!("MultiRateLimiter.with_tier {name:?} cost"))?,
-            None => 1,
-        };
+        let what = format!("MultiRateLimiter.with_tier {name:?} (cost)");
+        let cost = values::optional_count::<u64>(cost, &what, 0)?.unwrap_or(1);
         let mut tiers: Vec<_> =
             self.tiers.iter().map(|(n, l, c)| (n.clone(), l.clone_ref(py), *c)).collect();
         tiers.push((name.clone(), limiter.clone().unbind(), cost));
@@ -320,9 +323,9 @@ impl MultiRateLimiter {
 
     /// Charges every tier ``cost`` times its tier cost and returns ``True``, or charges
     /// nothing and raises ``RateLimitedError(tier=..., retry_after=...)``.
-    #[pyo3(signature = (cost=1))]
-    fn try_acquire(&self, py: Python<'_>, cost: i64) -> PyResult<bool> {
-        let units = cost_arg(py, cost, "MultiRateLimiter.try_acquire")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn try_acquire(&self, py: Python<'_>, cost: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let units = cost_arg(cost, "MultiRateLimiter.try_acquire")?;
         match self.inner.try_acquire(units, Instant::now()) {
             Ok(()) => Ok(true),
             Err(e) => Err(self.rate_limited(py, e)?),
@@ -331,17 +334,20 @@ impl MultiRateLimiter {
 
     /// Seconds until every tier could grant its share (the longest wait; ``math.inf`` if
     /// some tier never can).
-    #[pyo3(signature = (cost=1))]
-    fn time_until(&self, py: Python<'_>, cost: i64) -> PyResult<f64> {
-        let units = cost_arg(py, cost, "MultiRateLimiter.time_until")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn time_until(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        let units = cost_arg(cost, "MultiRateLimiter.time_until")?;
         Ok(secs_or_inf(self.inner.time_until(units, Instant::now())))
     }
 
     /// Waits (``await``) until every tier grants its share, sleeping each refusing tier's
     /// ``retry_after``. A cost some tier can never grant raises ``ConfigurationError`` at once.
-    #[pyo3(signature = (cost=1))]
-    fn acquire<'py>(slf: &Bound<'py, Self>, cost: i64) -> PyResult<Bound<'py, PyAny>> {
-        let units = cost_arg(slf.py(), cost, "MultiRateLimiter.acquire")?;
+    #[pyo3(signature = (cost=None), text_signature = "(self, cost=1)")]
+    fn acquire<'py>(
+        slf: &Bound<'py, Self>,
+        cost: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let units = cost_arg(cost, "MultiRateLimiter.acquire")?;
         let check = slf.get().inner.check_cost(units);
         acquire_coroutine(slf.as_any(), &ACQUIRE_MULTI, "_acquire_multi", units, check)
     }

@@ -2,8 +2,8 @@
 //! lives in `cano_core::{cron, backoff}`. The scheduler loop itself is Python
 //! (`cano/scheduler.py`); it asks these objects when to fire and how long to back off.
 
-use crate::duration;
 use crate::errors;
+use crate::values;
 use cano_core::BackoffPolicy as CoreBackoff;
 use cano_core::CronSchedule as CoreCron;
 use pyo3::prelude::*;
@@ -18,8 +18,9 @@ pub struct CronSchedule {
 impl CronSchedule {
     /// Parses `expr`; an invalid expression raises `ConfigurationError` quoting it.
     #[new]
-    fn new(py: Python<'_>, expr: &str) -> PyResult<Self> {
-        CoreCron::parse(expr)
+    fn new(py: Python<'_>, expr: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let expr = values::text(expr, "CronSchedule(expr)")?;
+        CoreCron::parse(&expr)
             .map(|schedule| CronSchedule { schedule })
             .map_err(|e| errors::configuration(py, e.to_string()))
     }
@@ -32,11 +33,15 @@ impl CronSchedule {
 
     /// The first firing strictly after `ts` (UNIX seconds, UTC), or `None` when the
     /// schedule never fires again.
-    fn next_after(&self, py: Python<'_>, ts: f64) -> PyResult<Option<f64>> {
+    fn next_after(&self, py: Python<'_>, ts: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        let ts = values::number(ts, "CronSchedule.next_after(ts)", f64::MIN, f64::MAX)?;
         self.schedule.next_after_unix(ts).map_err(|e| {
             errors::configuration(
                 py,
-                format!("cron expression {:?}: {e}", self.schedule.expression()),
+                format!(
+                    "CronSchedule.next_after(ts={ts}): cron expression {:?}: {e}",
+                    self.schedule.expression()
+                ),
             )
         })
     }
@@ -53,25 +58,14 @@ pub struct BackoffPolicy {
     policy: CoreBackoff,
 }
 
-fn streak_limit(py: Python<'_>, value: Option<i64>) -> PyResult<Option<u32>> {
-    value
-        .map(|n| {
-            u32::try_from(n).map_err(|_| {
-                errors::configuration(
-                    py,
-                    format!(
-                        "invalid backoff policy: streak_limit must be None or an int between \
-                         0 and {}, got {n}",
-                        u32::MAX
-                    ),
-                )
-            })
-        })
-        .transpose()
+/// A streak given by a user: any int >= 0 (beyond `u32::MAX` it saturates).
+fn streak(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u32> {
+    let n = values::count::<u64>(value, what, 0)?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-fn streak(value: i64) -> u32 {
-    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+fn backoff_error(py: Python<'_>, err: cano_core::BackoffError) -> PyErr {
+    errors::configuration(py, err.to_string())
 }
 
 #[pymethods]
@@ -81,31 +75,41 @@ impl BackoffPolicy {
     /// reaches `streak_limit` (never when `None`).
     #[new]
     #[pyo3(
-        signature = (initial=None, multiplier=2.0, max_delay=None, jitter=0.1, streak_limit=None),
+        signature = (initial=None, multiplier=None, max_delay=None, jitter=None, streak_limit=None),
         text_signature = "(initial=1.0, multiplier=2.0, max_delay=300.0, jitter=0.1, streak_limit=None)"
     )]
     fn new(
         py: Python<'_>,
         initial: Option<&Bound<'_, PyAny>>,
-        multiplier: f64,
+        multiplier: Option<&Bound<'_, PyAny>>,
         max_delay: Option<&Bound<'_, PyAny>>,
-        jitter: f64,
-        streak_limit: Option<i64>,
+        jitter: Option<&Bound<'_, PyAny>>,
+        streak_limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let initial = duration::optional_seconds(initial, "BackoffPolicy initial")?.unwrap_or(1.0);
+        let initial = values::optional_seconds(initial, "BackoffPolicy(initial)")?.unwrap_or(1.0);
         let max_delay =
-            duration::optional_seconds(max_delay, "BackoffPolicy max_delay")?.unwrap_or(300.0);
-        let limit = self::streak_limit(py, streak_limit)?;
+            values::optional_seconds(max_delay, "BackoffPolicy(max_delay)")?.unwrap_or(300.0);
+        let multiplier = multiplier
+            .map(|v| values::number(v, "BackoffPolicy(multiplier)", 1.0, f64::MAX))
+            .transpose()?
+            .unwrap_or(2.0);
+        let jitter = jitter
+            .map(|v| values::number(v, "BackoffPolicy(jitter)", 0.0, 1.0))
+            .transpose()?
+            .unwrap_or(0.1);
+        let limit = values::optional_count::<u32>(streak_limit, "BackoffPolicy(streak_limit)", 1)?;
         CoreBackoff::new(initial, multiplier, max_delay, jitter, limit)
             .map(|policy| BackoffPolicy { policy })
-            .map_err(|e| errors::configuration(py, e.to_string()))
+            .map_err(|e| backoff_error(py, e))
     }
 
     /// The default policy, tripping after `streak_limit` consecutive failures.
     #[staticmethod]
-    fn with_trip(py: Python<'_>, streak_limit: i64) -> PyResult<Self> {
-        let limit = self::streak_limit(py, Some(streak_limit))?.unwrap_or_default();
-        Ok(BackoffPolicy { policy: CoreBackoff::with_trip(limit) })
+    fn with_trip(py: Python<'_>, streak_limit: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let limit = values::count::<u32>(streak_limit, "BackoffPolicy.with_trip(streak_limit)", 1)?;
+        CoreBackoff::with_trip(limit)
+            .map(|policy| BackoffPolicy { policy })
+            .map_err(|e| backoff_error(py, e))
     }
 
     /// Seconds of rest after the first failure.
@@ -139,13 +143,13 @@ impl BackoffPolicy {
     }
 
     /// Seconds to rest after `streak` consecutive failures (jittered; 0 counts as 1).
-    fn compute_delay(&self, streak: i64) -> f64 {
-        self.policy.compute_delay(self::streak(streak))
+    fn compute_delay(&self, streak: &Bound<'_, PyAny>) -> PyResult<f64> {
+        Ok(self.policy.compute_delay(self::streak(streak, "BackoffPolicy.compute_delay(streak)")?))
     }
 
     /// True when `streak` consecutive failures trip the flow.
-    fn is_tripped(&self, streak: i64) -> bool {
-        self.policy.is_tripped(self::streak(streak))
+    fn is_tripped(&self, streak: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.policy.is_tripped(self::streak(streak, "BackoffPolicy.is_tripped(streak)")?))
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {

@@ -37,9 +37,9 @@ impl Default for BackoffPolicy {
 }
 
 impl BackoffPolicy {
-    /// A validated policy. Delays are seconds (`>= 0`, not NaN; infinity means "no cap");
-    /// `multiplier` must be finite and `>= 1`; `jitter` a fraction in `[0, 1]`.
-    /// `streak_limit = Some(0)` trips on the first failure.
+    /// A validated policy. Delays are seconds (finite, between 0 and
+    /// [`crate::MAX_SECONDS`]); `multiplier` must be finite and `>= 1`; `jitter` a fraction
+    /// in `[0, 1]`; `streak_limit`, when given, at least 1 (1 trips on the first failure).
     pub fn new(
         initial: f64,
         multiplier: f64,
@@ -48,25 +48,26 @@ impl BackoffPolicy {
         streak_limit: Option<u32>,
     ) -> Result<Self, BackoffError> {
         let bad = |what: String| BackoffError(what);
-        check_secs(initial)
-            .map_err(|_| bad(format!("initial must be >= 0 seconds, got {initial}")))?;
-        check_secs(max_delay)
-            .map_err(|_| bad(format!("max_delay must be >= 0 seconds, got {max_delay}")))?;
-        if initial.is_infinite() {
-            return Err(bad(format!("initial must be finite, got {initial}")));
-        }
+        check_secs(initial).map_err(|e| bad(format!("initial: {e}")))?;
+        check_secs(max_delay).map_err(|e| bad(format!("max_delay: {e}")))?;
         if !(multiplier.is_finite() && multiplier >= 1.0) {
             return Err(bad(format!("multiplier must be a finite number >= 1, got {multiplier}")));
         }
         if !(0.0..=1.0).contains(&jitter) {
             return Err(bad(format!("jitter must be a fraction between 0 and 1, got {jitter}")));
         }
+        if streak_limit == Some(0) {
+            return Err(bad("streak_limit must be at least 1 (1 trips on the first failure), \
+                            got 0"
+                .into()));
+        }
         Ok(BackoffPolicy { initial, multiplier, max_delay, jitter, streak_limit })
     }
 
-    /// The default policy, tripping once `limit` consecutive failures happened.
-    pub fn with_trip(limit: u32) -> Self {
-        BackoffPolicy { streak_limit: Some(limit), ..Self::default() }
+    /// The default policy, tripping once `limit` (at least 1) consecutive failures happened.
+    pub fn with_trip(limit: u32) -> Result<Self, BackoffError> {
+        let d = Self::default();
+        Self::new(d.initial, d.multiplier, d.max_delay, d.jitter, Some(limit))
     }
 
     /// Delay in seconds after the first failure.
@@ -102,10 +103,6 @@ impl BackoffPolicy {
         let capped = if grown.is_nan() { self.max_delay } else { grown.min(self.max_delay) };
         let unit = if unit.is_nan() { 0.0 } else { unit.clamp(-1.0, 1.0) };
         let jittered = capped * (1.0 + self.jitter * unit);
-        if jittered.is_nan() {
-            // Only for an infinite cap with an infinite delay: no finite answer exists.
-            return self.max_delay;
-        }
         jittered.clamp(0.0, self.max_delay)
     }
 
@@ -188,9 +185,9 @@ mod tests {
     fn huge_streaks_saturate_at_the_cap() {
         let p = policy(1.0, 10.0, 60.0, 0.0);
         assert_eq!(p.delay_with(u32::MAX, 0.0), 60.0);
-        let unbounded = policy(1.0, 10.0, f64::INFINITY, 0.0);
-        assert_eq!(unbounded.delay_with(u32::MAX, 0.0), f64::INFINITY);
-        assert_eq!(unbounded.delay_with(3, 0.0), 100.0);
+        let longest = policy(1.0, 10.0, crate::MAX_SECONDS, 0.0);
+        assert_eq!(longest.delay_with(u32::MAX, 0.0), crate::MAX_SECONDS);
+        assert_eq!(longest.delay_with(3, 0.0), 100.0);
     }
 
     #[test]
@@ -201,11 +198,12 @@ mod tests {
 
     #[test]
     fn trips_when_the_streak_reaches_the_limit() {
-        let p = BackoffPolicy::with_trip(3);
+        let p = BackoffPolicy::with_trip(3).unwrap();
         assert!(!p.is_tripped(2));
         assert!(p.is_tripped(3));
         assert!(p.is_tripped(4));
-        assert!(BackoffPolicy::with_trip(0).is_tripped(1));
+        assert!(BackoffPolicy::with_trip(1).unwrap().is_tripped(1));
+        assert!(BackoffPolicy::with_trip(0).unwrap_err().to_string().contains("streak_limit"));
     }
 
     #[test]
@@ -217,6 +215,8 @@ mod tests {
             (1.0, 0.5, 300.0, 0.1, "multiplier"),
             (1.0, f64::INFINITY, 300.0, 0.1, "multiplier"),
             (1.0, 2.0, -3.0, 0.1, "max_delay"),
+            (1.0, 2.0, f64::INFINITY, 0.1, "max_delay"),
+            (1e30, 2.0, 300.0, 0.1, "initial"),
             (1.0, 2.0, 300.0, 1.5, "jitter"),
             (1.0, 2.0, 300.0, -0.1, "jitter"),
             (1.0, 2.0, 300.0, f64::NAN, "jitter"),

@@ -37,7 +37,7 @@ pub use circuit::{
     SystemClock, HALF_OPEN_MAX_CALLS_LIMIT,
 };
 pub use cron::{from_unix, to_unix, CronError, CronSchedule};
-pub use duration::{check_secs, from_secs as duration_from_secs, DurationError};
+pub use duration::{check_secs, from_secs as duration_from_secs, DurationError, MAX_SECONDS};
 pub use fsm::{Cursor, Entry, Graph, GraphError, HandlerKind, StateId, PATH_KEPT};
 pub use join::{
     BranchEnd, Counted, JoinError, Strategy as JoinStrategy, Tally, Verdict as JoinVerdict,

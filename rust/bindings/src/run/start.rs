@@ -215,8 +215,10 @@ impl Run {
                     .into_py(py, msg, ctx, None)
             }
             ResumeError::NoRows { workflow_id } => {
-                let mut msg =
-                    format!("no checkpoint rows for workflow id {}", errors::quoted(workflow_id));
+                let mut msg = format!(
+                    "resume_from: no checkpoint rows for workflow id {}",
+                    errors::quoted(workflow_id)
+                );
                 if let Some(place) = self.store_place(py) {
                     msg.push_str(&format!(" in {place}"));
                 }

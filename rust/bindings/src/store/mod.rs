@@ -41,12 +41,20 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 
 use crate::errors;
-use rows::{checkpoint_error, extract, field, output_bytes, row_kind, store_path};
+use rows::{checkpoint_error, row_kind, store_path};
 pub use waiter::Waiter;
 use wake::{close_blocking, CloseAtExit, Outcome, Pending, Shared, Target};
 
 pub(crate) static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ATEXIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ROW_FIELDS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static CHECK_WORKFLOW_ID: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A workflow id given to a store method, checked by `cano.store.check_workflow_id`.
+fn checked_id(value: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    let check = CHECK_WORKFLOW_ID.import(value.py(), "cano.store", "check_workflow_id")?;
+    check.call1((value, what))?.extract()
+}
 
 /// The embedded, durable checkpoint store: one redb file per process.
 ///
@@ -289,22 +297,19 @@ impl RedbCheckpointStore {
     /// same `(workflow_id, sequence)` fails it with `CheckpointError` and is kept.
     fn append<'py>(&self, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let py = row.py();
-        let kind_value = field(row, "kind")?;
-        let kind_value = kind_value.getattr(intern!(py, "value")).unwrap_or(kind_value);
-        let output = field(row, "output")?;
-        let row = Row {
-            workflow_id: extract(&field(row, "workflow_id")?, "workflow_id", "a str")?,
-            sequence: extract(&field(row, "sequence")?, "sequence", "an int >= 0")?,
-            state: extract(&field(row, "state")?, "state", "a str")?,
-            task_id: extract(&field(row, "task_id")?, "task_id", "a str")?,
-            kind: row_kind(extract(&kind_value, "kind", "a RowKind")?)?,
-            output: output_bytes(&output)?,
-            workflow_version: extract(
-                &field(row, "workflow_version")?,
-                "workflow_version",
-                "an int in [0, 2**32)",
-            )?,
-        };
+        // One rule for every built-in store: `cano.store.row_fields` checks and unpacks.
+        let fields = ROW_FIELDS.import(py, "cano.store", "row_fields")?.call1((row,))?;
+        let (workflow_id, sequence, state, task_id, kind, output, workflow_version): (
+            String,
+            u64,
+            String,
+            String,
+            u8,
+            Option<Vec<u8>>,
+            u32,
+        ) = fields.extract()?;
+        let kind = row_kind(py, kind)?;
+        let row = Row { workflow_id, sequence, state, task_id, kind, output, workflow_version };
         self.append_row(py, row)
     }
 
@@ -328,7 +333,7 @@ impl RedbCheckpointStore {
         codec::encode_fields(
             &workflow_id,
             sequence,
-            row_kind(kind)?,
+            row_kind(py, kind)?,
             version,
             state,
             task_id,
@@ -353,14 +358,18 @@ impl RedbCheckpointStore {
     }
 
     /// Every row of `workflow_id` as `CheckpointRow`s, ascending by sequence (`[]` if none).
-    fn load_run<'py>(&self, py: Python<'py>, workflow_id: String) -> PyResult<Bound<'py, PyAny>> {
+    fn load_run<'py>(&self, workflow_id: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = workflow_id.py();
+        let workflow_id = checked_id(workflow_id, "load_run(workflow_id)")?;
         let (future, done) = self.waiter(py, Outcome::Rows)?;
         self.store.load_run(workflow_id, done).map_err(|e| checkpoint_error(py, &e))?;
         Ok(future)
     }
 
     /// Removes every row of `workflow_id`; an unknown id is not an error.
-    fn clear<'py>(&self, py: Python<'py>, workflow_id: String) -> PyResult<Bound<'py, PyAny>> {
+    fn clear<'py>(&self, workflow_id: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = workflow_id.py();
+        let workflow_id = checked_id(workflow_id, "clear(workflow_id)")?;
         let (future, done) = self.waiter(py, |()| Outcome::Done)?;
         self.store.clear(workflow_id, done).map_err(|e| checkpoint_error(py, &e))?;
         Ok(future)

@@ -1,7 +1,6 @@
 //! Rows and summaries between Python and the core store, and the store's errors.
 
 use cano_core::checkpoint::{Row, RowKind, RunSummary, StoreError};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -52,44 +51,14 @@ pub(super) fn checkpoint_error(py: Python<'_>, err: &StoreError) -> PyErr {
     errors::checkpoint(py, err.to_string())
 }
 
-pub(super) fn field<'py>(row: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    row.getattr(name).map_err(|_| {
-        PyTypeError::new_err(format!(
-            "append() expects a cano.store.CheckpointRow; {} has no attribute {name:?}",
-            row.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "the value".into())
-        ))
-    })
-}
-
-pub(super) fn extract<'py, T: FromPyObjectOwned<'py>>(
-    value: &Bound<'py, PyAny>,
-    name: &str,
-    expected: &str,
-) -> PyResult<T> {
-    value.extract::<T>().map_err(|_| {
-        let shown = value.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
-        PyTypeError::new_err(format!("CheckpointRow.{name} must be {expected}, got {shown}"))
-    })
-}
-
-pub(super) fn output_bytes(value: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
-    if value.is_none() {
-        return Ok(None);
-    }
-    match value.cast::<PyBytes>() {
-        Ok(b) => Ok(Some(b.as_bytes().to_vec())),
-        Err(_) => Err(PyTypeError::new_err(format!(
-            "CheckpointRow.output must be bytes or None, got {}",
-            value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
-        ))),
-    }
-}
-
-pub(super) fn row_kind(value: u8) -> PyResult<RowKind> {
+pub(super) fn row_kind(py: Python<'_>, value: u8) -> PyResult<RowKind> {
     RowKind::from_u8(value).ok_or_else(|| {
-        PyValueError::new_err(format!(
+        errors::checkpoint(
+            py,
+            format!(
             "unknown checkpoint row kind {value} (0 state entry, 1 compensation, 2 step cursor)"
-        ))
+        ),
+        )
     })
 }
 
