@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -201,3 +202,79 @@ def test_graph_prints_mermaid(
     out = capsys.readouterr().out
     assert out.startswith("stateDiagram-v2") and "--> [*]" in out
     assert main(["graph", "my_flow:missing"]) == 1
+
+
+def test_bare_cano_prints_the_usage_and_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: cano")
+    for command in ("demo", "runs", "graph"):
+        assert command in err
+
+
+def test_graph_draws_transitions_read_from_the_tasks_and_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "shop.py").write_text(
+        "import enum, cano\n"
+        "class S(enum.Enum):\n    CART = 1\n    PAY = 2\n    DONE = 3\n    FAILED = 4\n"
+        "async def cart() -> S:\n    return S.PAY\n"
+        "class Pay(cano.Task[S]):\n"
+        "    async def run(self, res: cano.Resources) -> S:\n"
+        "        return S.DONE if res else S.FAILED\n"
+        "wf = cano.Workflow.bare().register(S.CART, cart).register(S.PAY, Pay())"
+        ".add_exit_states([S.DONE, S.FAILED])\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["graph", "shop:wf"]) == 0
+    out = capsys.readouterr().out
+    ids = dict(re.findall(r'state "(\w+)" as (s\d+)', out))
+    edges = set(re.findall(r"(s\d+|\[\*\]) --> (s\d+|\[\*\])", out))
+    cart, pay, done, failed = ids["CART"], ids["PAY"], ids["DONE"], ids["FAILED"]
+    assert {("[*]", cart), (cart, pay), (pay, done), (pay, failed)} <= edges
+    assert ("[*]", pay) not in edges  # PAY is reached from CART: not a start
+    assert main(["graph", "shop:wf", "--initial", "PAY"]) == 0
+    assert f"[*] --> {pay}" in capsys.readouterr().out
+    assert main(["graph", "shop:wf", "--initial", "NOPE"]) == 2
+    assert "NOPE" in capsys.readouterr().err
+
+
+def test_graph_of_a_module_that_fails_to_import_prints_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no config file')\n")
+    (tmp_path / "factory.py").write_text("def build():\n    raise KeyError('db')\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["graph", "broken:wf"]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: no config file" in err and "Traceback" not in err
+    assert main(["graph", "factory:build"]) == 1
+    err = capsys.readouterr().err
+    assert "factory:build() raised KeyError" in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_the_demo_quietly(tmp_path: Path) -> None:
+    # `cano demo | head -1`: the reader goes away after the first line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cano", "demo", "--store", str(tmp_path / "d.redb")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.wait(timeout=120)
+    assert first.startswith(b"cano demo")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode in (0, 141)
+
+
+def test_a_missing_relative_store_is_named_with_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", "list", "--store", "typo.redb"]) == 1
+    assert str(tmp_path / "typo.redb") in capsys.readouterr().err
+    assert not (tmp_path / "typo.redb").exists()

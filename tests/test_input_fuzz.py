@@ -283,7 +283,10 @@ def _fault(where: str, param: str, call: Callable[[Any], object], value: Any) ->
         named = (
             param in message
             or param.replace("_", " ") in message
-            or (isinstance(value, str) and (repr(value) in message or f"'{value}'" in message))
+            or (
+                isinstance(value, str)
+                and any(q in message for q in (repr(value), f"'{value}'", f'"{value}"'))
+            )
         )
         if not named:
             return f"{type(err).__name__} not naming {param!r}: {message}"

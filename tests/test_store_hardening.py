@@ -430,3 +430,42 @@ def test_a_full_disk_fails_writes_clearly_and_loses_nothing(
     else:
         # Eventual: everything up to the last flush that succeeded.
         assert got == list(range(len(got)))
+
+
+def test_a_store_left_behind_by_a_failed_run_does_not_lock_its_file(tmp_path: Path) -> None:
+    # The failed run's traceback keeps the workflow (and its store) alive in a reference
+    # cycle until the cycle collector runs; opening the file again must not have to wait.
+    import enum
+    import gc
+
+    class S(enum.Enum):
+        A = 1
+        B = 2
+
+    async def boom() -> S:
+        raise RuntimeError("the step failed")
+
+    def run_once() -> None:
+        store = RedbCheckpointStore(tmp_path / "c.redb")
+        wf = (
+            cano.Workflow.bare()
+            .register(S.A, cano.task(config=cano.TaskConfig.minimal())(boom))
+            .add_exit_state(S.B)
+            .with_checkpoint_store(store)
+            .with_workflow_id("w")
+        )
+        with contextlib.suppress(cano.TaskError):
+            wf.run_sync(S.A)
+
+    gc.disable()
+    try:
+        run_once()
+        with RedbCheckpointStore(tmp_path / "c.redb") as again:
+            assert again.read_only is False
+            assert [r.state for r in asyncio.run(_load(again, "w"))] == ["A"]
+    finally:
+        gc.enable()
+
+
+async def _load(store: RedbCheckpointStore, wid: str) -> list[CheckpointRow]:
+    return await store.load_run(wid)

@@ -666,6 +666,30 @@ def test_mermaid_draws_no_edges_that_were_not_declared() -> None:
     assert between_states == {("B", "DONE")}
 
 
+async def _to_c_or_failed(res: cano.Resources) -> S:
+    return S.C if res else S.FAILED
+
+
+class _ToDone(cano.Task[S]):
+    async def run(self, res: cano.Resources) -> S:
+        return S.DONE
+
+
+def test_mermaid_reads_the_transitions_a_task_names_and_marks_the_start() -> None:
+    wf = (
+        cano.Workflow.bare()
+        .register(S.A, _to_c_or_failed)
+        .register(S.C, _ToDone())
+        .add_exit_states([S.DONE, S.FAILED])
+    )
+    text = wf.to_mermaid()
+    edges = mermaid_edges(text)
+    assert {("A", "C"), ("A", "FAILED"), ("C", "DONE")} <= edges
+    assert ("[*]", "A") in edges and ("[*]", "C") not in edges
+    assert " : ?" in text  # read from the source, not declared
+    assert ("[*]", "C") in mermaid_edges(wf.to_mermaid(S.C))
+
+
 def test_mermaid_reflects_later_registrations() -> None:
     wf = cano.Workflow.bare().register(S.A, Goto(S.DONE), to={S.DONE}).add_exit_state(S.DONE)
     assert not re.search(r"\bFAILED\b", wf.to_mermaid())

@@ -6,7 +6,7 @@
     cano runs list --store PATH [--json]
     cano runs show ID --store PATH [--json]
     cano runs clear ID --store PATH
-    cano graph MODULE:ATTR [--format mermaid]
+    cano graph MODULE:ATTR [--format mermaid] [--initial STATE]
 
 A store PATH is a redb or SQLite file, or a ``sqlite:///ABSOLUTE/PATH`` URL. Bad arguments
 print one line and exit 2; a missing or unreadable store exits 1 naming the file. User
@@ -33,7 +33,7 @@ from cano._demo import describe_output
 from cano.errors import CanoError, CheckpointError
 from cano.store import CheckpointRow, RedbCheckpointStore
 from cano.stores import SqliteCheckpointStore
-from cano.workflow import Workflow
+from cano.workflow import Workflow, state_label
 
 __all__ = ["main"]
 
@@ -88,13 +88,24 @@ def _parser() -> argparse.ArgumentParser:
         "target", metavar="MODULE:ATTR", help="a Workflow, or a function returning one"
     )
     graph.add_argument("--format", choices=["mermaid"], default="mermaid")
+    graph.add_argument(
+        "--initial",
+        metavar="STATE",
+        help="the state runs start in (default: states no edge reaches)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cano`` console script; returns the exit code."""
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        parser.print_help(sys.stderr)
+        print("\ncano: a command is required", file=sys.stderr)
+        return 2
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
         if args.command == "demo":
             return _demo(args)
         if args.command == "runs":
@@ -103,11 +114,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _reader_went_away()
     except (Failure, CanoError) as err:
+        if _caused_by_a_closed_pipe(err):
+            return _reader_went_away()
         print(f"cano: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _caused_by_a_closed_pipe(err: BaseException) -> bool:
+    """True when a task failed because what reads our output closed it (``| head``)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reader_went_away() -> int:
+    """The reader of stdout closed it (``cano demo | head``): stop quietly, as Unix tools
+    do. stdout is pointed at /dev/null so that flushing it at exit raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a command killed by the pipe
 
 
 # ----- runs -----------------------------------------------------------------------------
@@ -129,7 +163,8 @@ def _open_store(spec: str, *, write: bool = False) -> RedbCheckpointStore | Sqli
     sqlite = spec.startswith("sqlite:")
     path = _sqlite_url_path(spec) if sqlite else spec
     if not Path(path).is_file():
-        raise Failure(f"no checkpoint store at {path}: the file does not exist")
+        where = path if os.path.isabs(path) else f"{path} ({os.path.abspath(path)})"
+        raise Failure(f"no checkpoint store at {where}: the file does not exist")
     if not sqlite:
         try:
             with open(path, "rb") as file:
@@ -278,13 +313,30 @@ def _graph(args: argparse.Namespace) -> int:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise Failure(f"cannot import {module_name!r}: {err}") from err
+    except Exception as err:  # the user's module failed while importing
+        raise Failure(f"importing {module_name!r} raised {type(err).__name__}: {err}") from err
     target = getattr(module, attr, None)
     if target is None:
         raise Failure(f"{module_name!r} has no attribute {attr!r}")
-    workflow = target() if callable(target) and not isinstance(target, Workflow) else target
+    if callable(target) and not isinstance(target, Workflow):
+        try:
+            workflow = target()
+        except Exception as err:  # the user's factory failed
+            raise Failure(f"{args.target}() raised {type(err).__name__}: {err}") from err
+    else:
+        workflow = target
     if not isinstance(workflow, Workflow):
         raise Failure(f"{args.target} is not a cano.Workflow (got {type(workflow).__qualname__})")
-    print(workflow.to_mermaid(), end="")
+    initial = None
+    if args.initial is not None:
+        known = {state_label(s): s for s in (*workflow.registered_states, *workflow.exit_states)}
+        if args.initial not in known:
+            raise UsageError(
+                f"cano graph: --initial {args.initial!r} is not a state of {args.target} "
+                f"(states: {', '.join(sorted(known))})"
+            )
+        initial = known[args.initial]
+    print(workflow.to_mermaid(initial), end="")
     return 0
 
 

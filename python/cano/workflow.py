@@ -20,6 +20,7 @@ from cano._core import (
     resume_run,
     start_run,
 )
+from cano._graph import mermaid
 from cano._registration import _describe_task, _Entry, state_label
 from cano._returns import ReturnCheck
 from cano._values import Duration, count, seconds
@@ -281,35 +282,15 @@ class Workflow(Generic[S]):
         """Checks the definition; raises ``ConfigurationError`` naming what is wrong."""
         self._compile()
 
-    def to_mermaid(self) -> str:
-        """The graph as a Mermaid state diagram: states, declared edges and exits."""
-        ids: dict[Any, str] = {}
-        lines = ["stateDiagram-v2"]
+    def to_mermaid(self, initial: S | None = None) -> str:
+        """The graph as a Mermaid state diagram: states, exits, splits and transitions.
 
-        def node(state: Any) -> str:
-            if state not in ids:
-                ids[state] = f"s{len(ids)}"
-                label = state_label(state).replace('"', "'")
-                lines.append(f'    state "{label}" as {ids[state]}')
-            return ids[state]
-
-        for state, entry in self._entries.items():
-            node(state)
-            if entry.kind == "router":
-                lines.append(f"    note right of {ids[state]} : router")
-            elif entry.join is not None:
-                names = ", ".join(b.name for b in entry.branches) or "no branches"
-                lines.append(f"    note right of {ids[state]} : split {entry.join.strategy!r}")
-                lines.append(f"    note left of {ids[state]} : {names}")
-        for state in self._exits:
-            node(state)
-        for state, entry in self._entries.items():
-            for target in entry.targets or ():
-                label = " : join" if entry.join is not None else ""
-                lines.append(f"    {node(state)} --> {node(target)}{label}")
-        for state in self._exits:
-            lines.append(f"    {ids[state]} --> [*]")
-        return "\n".join(lines) + "\n"
+        Transitions declared with ``to=`` are drawn as declared; for a state without
+        ``to=``, the states its task's source names (``return Step.DONE``) are drawn as
+        possible transitions labelled ``?``. ``[*] -->`` marks ``initial``, or, when it is
+        not given, every registered state that no transition leads to.
+        """
+        return mermaid(self._entries, self._exits, initial)
 
     # ----- running ----------------------------------------------------------------------
 

@@ -259,7 +259,18 @@ impl RedbCheckpointStore {
         let shared = Arc::new(Shared::default());
         let hook_shared = shared.clone();
         let hook = Box::new(move || hook_shared.wake_from_writer());
-        let opened = py.detach(|| RedbStore::open_with(&path, &options, Some(hook)));
+        let open = |hook| py.detach(|| RedbStore::open_with(&path, &options, Some(hook)));
+        let opened = match open(hook) {
+            // The holder may be a store of this process that nothing references any more but
+            // that waits for the cycle collector (a failed run's traceback keeps its workflow
+            // alive): collect it, which closes it, and try once more.
+            Err(StoreError::InUse { .. }) => {
+                py.import("gc")?.call_method0("collect")?;
+                let hook_shared = shared.clone();
+                open(Box::new(move || hook_shared.wake_from_writer()))
+            }
+            other => other,
+        };
         let store = Arc::new(opened.map_err(|e| checkpoint_error(py, &e))?);
         let at_exit =
             Py::new(py, CloseAtExit { store: Arc::downgrade(&store), shared: shared.clone() })?
