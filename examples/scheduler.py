@@ -75,7 +75,7 @@ class Backfill(cano.Task[Step]):
         return Step.DONE
 
 
-def one_step(resources: cano.Resources, task: object) -> cano.Workflow[Step]:
+def one_step(resources: cano.Resources, task: cano.TaskLike[Step]) -> cano.Workflow[Step]:
     return cano.Workflow[Step](resources).register(Step.WORK, task).add_exit_state(Step.DONE)
 
 

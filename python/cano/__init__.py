@@ -96,7 +96,7 @@ from cano.stream import (
     StreamTask,
     StreamWindow,
 )
-from cano.tasks import CompensatableTask, RouterTask, Task, TaskResult, task
+from cano.tasks import CompensatableTask, RouterTask, Task, TaskLike, TaskResult, task
 from cano.timer import TimerTask
 from cano.workflow import Workflow, state_label
 
@@ -165,6 +165,7 @@ __all__ = [
     "Task",
     "TaskConfig",
     "TaskError",
+    "TaskLike",
     "TaskResult",
     "TaskTimeoutError",
     "TimerTask",

@@ -14,18 +14,18 @@ modules (:mod:`cano.poll`, :mod:`cano.timer`, :mod:`cano.stepped`), re-exported 
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, Union, overload
 
 from cano._core import TaskConfig
+from cano.batch import BatchTask
 from cano.errors import ConfigurationError
 from cano.poll import Pending, PollErrorPolicy, PollTask, Ready
+from cano.resources import Resources
 from cano.stepped import Done, More, SteppedTask
 from cano.timer import TimerTask
-
-if TYPE_CHECKING:
-    from cano.resources import Resources
 
 __all__ = [
     "CompensatableTask",
@@ -38,6 +38,7 @@ __all__ = [
     "RouterTask",
     "SteppedTask",
     "Task",
+    "TaskLike",
     "TaskResult",
     "TimerTask",
     "task",
@@ -297,3 +298,38 @@ class CompensatableTask(Generic[S, Out]):
         raise ConfigurationError(
             f"compensatable task {self.name()!r} does not implement compensate()"
         )
+
+
+# ----- what register() accepts, for type checkers ------------------------------------------
+
+E = TypeVar("E", bound=enum.Enum)
+E_co = TypeVar("E_co", bound=enum.Enum, covariant=True)
+
+
+class _RunsWithResources(Protocol[E_co]):
+    """Any object with an async ``run(res)`` returning a state."""
+
+    def run(self, res: Resources[Any], /) -> Awaitable[E_co | TaskResult[E_co]]: ...
+
+
+class _RunsBare(Protocol[E_co]):
+    """Any object with an async ``run_bare()`` returning a state."""
+
+    def run_bare(self) -> Awaitable[E_co | TaskResult[E_co]]: ...
+
+
+TaskLike: TypeAlias = Union[  # noqa: UP007 - a generic alias subscriptable at run time
+    Task[E],
+    PollTask[E],
+    TimerTask[E],
+    BatchTask[E, Any, Any],
+    _RunsWithResources[E],
+    _RunsBare[E],
+    Callable[[Resources[Any]], Awaitable[E | TaskResult[E]]],
+    Callable[[], Awaitable[E | TaskResult[E]]],
+]
+"""What ``Workflow.register(state, task)`` takes for a state of enum ``E``: a task of that
+enum (a :class:`Task`, :class:`PollTask`, :class:`TimerTask` or :class:`BatchTask`, or any
+object with an async ``run(res)``/``run_bare()``), or an ``async def f(res)`` / ``async def
+f()`` returning one of its states. Type checkers then flag a task of another enum, one that
+returns a ``str``, a plain ``def`` and a class given instead of an instance."""

@@ -8,7 +8,8 @@ workflow never affects runs already in flight.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+import enum
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from cano._core import (
@@ -34,10 +35,17 @@ if TYPE_CHECKING:
 
     from typing_extensions import TypeVar as _TypeVar
 
+    from cano.stepped import SteppedTask
+    from cano.stream import StreamTask
+    from cano.tasks import CompensatableTask, RouterTask, TaskLike
+
     # A bare ``Workflow.bare()`` is a ``Workflow[Any]`` rather than ``Workflow[Never]``.
     S = _TypeVar("S", default=Any)
 else:
     S = TypeVar("S")
+
+E = TypeVar("E", bound=enum.Enum)
+"""The state enum of one registration: the state and its task must agree on it."""
 
 __all__ = ["Workflow", "state_label"]
 
@@ -98,7 +106,7 @@ class Workflow(Generic[S]):
 
     # ----- registration -----------------------------------------------------------------
 
-    def register(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+    def register(self, state: E, task: TaskLike[E], *, to: Iterable[E] | None = None) -> Self:
         """Runs ``task`` in ``state``.
 
         ``task`` is a :class:`Task`, a :class:`PollTask`, a :class:`TimerTask`, any object
@@ -110,7 +118,12 @@ class Workflow(Generic[S]):
         return self._changed()
 
     def register_split(
-        self, state: S, tasks: Iterable[Any], join: JoinConfig[S], *, to: Iterable[S] | None = None
+        self,
+        state: E,
+        tasks: Iterable[TaskLike[E]],
+        join: JoinConfig[E],
+        *,
+        to: Iterable[E] | None = None,
     ) -> Self:
         """Runs ``tasks`` concurrently in ``state``, each as its own asyncio task with its own
         retries and timeouts, and joins them by ``join.strategy``; on success the run moves
@@ -156,7 +169,9 @@ class Workflow(Generic[S]):
         )
         return self._changed()
 
-    def register_stream(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+    def register_stream(
+        self, state: E, task: StreamTask[E, Any, Any, Any], *, to: Iterable[E] | None = None
+    ) -> Self:
         """Consumes a :class:`StreamTask` in ``state`` window by window; with a checkpoint
         store the cursor of each flushed window is committed, and a resumed run re-opens
         the stream from the last committed cursor. Cancellation and the total timeout drain
@@ -170,7 +185,9 @@ class Workflow(Generic[S]):
         self._entries[self._claim_handler(state)] = self._entry(state, task, to, kind="stream")
         return self._changed()
 
-    def register_stepped(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+    def register_stepped(
+        self, state: E, task: SteppedTask[E, Any], *, to: Iterable[E] | None = None
+    ) -> Self:
         """Runs a :class:`SteppedTask` in ``state``: every step is its own attempt (a failed
         step is retried with the same cursor) and, with a checkpoint store, every cursor is
         persisted so a resumed run continues from the last one."""
@@ -183,7 +200,7 @@ class Workflow(Generic[S]):
         return self._changed()
 
     def register_with_compensation(
-        self, state: S, task: Any, *, to: Iterable[S] | None = None
+        self, state: E, task: CompensatableTask[E, Any], *, to: Iterable[E] | None = None
     ) -> Self:
         """Runs a :class:`CompensatableTask` in ``state``: its output is kept (and persisted
         with a checkpoint store) so that ``compensate`` can undo it if a later step fails."""
@@ -199,7 +216,13 @@ class Workflow(Generic[S]):
         )
         return self._changed()
 
-    def register_router(self, state: S, task: Any, *, to: Iterable[S] | None = None) -> Self:
+    def register_router(
+        self,
+        state: E,
+        task: RouterTask[E] | Callable[[Resources[Any]], Awaitable[E]] | Callable[[], Awaitable[E]],
+        *,
+        to: Iterable[E] | None = None,
+    ) -> Self:
         """Runs a :class:`RouterTask` (or an async function) in ``state``; never checkpointed."""
         self._entries[self._claim_handler(state)] = self._entry(state, task, to, kind="router")
         return self._changed()
