@@ -36,6 +36,13 @@ class _SlowStore(InMemoryCheckpointStore):
             await asyncio.sleep(10)
         await super().clear(workflow_id)
 
+    async def run_ended(self, workflow_id: str, *args: object) -> None:
+        # A store keeping run records clears a succeeded run's log here (clear_log=True).
+        if args[-1] is True and not self.slow_clear.is_set():
+            self.slow_clear.set()
+            await asyncio.sleep(10)
+        await super().run_ended(workflow_id, *args)  # type: ignore[arg-type]
+
 
 async def test_asyncio_cancellation_during_a_checkpoint_write_propagates() -> None:
     store = _SlowStore()

@@ -118,6 +118,7 @@ def test_opens_at_construction_in_wal_mode(tmp_path: Path) -> None:
                 "kind",
                 "output",
                 "workflow_version",
+                "at",  # when the row was appended (the run's step history)
             ]
     finally:
         store.close()
@@ -381,7 +382,7 @@ async def test_undecodable_row_fails_that_load_only(tmp_path: Path) -> None:
     with SqliteCheckpointStore(path) as store:
         await store.append(row("good", 0))
         with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute("INSERT INTO cano_checkpoints VALUES ('bad', 3, 'S', 't', 9, NULL, 0)")
+            conn.execute("INSERT INTO cano_checkpoints VALUES ('bad', 3, 'S', 't', 9, NULL, 0, 0)")
             conn.commit()
         with pytest.raises(cano.CheckpointError) as info:
             await store.load_run("bad")

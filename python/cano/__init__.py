@@ -70,6 +70,7 @@ from cano.resources import (
     Resource,
     Resources,
 )
+from cano.runs import Client, RunInfo, RunStatus, StepInfo
 from cano.scheduler import (
     BackoffPolicy,
     CronSchedule,
@@ -101,6 +102,10 @@ from cano.timer import TimerTask
 from cano.workflow import Workflow, state_label
 
 __all__ = [
+    "Client",
+    "RunInfo",
+    "RunStatus",
+    "StepInfo",
     "CheckpointRow",
     "CheckpointStore",
     "InMemoryCheckpointStore",

@@ -155,6 +155,7 @@ class Plan:
         store: object | None = None,
         version: int = 0,
         compensation_timeout: float | None = None,
+        name: str | None = None,
     ) -> Plan: ...
     def state_id(self, state: object) -> int | None: ...
 

@@ -16,11 +16,14 @@ _log = logging.getLogger("cano")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
-def clear_in_background(clear: Callable[[str], Awaitable[None]], workflow_id: str) -> None:
+def clear_in_background(
+    clear: Callable[..., Awaitable[None]], workflow_id: str, *args: object
+) -> None:
     """Clears a finished run's log without anybody awaiting it (the run's own clear was
-    interrupted by a cancellation that came too late to change its outcome)."""
+    interrupted by a cancellation that came too late to change its outcome): calls
+    ``clear(workflow_id, *args)`` — ``store.clear``, or ``store.run_ended`` with the record."""
     try:
-        future = asyncio.ensure_future(clear(workflow_id))
+        future = asyncio.ensure_future(clear(workflow_id, *args))
     except Exception:
         _log.warning("cannot clear the checkpoint log of %r", workflow_id, exc_info=True)
         return

@@ -25,12 +25,14 @@ Any object with the four coroutine methods of :class:`CheckpointStore` is a stor
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol, TypedDict, runtime_checkable
 
 from cano._core import RedbCheckpointStore
 from cano.errors import CheckpointError
+from cano.records import Record, RunInfo, RunStatus, StepInfo, build_steps, matches
 
 __all__ = [
     "CheckpointRow",
@@ -201,17 +203,20 @@ class CheckpointStore(Protocol):
 class InMemoryCheckpointStore:
     """A checkpoint store in a dict: for tests and for runs that need no durability.
 
-    It behaves like the durable stores (conflicts, ordering, clearing) but forgets
-    everything when the process ends::
+    It behaves like the durable stores (conflicts, ordering, clearing, run records and step
+    history for :class:`cano.Client`) but forgets everything when the process ends::
 
         store = InMemoryCheckpointStore()
         wf.with_checkpoint_store(store)
     """
 
-    __slots__ = ("_runs",)
+    __slots__ = ("_history", "_records", "_runs", "_times")
 
     def __init__(self) -> None:
         self._runs: dict[str, dict[int, CheckpointRow]] = {}
+        self._times: dict[tuple[str, int], float] = {}
+        self._records: dict[str, Record] = {}
+        self._history: dict[str, list[tuple[CheckpointRow, float | None]]] = {}
 
     async def append(self, row: CheckpointRow) -> None:
         """Store ``row``; a row already at ``(workflow_id, sequence)`` raises CheckpointError,
@@ -223,6 +228,7 @@ class InMemoryCheckpointStore:
         rows[sequence] = CheckpointRow(
             workflow_id, sequence, state, task_id, RowKind(kind), output, version
         )
+        self._times[workflow_id, sequence] = time.time()
 
     async def load_run(self, workflow_id: str) -> list[CheckpointRow]:
         """Every row of ``workflow_id``, ascending by sequence."""
@@ -231,11 +237,107 @@ class InMemoryCheckpointStore:
 
     async def clear(self, workflow_id: str) -> None:
         """Forget ``workflow_id``'s rows (a no-op for an unknown id)."""
-        self._runs.pop(check_workflow_id(workflow_id, "clear(workflow_id)"), None)
+        self._drop_log(check_workflow_id(workflow_id, "clear(workflow_id)"))
 
     async def list_runs(self) -> list[str]:
         """The workflow ids that have rows, sorted."""
         return sorted(self._runs)
+
+    def _drop_log(self, workflow_id: str) -> list[tuple[CheckpointRow, float | None]]:
+        rows = self._runs.pop(workflow_id, {})
+        return [(rows[q], self._times.pop((workflow_id, q), None)) for q in sorted(rows)]
+
+    # ----- run records (cano.runs.RunRegistry) ------------------------------------------
+
+    async def run_started(
+        self,
+        workflow_id: str,
+        workflow_name: str | None,
+        workflow_version: int,
+        state: str,
+        resumed: bool,
+    ) -> None:
+        """Records that the run starts (RUNNING), or starts again after a resume."""
+        now = time.time()
+        record = self._records.get(workflow_id)
+        if record is None:
+            self._records[workflow_id] = Record(
+                workflow_id, workflow_name, workflow_version, RunStatus.RUNNING, state, now, now
+            )
+        else:
+            record.started(workflow_name, workflow_version, state, now)
+
+    async def run_ended(
+        self,
+        workflow_id: str,
+        status: str,
+        state: str | None,
+        final_state: str | None,
+        error_type: str | None,
+        error: str | None,
+        clear_log: bool,
+    ) -> None:
+        """Records how the run ended; with ``clear_log`` moves its log into the history."""
+        now = time.time()
+        record = self._records.get(workflow_id)
+        if record is None:
+            record = Record(workflow_id, None, 0, RunStatus.RUNNING, state, now, now)
+            self._records[workflow_id] = record
+        record.ended(RunStatus(status), state, final_state, error_type, error, now)
+        if clear_log:
+            self._history.setdefault(workflow_id, []).extend(self._drop_log(workflow_id))
+
+    async def get_run(self, workflow_id: str) -> RunInfo | None:
+        """The run's record, or None."""
+        record = self._records.get(workflow_id)
+        return None if record is None else record.info(self._last_row(workflow_id))
+
+    async def list_run_infos(
+        self,
+        statuses: frozenset[RunStatus] | None,
+        workflow_name: str | None,
+        since: float | None,
+        limit: int,
+        offset: int,
+    ) -> list[RunInfo]:
+        """Records passing the filters, newest first."""
+        chosen = [r for r in self._records.values() if matches(r, statuses, workflow_name, since)]
+        chosen.sort(key=lambda r: (r.created_at, r.workflow_id), reverse=True)
+        return [r.info(self._last_row(r.workflow_id)) for r in chosen[offset : offset + limit]]
+
+    async def run_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The run's history (then its live log), ascending."""
+        rows = list(self._history.get(workflow_id, []))
+        live = self._runs.get(workflow_id, {})
+        rows += [(live[q], self._times.get((workflow_id, q))) for q in sorted(live)]
+        record = self._records.get(workflow_id)
+        finished = record.finished_at if record is not None else None
+        return build_steps(
+            ((r.sequence, r.state, r.task_id, r.kind.value, r.output, at) for r, at in rows),
+            finished,
+        )
+
+    async def prune_runs(self, finished_before: float, statuses: frozenset[RunStatus]) -> int:
+        """Removes the records, history and logs of runs that ended before the cutoff."""
+        doomed = [
+            r.workflow_id
+            for r in self._records.values()
+            if r.status in statuses
+            and r.finished_at is not None
+            and r.finished_at < finished_before
+        ]
+        for workflow_id in doomed:
+            del self._records[workflow_id]
+            self._history.pop(workflow_id, None)
+            self._drop_log(workflow_id)
+        return len(doomed)
+
+    def _last_row(self, workflow_id: str) -> tuple[str, float] | None:
+        rows = self._runs.get(workflow_id)
+        if not rows:
+            return None
+        last = max(rows)
+        return rows[last].state, self._times.get((workflow_id, last), 0.0)
 
     def __len__(self) -> int:
         """How many rows the store holds, over all runs."""

@@ -59,6 +59,14 @@ def _workflow_id(value: object, what: str) -> str:
     return value
 
 
+def _workflow_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigurationError(
+            f"{what}: expected a non-empty str without NUL characters, got {value!r:.80}"
+        )
+    return value
+
+
 async def _raise(err: BaseException) -> Any:
     raise err
 
@@ -81,12 +89,13 @@ class Workflow(Generic[S]):
     Builder methods mutate the workflow and return it, so calls chain.
     """
 
-    def __init__(self, resources: Resources[Any] | None = None) -> None:
+    def __init__(self, resources: Resources[Any] | None = None, *, name: str | None = None) -> None:
         if resources is not None and not isinstance(resources, Resources):
             raise ConfigurationError(
                 f"Workflow(resources): expected a cano.Resources or None, got {resources!r:.80}"
             )
         self._resources: Resources[Any] = resources if resources is not None else Resources()
+        self._name: str | None = None if name is None else _workflow_name(name, "Workflow(name)")
         self._entries: dict[Any, _Entry] = {}
         self._exits: list[Any] = []
         self._labels: dict[str, Any] = {}
@@ -257,6 +266,16 @@ class Workflow(Generic[S]):
                 )
         self._store = store
         return self._changed()
+
+    def with_name(self, name: str) -> Self:
+        """The name run records (and workers) know this workflow by."""
+        self._name = _workflow_name(name, "with_name(name)")
+        return self._changed()
+
+    @property
+    def name(self) -> str | None:
+        """The workflow's name (``Workflow(name=...)`` / ``with_name``), or None."""
+        return self._name
 
     def with_workflow_id(self, workflow_id: str) -> Self:
         """The id of runs started without ``workflow_id=``."""
@@ -489,6 +508,7 @@ class Workflow(Generic[S]):
             store=self._store,
             version=self._version,
             compensation_timeout=self._compensation_timeout,
+            name=self._name,
         )
         self._plan = plan
         return plan

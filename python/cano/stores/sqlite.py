@@ -29,13 +29,18 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
 
+import orjson
+
 from cano._values import seconds
 from cano.errors import CheckpointError, ConfigurationError
+from cano.records import Record, RunInfo, RunStatus, StepInfo, build_steps
 from cano.store import (
     CheckpointRow,
     RowKind,
@@ -56,6 +61,7 @@ _COLUMNS: Final = (
     "kind",
     "output",
     "workflow_version",
+    "at",
 )
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS cano_checkpoints (
@@ -66,11 +72,47 @@ CREATE TABLE IF NOT EXISTS cano_checkpoints (
     kind INTEGER NOT NULL,
     output BLOB,
     workflow_version INTEGER NOT NULL,
+    at REAL,
     PRIMARY KEY (workflow_id, sequence)
 ) WITHOUT ROWID
 """
+# Run records and the history of runs whose log was cleared (cano.runs.RunRegistry).
+_RECORD_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS cano_runs (
+    workflow_id TEXT PRIMARY KEY,
+    workflow_name TEXT,
+    workflow_version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    state TEXT,
+    final_state TEXT,
+    error TEXT,
+    error_type TEXT,
+    input BLOB,
+    queue TEXT,
+    owner TEXT,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+)""",
+    "CREATE INDEX IF NOT EXISTS cano_runs_created ON cano_runs (created_at)",
+    """CREATE TABLE IF NOT EXISTS cano_steps (
+    workflow_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    output BLOB,
+    at REAL,
+    PRIMARY KEY (workflow_id, sequence)
+) WITHOUT ROWID""",
+)
+_RECORD_COLUMNS: Final = (
+    "workflow_id, workflow_name, workflow_version, status, state, final_state, error, "
+    "error_type, input, queue, owner, attempts, created_at, updated_at, finished_at"
+)
 _HAS_TABLE: Final = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cano_checkpoints'"
-_INSERT: Final = "INSERT INTO cano_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT: Final = "INSERT INTO cano_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _SELECT_RUN: Final = (
     "SELECT sequence, state, task_id, kind, output, workflow_version "
     "FROM cano_checkpoints WHERE workflow_id = ? ORDER BY sequence"
@@ -89,8 +131,22 @@ _DURABILITY: Final = {"immediate": "FULL", "eventual": "NORMAL"}
 
 # Request operations. A request is (op, argument, loop, future); loop is None for the
 # blocking calls (flush, close), whose future is a concurrent.futures.Future.
-_APPEND, _LOAD, _CLEAR, _LIST, _SUMMARY_OP, _FLUSH, _CLOSE = range(7)
-_WRITES: Final = frozenset({_APPEND, _CLEAR})
+(
+    _APPEND,
+    _LOAD,
+    _CLEAR,
+    _LIST,
+    _SUMMARY_OP,
+    _FLUSH,
+    _CLOSE,
+    _STARTED,
+    _ENDED,
+    _GET,
+    _INFOS,
+    _STEPS,
+    _PRUNE,
+) = range(13)
+_WRITES: Final = frozenset({_APPEND, _CLEAR, _STARTED, _ENDED, _PRUNE})
 _Request: TypeAlias = tuple[int, Any, "asyncio.AbstractEventLoop | None", Any]
 _Outcome: TypeAlias = tuple[Any, "BaseException | None"]
 
@@ -169,6 +225,11 @@ class _Engine:
             conn.execute(f"PRAGMA synchronous={_DURABILITY[self.durability]}")
             conn.execute(_SCHEMA)
             columns = tuple(r[1] for r in conn.execute("PRAGMA table_info(cano_checkpoints)"))
+            if columns == _COLUMNS[:-1]:  # written by a cano without run records
+                conn.execute("ALTER TABLE cano_checkpoints ADD COLUMN at REAL")
+                columns = _COLUMNS
+            for statement in _RECORD_SCHEMA:
+                conn.execute(statement)
         except sqlite3.Error as e:
             conn.close()
             raise self.error(e, opening=True) from e
@@ -320,12 +381,15 @@ class _Engine:
         conn = self.conn
         outcomes: list[_Outcome] = []
         write = any(req[0] in _WRITES for req in work)
+        now = time.time()
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 for op, argument, _, _ in work:
                     if op == _APPEND:
-                        outcomes.append(self._insert(argument))
+                        outcomes.append(self._insert((*argument, now)))
+                    elif op in _RECORD_OPS:
+                        outcomes.append((_RECORD_OPS[op](self, argument, now), None))
                     elif op == _LOAD:
                         outcomes.append(self._load(argument))
                     elif op == _CLEAR:
@@ -366,6 +430,125 @@ class _Engine:
                 f"{_quoted(str(values[0]))} at sequence {values[1]}: {e}"
             )
         return None, None
+
+    # ----- run records (on the writer thread, inside the batch's transaction) ----------
+
+    def _started(self, args: tuple[Any, ...], now: float) -> None:
+        workflow_id, name, version, state, _resumed = args
+        self.conn.execute(
+            "INSERT INTO cano_runs (workflow_id, workflow_name, workflow_version, status, "
+            "state, attempts, created_at, updated_at) VALUES (?, ?, ?, 'RUNNING', ?, 1, ?, ?) "
+            "ON CONFLICT (workflow_id) DO UPDATE SET "
+            "workflow_name = coalesce(excluded.workflow_name, workflow_name), "
+            "workflow_version = excluded.workflow_version, status = 'RUNNING', "
+            "state = excluded.state, attempts = attempts + 1, updated_at = excluded.updated_at, "
+            "final_state = NULL, error = NULL, error_type = NULL, finished_at = NULL",
+            (workflow_id, name, version, state, now, now),
+        )
+
+    def _ended(self, args: tuple[Any, ...], now: float) -> None:
+        workflow_id, status, state, final_state, error_type, error, clear_log = args
+        self.conn.execute(
+            "INSERT INTO cano_runs (workflow_id, workflow_version, status, state, final_state, "
+            "error, error_type, attempts, created_at, updated_at, finished_at) "
+            "VALUES (?, 0, ?, ?, ?, ?, ?, 1, ?, ?, ?) "
+            "ON CONFLICT (workflow_id) DO UPDATE SET status = excluded.status, "
+            "state = coalesce(excluded.state, state), final_state = excluded.final_state, "
+            "error = excluded.error, error_type = excluded.error_type, "
+            "updated_at = excluded.updated_at, finished_at = excluded.finished_at",
+            (workflow_id, status, state, final_state, error, error_type, now, now, now),
+        )
+        if clear_log:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO cano_steps SELECT workflow_id, sequence, state, "
+                "task_id, kind, output, at FROM cano_checkpoints WHERE workflow_id = ?",
+                (workflow_id,),
+            )
+            self.conn.execute(_DELETE_RUN, (workflow_id,))
+
+    def _record_rows(self, where: str, params: tuple[Any, ...]) -> list[RunInfo]:
+        rows = self.conn.execute(
+            f"SELECT {_RECORD_COLUMNS}, "
+            "(SELECT state FROM cano_checkpoints c WHERE c.workflow_id = r.workflow_id "
+            " ORDER BY sequence DESC LIMIT 1), "
+            "(SELECT at FROM cano_checkpoints c WHERE c.workflow_id = r.workflow_id "
+            " ORDER BY sequence DESC LIMIT 1) "
+            f"FROM cano_runs r {where}",
+            params,
+        ).fetchall()
+        infos = []
+        for row in rows:
+            record = Record(
+                workflow_id=row[0],
+                workflow_name=row[1],
+                workflow_version=row[2],
+                status=RunStatus(row[3]),
+                state=row[4],
+                final_state=row[5],
+                error=row[6],
+                error_type=row[7],
+                input=None if row[8] is None else orjson.loads(row[8]),
+                queue=row[9],
+                owner=row[10],
+                attempts=row[11],
+                created_at=row[12],
+                updated_at=row[13],
+                finished_at=row[14],
+            )
+            last = None if row[15] is None else (row[15], row[16] or 0.0)
+            infos.append(record.info(last))
+        return infos
+
+    def _get(self, workflow_id: str, _now: float) -> RunInfo | None:
+        found = self._record_rows("WHERE workflow_id = ?", (workflow_id,))
+        return found[0] if found else None
+
+    def _infos(self, args: tuple[Any, ...], _now: float) -> list[RunInfo]:
+        statuses, name, since, limit, offset = args
+        clauses, params = [], []
+        if statuses is not None:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(sorted(s.value for s in statuses))
+        if name is not None:
+            clauses.append("workflow_name = ?")
+            params.append(name)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(since)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = " ORDER BY created_at DESC, workflow_id DESC LIMIT ? OFFSET ?"
+        return self._record_rows(where + order, (*params, limit, offset))
+
+    def _steps(self, workflow_id: str, _now: float) -> list[StepInfo]:
+        rows = self.conn.execute(
+            "SELECT sequence, state, task_id, kind, output, at FROM cano_steps "
+            "WHERE workflow_id = ? UNION ALL "
+            "SELECT sequence, state, task_id, kind, output, at FROM cano_checkpoints "
+            "WHERE workflow_id = ? ORDER BY sequence",
+            (workflow_id, workflow_id),
+        ).fetchall()
+        finished = self.conn.execute(
+            "SELECT finished_at FROM cano_runs WHERE workflow_id = ?", (workflow_id,)
+        ).fetchone()
+        return build_steps(rows, finished[0] if finished else None)
+
+    def _prune(self, args: tuple[Any, ...], _now: float) -> int:
+        before, statuses = args
+        if not statuses:
+            return 0
+        marks = ", ".join("?" for _ in statuses)
+        ids = [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT workflow_id FROM cano_runs WHERE status IN ({marks}) "
+                "AND finished_at IS NOT NULL AND finished_at < ?",
+                (*sorted(s.value for s in statuses), before),
+            )
+        ]
+        for workflow_id in ids:
+            for table in ("cano_runs", "cano_steps", "cano_checkpoints"):
+                self.conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
+        return len(ids)
 
     def _load(self, workflow_id: str) -> _Outcome:
         rows: list[CheckpointRow] = []
@@ -549,6 +732,63 @@ class SqliteCheckpointStore:
         "last_sequence"}`` (what ``cano runs list`` shows)."""
         return self._submit(_SUMMARY_OP, None)
 
+    # ----- run records (cano.runs.RunRegistry) ------------------------------------------
+
+    def run_started(
+        self,
+        workflow_id: str,
+        workflow_name: str | None,
+        workflow_version: int,
+        state: str,
+        resumed: bool,
+    ) -> asyncio.Future[None]:
+        """Records that the run starts (RUNNING), or starts again after a resume."""
+        return self._submit(
+            _STARTED, (workflow_id, workflow_name, workflow_version, state, resumed)
+        )
+
+    def run_ended(
+        self,
+        workflow_id: str,
+        status: str,
+        state: str | None,
+        final_state: str | None,
+        error_type: str | None,
+        error: str | None,
+        clear_log: bool,
+    ) -> asyncio.Future[None]:
+        """Records how the run ended; with ``clear_log`` moves its log into the history in
+        the same transaction."""
+        RunStatus(status)  # refuses an unknown status here, not on the writer thread
+        return self._submit(
+            _ENDED, (workflow_id, status, state, final_state, error_type, error, clear_log)
+        )
+
+    def get_run(self, workflow_id: str) -> asyncio.Future[RunInfo | None]:
+        """The run's record, or None."""
+        return self._submit(_GET, check_workflow_id(workflow_id))
+
+    def list_run_infos(
+        self,
+        statuses: frozenset[RunStatus] | None,
+        workflow_name: str | None,
+        since: float | None,
+        limit: int,
+        offset: int,
+    ) -> asyncio.Future[list[RunInfo]]:
+        """Records passing the filters, newest first."""
+        return self._submit(_INFOS, (statuses, workflow_name, since, limit, offset))
+
+    def run_steps(self, workflow_id: str) -> asyncio.Future[list[StepInfo]]:
+        """The run's history (then its live log), ascending."""
+        return self._submit(_STEPS, check_workflow_id(workflow_id))
+
+    def prune_runs(
+        self, finished_before: float, statuses: frozenset[RunStatus]
+    ) -> asyncio.Future[int]:
+        """Removes the records, history and logs of runs that ended before the cutoff."""
+        return self._submit(_PRUNE, (finished_before, statuses))
+
     def _submit(self, op: int, argument: Any) -> asyncio.Future[Any]:
         # The hot path of every call: one future, one queue put under the store's lock.
         engine = self._engine
@@ -622,3 +862,13 @@ class SqliteCheckpointStore:
             f"SqliteCheckpointStore({self._engine.label!r}, "
             f"durability={self._engine.durability!r}{closed})"
         )
+
+
+_RECORD_OPS: Final[dict[int, Callable[[_Engine, Any, float], Any]]] = {
+    _STARTED: _Engine._started,
+    _ENDED: _Engine._ended,
+    _GET: _Engine._get,
+    _INFOS: _Engine._infos,
+    _STEPS: _Engine._steps,
+    _PRUNE: _Engine._prune,
+}

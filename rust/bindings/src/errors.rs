@@ -162,6 +162,13 @@ pub fn is_lease_lost(py: Python<'_>, err: &PyErr) -> bool {
     LEASE_LOST.import(py, "cano.errors", "LeaseLostError").is_ok_and(|c| err.is_instance(py, c))
 }
 
+/// True for an instance of `cano.errors.LeaseLostError` (as a value).
+pub fn is_lease_lost_value(py: Python<'_>, value: &Bound<'_, PyAny>) -> bool {
+    LEASE_LOST
+        .import(py, "cano.errors", "LeaseLostError")
+        .is_ok_and(|c| value.is_instance(c).unwrap_or(false))
+}
+
 /// A `ConfigurationError` with no run context.
 pub fn configuration(py: Python<'_>, message: String) -> PyErr {
     EngineError::Configuration.into_py(py, message, Context::none(), None)

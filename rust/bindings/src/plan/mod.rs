@@ -31,9 +31,12 @@ pub struct StoreTarget {
     pub raw: bool,
     pub clear: Py<PyAny>,
     pub load_run: Py<PyAny>,
+    /// `store.run_started` and `store.run_ended` when the store keeps run records
+    /// (`cano.runs.RunRegistry`).
+    pub registry: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
-gc_traverse!(StoreTarget { store, redb, append, clear, load_run });
+gc_traverse!(StoreTarget { store, redb, append, clear, load_run, registry });
 
 /// The compiled workflow. Frozen: runs read it without borrowing.
 #[pyclass(frozen, module = "cano._core", name = "Plan")]
@@ -54,9 +57,11 @@ pub struct Plan {
     pub store: Option<StoreTarget>,
     pub version: u32,
     pub compensation_budget: Option<f64>,
+    /// `Workflow(name=...)`: what run records and workers know the workflow by.
+    pub name: Option<Py<PyString>>,
 }
 
-gc_traverse!(Plan { states, labels, by_value, handlers, observers, returns, compensators, store });
+gc_traverse!(Plan { states, labels, by_value, handlers, observers, returns, compensators, store, name });
 
 impl Plan {
     /// The state id of `value`: by identity first (enum members, interned strings), then by
@@ -165,7 +170,13 @@ fn store_target(store: Option<Py<PyAny>>, py: Python<'_>) -> PyResult<Option<Sto
         s.getattr(pyo3::intern!(py, "append"))?
     };
     let redb = s.cast::<crate::store::RedbCheckpointStore>().ok().map(|r| r.clone().unbind());
+    let method = |name: &Bound<'_, PyString>| -> Option<Py<PyAny>> {
+        s.getattr(name).ok().filter(|m| m.is_callable()).map(Bound::unbind)
+    };
+    let registry = method(pyo3::intern!(py, "run_started"))
+        .zip(method(pyo3::intern!(py, "run_ended")));
     Ok(Some(StoreTarget {
+        registry,
         redb,
         append: append.unbind(),
         raw,
@@ -180,7 +191,7 @@ impl Plan {
     #[new]
     #[pyo3(signature = (states, labels, exits, handlers, *, returns, compensators, hub=None,
                         max_transitions=None, total_timeout=None, store=None, version=0,
-                        compensation_timeout=None))]
+                        compensation_timeout=None, name=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -196,6 +207,7 @@ impl Plan {
         store: Option<Py<PyAny>>,
         version: u32,
         compensation_timeout: Option<f64>,
+        name: Option<Py<PyString>>,
     ) -> PyResult<Self> {
         if labels.len() != states.len() {
             return Err(errors::configuration(py, "one label per state is required".to_owned()));
@@ -249,6 +261,7 @@ impl Plan {
             store: store_target(store, py)?,
             version,
             compensation_budget,
+            name,
         };
         if let Err(e) = plan.graph.validate() {
             return Err(errors::configuration(py, plan.describe(py, &e)));

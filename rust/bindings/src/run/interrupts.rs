@@ -90,6 +90,7 @@ impl Run {
             | Phase::Throttle
             | Phase::Saving(_)
             | Phase::Clearing
+            | Phase::Recording
             | Phase::Yield(_) => kind != SIG_ATTEMPT,
             Phase::Teardown | Phase::Done => return,
             _ => false,

@@ -228,7 +228,12 @@ impl Run {
         let (Some(store), Some(journal)) = (&plan.store, &self.journal) else {
             return self.end(py, outcome.map_err(|o| PyErr::from_value(o.into_bound(py))));
         };
-        let cleared = store.clear.bind(py).call1((journal.workflow_id.bind(py),));
+        let id = journal.workflow_id.clone_ref(py);
+        let clear = store.clear.clone_ref(py);
+        let cleared = match self.record_and_clear(py, plan, outcome.as_ref()) {
+            Some(recorded) => recorded,
+            None => clear.bind(py).call1((id.bind(py),)),
+        };
         self.outcome = Some(outcome);
         if let Err(e) = cleared.and_then(|aw| self.install(Phase::Clearing, aw)) {
             self.clear_failed(py, e);
@@ -271,9 +276,13 @@ impl Run {
     #[cold]
     fn clear_in_background(&self, py: Python<'_>, plan: &Plan) {
         let (Some(store), Some(journal)) = (&plan.store, &self.journal) else { return };
-        let started = CLEAR_LATER
-            .import(py, "cano._journal", "clear_in_background")
-            .and_then(|f| f.call1((store.clear.bind(py), journal.workflow_id.bind(py))));
+        let id = journal.workflow_id.bind(py);
+        let started = CLEAR_LATER.import(py, "cano._journal", "clear_in_background").and_then(|f| {
+            match self.background_clear_args(py, plan) {
+                Some((ended, a)) => f.call1((ended, id, a.0, a.1, a.2, a.3, a.4, a.5)),
+                None => f.call1((store.clear.bind(py), id)),
+            }
+        });
         if let Err(e) = started {
             e.write_unraisable(py, None);
         }

@@ -25,6 +25,7 @@ mod failures;
 mod interrupts;
 mod journal;
 mod protocol;
+mod records;
 mod saga;
 mod split;
 mod start;
@@ -70,8 +71,13 @@ enum Phase {
     Throttle,
     /// Waiting for split branches to report.
     Split,
-    /// Driving `store.clear()` after success or a clean rollback.
+    /// Driving `store.clear()` (or `store.run_ended(..., clear_log=True)`) after success or
+    /// a clean rollback.
     Clearing,
+    /// Driving `store.run_started()`; then set up the resources.
+    Registering,
+    /// Driving `store.run_ended()`; then end with the kept outcome.
+    Recording,
     /// Driving the compensation drain.
     Draining,
     /// Yielded to the event loop once (a loop that did not suspend by itself); then `Resume`.
@@ -154,6 +160,8 @@ pub struct Run {
     reentering: bool,
     /// `on_run_start` fired: `on_run_finish` is owed.
     began: bool,
+    /// The run's record in a store that keeps them.
+    records: records::Records,
     /// `(resources,)`, the argument tuple of most task calls.
     res_args: Option<Py<PyTuple>>,
     /// The circuit-breaker permit of the attempt in flight.
@@ -228,6 +236,7 @@ impl Run {
             reentering: false,
             yielded: false,
             began: false,
+            records: records::Records::Off,
             res_args: None,
             permit: None,
             throttled: false,
@@ -382,6 +391,9 @@ impl Run {
 
     /// Sets up the resources (when they have a lifecycle), then enters the first state.
     fn set_up(&mut self, slf: &Bound<'_, Self>) {
+        if self.register(slf) {
+            return; // set_up again once the store has the run's record
+        }
         let py = slf.py();
         if let Some(lease) = &self.lease {
             let acquired = lease.bind(py).call_method0(intern!(py, "_acquire"));
@@ -433,6 +445,8 @@ impl Run {
             Phase::Saving(after) => self.saved(slf, after),
             Phase::Split => self.split_step(slf),
             Phase::Clearing => self.cleared(py),
+            Phase::Registering => self.set_up(slf),
+            Phase::Recording => self.cleared(py),
             Phase::Draining => self.drained(slf, value),
             Phase::Setup => {
                 self.acquired = true;
@@ -455,6 +469,16 @@ impl Run {
             Phase::Saving(_) => self.save_failed(slf, err),
             Phase::Split => self.split_raised(slf, err),
             Phase::Clearing => self.clear_failed(py, err),
+            Phase::Registering => self.register_failed(py, err),
+            Phase::Recording => {
+                // The outcome stands; the store did not record it (the record stays RUNNING).
+                if !is_cancel_error(py, &err) {
+                    err.write_unraisable(py, None);
+                } else if self.cancel_owed {
+                    self.settle_cancel(py);
+                }
+                self.cleared(py);
+            }
             Phase::Draining => {
                 // The drain itself failed (cancelled from outside, or an engine bug).
                 self.stack.clear();
@@ -496,6 +520,9 @@ impl Run {
 
     /// Ends the run with `outcome`; tears resources down first when they were set up.
     fn end(&mut self, py: Python<'_>, outcome: PyResult<Py<PyAny>>) {
+        if self.record_end(py, &outcome).is_some() {
+            return; // ends once the store has recorded the outcome
+        }
         self.disarm(py);
         if std::mem::take(&mut self.began) {
             self.finished_event(py, outcome.as_ref());

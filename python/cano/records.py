@@ -1,0 +1,209 @@
+"""Run records and step history: the values a store keeps about every run.
+
+:class:`RunInfo` and :class:`StepInfo` are what :class:`cano.Client` answers; :class:`Record`
+and :func:`build_steps` are what the built-in stores use to keep and answer them. The store
+side is :class:`cano.runs.RunRegistry`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from cano.store import RowKind
+
+__all__ = ["Record", "RunInfo", "RunStatus", "StepInfo", "build_steps", "matches", "utc"]
+
+
+class RunStatus(enum.Enum):
+    """Where a run is in its life."""
+
+    PENDING = "PENDING"
+    """Enqueued, not started yet."""
+    RUNNING = "RUNNING"
+    """Started, not ended (or its process died: a Worker or ``resume_from`` finishes it)."""
+    WAITING = "WAITING"
+    """Parked on a durable wait."""
+    COMPLETED = "COMPLETED"
+    """Reached an exit state (``final_state``)."""
+    FAILED = "FAILED"
+    """Raised; ``error``, ``error_type`` and ``state`` say what and where."""
+    CANCELLED = "CANCELLED"
+    """Stopped by its cancellation token (or ``Client.cancel``)."""
+
+    @property
+    def terminal(self) -> bool:
+        """True once the run has ended for good."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """The record of one run."""
+
+    workflow_id: str
+    workflow_name: str | None
+    workflow_version: int
+    status: RunStatus
+    state: str | None
+    """Label of the current (or last) state."""
+    final_state: str | None
+    """Label of the exit state, once COMPLETED."""
+    error: str | None
+    """``str(exc)`` of what the run raised, once FAILED or CANCELLED."""
+    error_type: str | None
+    """``type(exc).__name__`` of what the run raised."""
+    input: Any
+    queue: str | None
+    owner: str | None
+    attempts: int
+    """Times the run was started or resumed."""
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """One row of a run's history: a state entered, or a stepped cursor."""
+
+    sequence: int
+    state: str
+    task_id: str
+    kind: RowKind
+    started_at: datetime
+    finished_at: datetime | None
+    output: Any
+    """The decoded JSON of a cursor or saga output; ``None`` for a state entry."""
+
+
+def utc(ts: float) -> datetime:
+    """An aware UTC datetime from UNIX seconds."""
+    return datetime.fromtimestamp(ts, UTC)
+
+
+# ----- for stores --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Record:
+    """A store's mutable run record (UNIX-second times), turned into a :class:`RunInfo` by
+    :meth:`info`."""
+
+    workflow_id: str
+    workflow_name: str | None
+    workflow_version: int
+    status: RunStatus
+    state: str | None
+    created_at: float
+    updated_at: float
+    attempts: int = 1
+    final_state: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    input: Any = None
+    queue: str | None = None
+    owner: str | None = None
+    finished_at: float | None = None
+
+    def started(self, name: str | None, version: int, state: str, now: float) -> None:
+        """The run starts again (a resume): RUNNING, one more attempt."""
+        self.workflow_name = name if name is not None else self.workflow_name
+        self.workflow_version = version
+        self.status = RunStatus.RUNNING
+        self.state = state
+        self.attempts += 1
+        self.updated_at = now
+        self.final_state = self.error = self.error_type = None
+        self.finished_at = None
+
+    def ended(
+        self,
+        status: RunStatus,
+        state: str | None,
+        final_state: str | None,
+        error_type: str | None,
+        error: str | None,
+        now: float,
+    ) -> None:
+        """The run ended with ``status``."""
+        self.status = status
+        self.state = state if state is not None else self.state
+        self.final_state = final_state
+        self.error_type = error_type
+        self.error = error
+        self.updated_at = self.finished_at = now
+
+    def info(self, last_row: tuple[str, float] | None = None) -> RunInfo:
+        """The record as a :class:`RunInfo`; ``last_row`` (label, time) of the log of a run
+        still in flight gives its current state."""
+        state, updated = self.state, self.updated_at
+        if last_row is not None and not self.status.terminal and last_row[1] >= updated:
+            state, updated = last_row
+        return RunInfo(
+            workflow_id=self.workflow_id,
+            workflow_name=self.workflow_name,
+            workflow_version=self.workflow_version,
+            status=self.status,
+            state=state,
+            final_state=self.final_state,
+            error=self.error,
+            error_type=self.error_type,
+            input=self.input,
+            queue=self.queue,
+            owner=self.owner,
+            attempts=self.attempts,
+            created_at=utc(self.created_at),
+            updated_at=utc(updated),
+            finished_at=None if self.finished_at is None else utc(self.finished_at),
+        )
+
+
+def build_steps(
+    rows: Iterable[tuple[int, str, str, int, bytes | None, float | None]],
+    finished_at: float | None,
+) -> list[StepInfo]:
+    """Steps from ``(sequence, state, task_id, kind, output, at)`` rows in ascending order:
+    each ends when the next starts; the last one when the run finished (if it did)."""
+    from cano.store import RowKind  # noqa: PLC0415 - cano.store imports this module
+
+    rows = list(rows)
+    steps = []
+    for i, (sequence, state, task_id, kind, output, at) in enumerate(rows):
+        end = rows[i + 1][5] if i + 1 < len(rows) else finished_at
+        started = at if at is not None else 0.0
+        steps.append(
+            StepInfo(
+                sequence=sequence,
+                state=state,
+                task_id=task_id,
+                kind=RowKind(kind),
+                started_at=utc(started),
+                finished_at=None if end is None else utc(end),
+                output=None if output is None else orjson.loads(output),
+            )
+        )
+    return steps
+
+
+def matches(
+    record: Record,
+    statuses: frozenset[RunStatus] | None,
+    workflow_name: str | None,
+    since: float | None,
+) -> bool:
+    """True when ``record`` passes the filters of :meth:`Client.list`."""
+    return (
+        (statuses is None or record.status in statuses)
+        and (workflow_name is None or record.workflow_name == workflow_name)
+        and (since is None or record.created_at >= since)
+    )
