@@ -29,7 +29,7 @@ class S(enum.Enum):
 ORDER = [S.VALIDATE, S.RESERVE, S.CHARGE, S.EMAIL, S.DONE]
 
 
-def one_run(mode: str, store: cano.RedbCheckpointStore, journal: Journal, hang: str) -> None:
+def one_run(mode: str, store: Any, journal: Journal, hang: str) -> None:
     def task(state: S, nxt: S) -> Any:
         async def run() -> S:
             journal.note("start", state.name)
@@ -41,7 +41,7 @@ def one_run(mode: str, store: cano.RedbCheckpointStore, journal: Journal, hang: 
 
         return cano.task(name=f"do_{state.name.lower()}", config=cano.TaskConfig.minimal())(run)
 
-    wf: cano.Workflow[S] = cano.Workflow.bare()
+    wf: cano.Workflow[S] = cano.Workflow(cano.Resources.empty(), name="orders")
     for state, nxt in itertools.pairwise(ORDER):
         wf.register(state, task(state, nxt))
     wf.add_exit_state(S.DONE).with_checkpoint_store(store).with_workflow_id("order-7")
@@ -96,7 +96,11 @@ def many_runs(
 def main() -> None:
     mode, store_path, journal_path = sys.argv[1:4]
     journal = Journal(journal_path)
-    store = cano.RedbCheckpointStore(store_path)
+    store: Any = (
+        cano.SqliteCheckpointStore(store_path)
+        if store_path.endswith(".db")
+        else cano.RedbCheckpointStore(store_path)
+    )
     if mode.startswith("many"):
         many_runs(mode, store, journal, int(sys.argv[4]), int(sys.argv[5]))
     else:

@@ -11,6 +11,7 @@ the interrupted state ran again in the new process and nothing before it did.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import select
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cano
 import orjson
 import pytest
 from cano.store import CheckpointRow, RedbCheckpointStore, RowKind
@@ -178,6 +180,40 @@ def test_killed_mid_state_resumes_at_that_state(
     # The new process ran the interrupted state again, then the rest; nothing before it.
     assert after == [e for s in order[k:] for e in (f"start {s}", f"end {s}")]
     assert load(store, "order-7") == []  # cleared on success
+
+
+def test_a_killed_run_s_record_stays_running_and_its_resume_completes_it(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    # SQLite keeps run records: the record and the step history tell what happened.
+    store, log = tmp_path / "orders.db", tmp_path / "journal"
+    first = spawn(children, "child_states.py", "crash", store, log, "CHARGE")
+    assert first.wait_for("READY") == "READY CHARGE"
+    first.sigkill()
+
+    async def ask() -> tuple[Any, list[Any]]:
+        async with cano.SqliteCheckpointStore(store) as s:
+            client = cano.Client(s)
+            return await client.get("order-7"), await client.steps("order-7")
+
+    info, steps = asyncio.run(ask())
+    assert info.status is cano.RunStatus.RUNNING  # its process died: nobody finished it
+    assert (info.workflow_name, info.state, info.attempts) == ("orders", "CHARGE", 1)
+    assert info.finished_at is None and info.error is None
+    assert [s.state for s in steps] == ["VALIDATE", "RESERVE", "CHARGE"]
+    assert steps[-1].finished_at is None  # CHARGE was in flight
+    assert all(s.finished_at == n.started_at for s, n in itertools.pairwise(steps))
+
+    second = spawn(children, "child_states.py", "resume", store, log)
+    assert second.finish() == "DONE"
+    info, steps = asyncio.run(ask())
+    assert info.status is cano.RunStatus.COMPLETED
+    assert (info.final_state, info.attempts) == ("DONE", 2)
+    assert info.finished_at is not None and info.finished_at >= info.created_at
+    # One step per state entered, in order, kept after the log was cleared on success.
+    assert [s.state for s in steps] == ["VALIDATE", "RESERVE", "CHARGE", "EMAIL", "DONE"]
+    assert all(s.finished_at is not None for s in steps)
+    assert all(a.started_at <= b.started_at for a, b in itertools.pairwise(steps))
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,7 +61,17 @@ pub struct Plan {
     pub name: Option<Py<PyString>>,
 }
 
-gc_traverse!(Plan { states, labels, by_value, handlers, observers, returns, compensators, store, name });
+gc_traverse!(Plan {
+    states,
+    labels,
+    by_value,
+    handlers,
+    observers,
+    returns,
+    compensators,
+    store,
+    name
+});
 
 impl Plan {
     /// The state id of `value`: by identity first (enum members, interned strings), then by
@@ -173,8 +183,8 @@ fn store_target(store: Option<Py<PyAny>>, py: Python<'_>) -> PyResult<Option<Sto
     let method = |name: &Bound<'_, PyString>| -> Option<Py<PyAny>> {
         s.getattr(name).ok().filter(|m| m.is_callable()).map(Bound::unbind)
     };
-    let registry = method(pyo3::intern!(py, "run_started"))
-        .zip(method(pyo3::intern!(py, "run_ended")));
+    let registry =
+        method(pyo3::intern!(py, "run_started")).zip(method(pyo3::intern!(py, "run_ended")));
     Ok(Some(StoreTarget {
         registry,
         redb,

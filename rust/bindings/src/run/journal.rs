@@ -277,12 +277,13 @@ impl Run {
     fn clear_in_background(&self, py: Python<'_>, plan: &Plan) {
         let (Some(store), Some(journal)) = (&plan.store, &self.journal) else { return };
         let id = journal.workflow_id.bind(py);
-        let started = CLEAR_LATER.import(py, "cano._journal", "clear_in_background").and_then(|f| {
-            match self.background_clear_args(py, plan) {
+        let started =
+            CLEAR_LATER.import(py, "cano._journal", "clear_in_background").and_then(|f| match self
+                .background_clear_args(py, plan)
+            {
                 Some((ended, a)) => f.call1((ended, id, a.0, a.1, a.2, a.3, a.4, a.5)),
                 None => f.call1((store.clear.bind(py), id)),
-            }
-        });
+            });
         if let Err(e) = started {
             e.write_unraisable(py, None);
         }

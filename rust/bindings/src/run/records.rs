@@ -118,7 +118,11 @@ impl Run {
 
     /// The outcome is known: record it (when owed) before ending. Returns `Some` when a
     /// write was started (the run ends once it is done, with the outcome kept aside).
-    pub(super) fn record_end(&mut self, py: Python<'_>, outcome: &PyResult<Py<PyAny>>) -> Option<()> {
+    pub(super) fn record_end(
+        &mut self,
+        py: Python<'_>,
+        outcome: &PyResult<Py<PyAny>>,
+    ) -> Option<()> {
         if self.records != Records::Registered {
             return None;
         }
