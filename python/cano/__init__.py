@@ -99,10 +99,14 @@ from cano.stream import (
 )
 from cano.tasks import CompensatableTask, RouterTask, Task, TaskLike, TaskResult, task
 from cano.timer import TimerTask
+from cano.worker import RunContext, Worker, current_run
 from cano.workflow import Workflow, state_label
 
 __all__ = [
     "Client",
+    "RunContext",
+    "Worker",
+    "current_run",
     "RunInfo",
     "RunStatus",
     "StepInfo",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,36 @@ import orjson
 if TYPE_CHECKING:
     from cano.store import RowKind
 
-__all__ = ["Record", "RunInfo", "RunStatus", "StepInfo", "build_steps", "matches", "utc"]
+__all__ = [
+    "FENCE",
+    "Claim",
+    "Record",
+    "RunInfo",
+    "RunStatus",
+    "StepInfo",
+    "build_steps",
+    "matches",
+    "utc",
+]
+
+FENCE: ContextVar[tuple[str, int] | None] = ContextVar("cano_fence", default=None)
+"""``(owner, lease epoch)`` of the lease the current run is held under, set by a Worker
+around each run it owns. A store checks it on every write of that run and refuses a write
+from a lease that is no longer current with :class:`cano.LeaseLostError`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A run a Worker just claimed: what it needs to start or resume it."""
+
+    workflow_id: str
+    workflow_name: str
+    initial: str | None
+    input: Any
+    epoch: int
+    resume: bool
+    """The run has a log (it was taken over, or resumed after a failure): resume it."""
+    attempt: int
 
 
 class RunStatus(enum.Enum):

@@ -23,12 +23,16 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
+import uuid
 from collections.abc import Awaitable, Iterable
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import orjson
+
+from cano._registration import state_label
 from cano._values import Duration, count, seconds
-from cano.errors import ConfigurationError
+from cano.errors import ConfigurationError, WorkflowError
 from cano.records import _TERMINAL, RunInfo, RunStatus, StepInfo
 from cano.store import check_workflow_id
 
@@ -102,6 +106,77 @@ class Client:
     def store(self) -> object:
         """The store asked."""
         return self._store
+
+    async def enqueue(
+        self,
+        workflow_name: str,
+        initial: Any,
+        *,
+        workflow_id: str | None = None,
+        input: Any = None,
+        queue: str = "default",
+        at: datetime | None = None,
+        priority: int = 0,
+    ) -> RunInfo:
+        """Stores a PENDING run of ``workflow_name`` starting at ``initial`` (a state or its
+        label) and returns at once; a :class:`cano.Worker` serving that name and queue runs
+        it. Idempotent per ``workflow_id``: enqueuing an id that exists returns the existing
+        record and starts nothing twice. ``at`` delays it; a lower ``priority`` is claimed
+        first; ``input`` (JSON) reaches the tasks as ``cano.current_run().input``."""
+        store = self._queue("enqueue")
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise ConfigurationError(
+                f"enqueue(workflow_name): expected a non-empty str, got {workflow_name!r:.80}"
+            )
+        label = initial if isinstance(initial, str) else state_label(initial)
+        run_id = uuid.uuid4().hex if workflow_id is None else workflow_id
+        check_workflow_id(run_id, "enqueue(workflow_id)")
+        if not run_id:
+            raise ConfigurationError("enqueue(workflow_id): expected a non-empty str, got ''")
+        if not isinstance(queue, str) or not queue:
+            raise ConfigurationError(f"enqueue(queue): expected a non-empty str, got {queue!r:.80}")
+        if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
+            raise ConfigurationError(f"enqueue(at): expected an aware datetime, got {at!r:.80}")
+        rank = count(priority, "enqueue(priority)", -(2**62))
+        data = None if input is None else _json(input)
+        info = await store.enqueue_run(
+            run_id,
+            workflow_name,
+            label,
+            data,
+            queue,
+            None if at is None else at.timestamp(),
+            rank,
+        )
+        assert info is not None
+        return info  # type: ignore[no-any-return]
+
+    async def cancel(self, workflow_id: str) -> RunInfo:
+        """A PENDING (or WAITING) run is CANCELLED at once; a RUNNING one is stopped by its
+        worker within one ``poll_interval``, exactly as by a ``CancellationToken``."""
+        info = await self._queue("cancel").cancel_run(
+            check_workflow_id(workflow_id, "cancel(workflow_id)")
+        )
+        if info is None:
+            raise WorkflowError(f"cancel: no run {workflow_id!r} in this store")
+        return info  # type: ignore[no-any-return]
+
+    async def set_queue(self, name: str, *, concurrency: int | None) -> None:
+        """Caps how many runs of queue ``name`` run at once over every worker of the store
+        (``None`` removes the cap)."""
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"set_queue(name): expected a non-empty str, got {name!r:.80}")
+        cap = None if concurrency is None else count(concurrency, "set_queue(concurrency)", 1)
+        await self._queue("set_queue").set_queue_cap(name, cap)
+
+    def _queue(self, what: str) -> Any:
+        store = self._store
+        if not callable(getattr(store, "enqueue_run", None)):
+            raise ConfigurationError(
+                f"Client.{what}: {type(store).__name__} has no run queue; use "
+                "SqliteCheckpointStore or InMemoryCheckpointStore"
+            )
+        return store
 
     async def get(self, workflow_id: str) -> RunInfo | None:
         """The record of ``workflow_id``, or ``None`` when the store has none."""
@@ -192,3 +267,16 @@ def _statuses(value: object, what: str) -> frozenset[RunStatus] | None:
             f"{what}: expected a RunStatus or an iterable of them, got {value!r:.80}"
         )
     return frozenset(s for s in chosen if isinstance(s, RunStatus))
+
+
+def _json(value: object) -> bytes:
+    try:
+        blob = orjson.dumps(value)
+    except TypeError as err:
+        raise ConfigurationError(f"enqueue(input): not JSON-serialisable: {err}") from None
+    if orjson.loads(blob) != value:
+        raise ConfigurationError(
+            f"enqueue(input): {value!r:.80} would not come back unchanged from JSON; "
+            "use plain JSON values (dict, list, str, int, float, bool, None)"
+        )
+    return blob

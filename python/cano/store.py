@@ -30,9 +30,20 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol, TypedDict, runtime_checkable
 
+import orjson
+
 from cano._core import RedbCheckpointStore
-from cano.errors import CheckpointError
-from cano.records import Record, RunInfo, RunStatus, StepInfo, build_steps, matches
+from cano.errors import CheckpointError, LeaseLostError
+from cano.records import (
+    FENCE,
+    Claim,
+    Record,
+    RunInfo,
+    RunStatus,
+    StepInfo,
+    build_steps,
+    matches,
+)
 
 __all__ = [
     "CheckpointRow",
@@ -210,18 +221,21 @@ class InMemoryCheckpointStore:
         wf.with_checkpoint_store(store)
     """
 
-    __slots__ = ("_history", "_records", "_runs", "_times")
+    __slots__ = ("_caps", "_history", "_queued", "_records", "_runs", "_times")
 
     def __init__(self) -> None:
         self._runs: dict[str, dict[int, CheckpointRow]] = {}
         self._times: dict[tuple[str, int], float] = {}
         self._records: dict[str, Record] = {}
         self._history: dict[str, list[tuple[CheckpointRow, float | None]]] = {}
+        self._queued: dict[str, _Queued] = {}
+        self._caps: dict[str, int] = {}
 
     async def append(self, row: CheckpointRow) -> None:
         """Store ``row``; a row already at ``(workflow_id, sequence)`` raises CheckpointError,
         and so does a row the other built-in stores would refuse (see :func:`row_fields`)."""
         workflow_id, sequence, state, task_id, kind, output, version = row_fields(row)
+        self._check_fence(workflow_id)
         rows = self._runs.setdefault(workflow_id, {})
         if sequence in rows:
             raise CheckpointError(conflict_message(workflow_id, sequence))
@@ -258,6 +272,7 @@ class InMemoryCheckpointStore:
         resumed: bool,
     ) -> None:
         """Records that the run starts (RUNNING), or starts again after a resume."""
+        self._check_fence(workflow_id)
         now = time.time()
         record = self._records.get(workflow_id)
         if record is None:
@@ -278,12 +293,15 @@ class InMemoryCheckpointStore:
         clear_log: bool,
     ) -> None:
         """Records how the run ended; with ``clear_log`` moves its log into the history."""
+        self._check_fence(workflow_id)
         now = time.time()
         record = self._records.get(workflow_id)
         if record is None:
             record = Record(workflow_id, None, 0, RunStatus.RUNNING, state, now, now)
             self._records[workflow_id] = record
         record.ended(RunStatus(status), state, final_state, error_type, error, now)
+        record.owner = None
+        self._queued.pop(workflow_id, None)
         if clear_log:
             self._history.setdefault(workflow_id, []).extend(self._drop_log(workflow_id))
 
@@ -332,6 +350,157 @@ class InMemoryCheckpointStore:
             self._drop_log(workflow_id)
         return len(doomed)
 
+    # ----- the queue (cano.runs.RunQueue) ----------------------------------------------
+
+    async def enqueue_run(
+        self,
+        workflow_id: str,
+        workflow_name: str,
+        initial: str,
+        input: bytes | None,
+        queue: str,
+        not_before: float | None,
+        priority: int,
+    ) -> RunInfo | None:
+        """Stores a PENDING run unless ``workflow_id`` exists; returns the record."""
+        if workflow_id not in self._records:
+            now = time.time()
+            record = Record(workflow_id, workflow_name, 0, RunStatus.PENDING, initial, now, now)
+            record.attempts = 0
+            record.input = None if input is None else orjson.loads(input)
+            record.queue = queue
+            self._records[workflow_id] = record
+            self._queued[workflow_id] = _Queued(initial, priority, not_before)
+        return await self.get_run(workflow_id)
+
+    async def claim_runs(
+        self,
+        worker_id: str,
+        workflow_names: tuple[str, ...],
+        queues: tuple[str, ...],
+        limit: int,
+        lease: float,
+    ) -> list[Claim]:
+        """Claims up to ``limit`` due PENDING runs and RUNNING runs whose lease expired."""
+        now = time.time()
+        candidates = []
+        for workflow_id, q in self._queued.items():
+            record = self._records[workflow_id]
+            if record.workflow_name not in workflow_names or record.queue not in queues:
+                continue
+            due = record.status is RunStatus.PENDING and (
+                q.not_before is None or q.not_before <= now
+            )
+            orphaned = (
+                record.status is RunStatus.RUNNING
+                and record.owner is not None
+                and q.lease_until < now
+            )
+            if due or orphaned:
+                candidates.append((q.priority, record.created_at, workflow_id))
+        candidates.sort()
+        busy: dict[str, int] = {}
+        claims: list[Claim] = []
+        for _, _, workflow_id in candidates:
+            if len(claims) >= limit:
+                break
+            record, q = self._records[workflow_id], self._queued[workflow_id]
+            queue_name = record.queue or "default"
+            cap = self._caps.get(queue_name)
+            if cap is not None:
+                if queue_name not in busy:
+                    busy[queue_name] = sum(
+                        1
+                        for other, oq in self._queued.items()
+                        if self._records[other].queue == queue_name
+                        and self._records[other].status is RunStatus.RUNNING
+                        and oq.lease_until >= now
+                    )
+                if busy[queue_name] >= cap:
+                    continue
+                busy[queue_name] += 1
+            record.status, record.owner, record.updated_at = RunStatus.RUNNING, worker_id, now
+            q.lease_until, q.epoch = now + lease, q.epoch + 1
+            claims.append(
+                Claim(
+                    workflow_id=workflow_id,
+                    workflow_name=record.workflow_name or "",
+                    initial=q.initial,
+                    input=record.input,
+                    epoch=q.epoch,
+                    resume=bool(self._runs.get(workflow_id)),
+                    attempt=record.attempts + 1,
+                )
+            )
+        return claims
+
+    async def renew_leases(
+        self, worker_id: str, held: list[tuple[str, int]], lease: float
+    ) -> tuple[list[str], list[str]]:
+        """Extends the leases of ``held`` (id, epoch); returns (lost, cancel requested)."""
+        now = time.time()
+        lost, cancelled = [], []
+        for workflow_id, epoch in held:
+            q = self._queued.get(workflow_id)
+            record = self._records.get(workflow_id)
+            if q is None or record is None or not self._owns(workflow_id, (worker_id, epoch)):
+                lost.append(workflow_id)
+                continue
+            q.lease_until = now + lease
+            if q.cancel_requested:
+                cancelled.append(workflow_id)
+        return lost, cancelled
+
+    async def release_leases(self, worker_id: str, held: list[tuple[str, int]]) -> None:
+        """Ends the leases of ``held`` now, so that another worker may take the runs over."""
+        for workflow_id, epoch in held:
+            if self._owns(workflow_id, (worker_id, epoch)):
+                self._queued[workflow_id].lease_until = time.time() - 1
+
+    async def cancel_run(self, workflow_id: str) -> RunInfo | None:
+        """PENDING/WAITING → CANCELLED now; RUNNING → cancellation requested of its owner."""
+        record = self._records.get(workflow_id)
+        if record is not None and record.status in (RunStatus.PENDING, RunStatus.WAITING):
+            record.ended(
+                RunStatus.CANCELLED,
+                None,
+                None,
+                "WorkflowCancelledError",
+                "cancelled before it started",
+                time.time(),
+            )
+            self._queued.pop(workflow_id, None)
+        elif record is not None and record.status is RunStatus.RUNNING:
+            q = self._queued.get(workflow_id)
+            if q is not None:
+                q.cancel_requested = True
+        return await self.get_run(workflow_id)
+
+    async def set_queue_cap(self, name: str, concurrency: int | None) -> None:
+        """Caps the runs of queue ``name`` RUNNING at once (None: no cap)."""
+        if concurrency is None:
+            self._caps.pop(name, None)
+        else:
+            self._caps[name] = concurrency
+
+    def _owns(self, workflow_id: str, fence: tuple[str, int]) -> bool:
+        record, q = self._records.get(workflow_id), self._queued.get(workflow_id)
+        return (
+            record is not None
+            and q is not None
+            and record.status is RunStatus.RUNNING
+            and record.owner == fence[0]
+            and q.epoch == fence[1]
+        )
+
+    def _check_fence(self, workflow_id: str) -> None:
+        fence = FENCE.get()
+        if fence is not None and not self._owns(workflow_id, fence):
+            raise LeaseLostError(
+                f"the lease on run {workflow_id!r} is no longer this worker's (another worker "
+                "took the run over)"
+            )
+
     def _last_row(self, workflow_id: str) -> tuple[str, float] | None:
         rows = self._runs.get(workflow_id)
         if not rows:
@@ -345,3 +514,15 @@ class InMemoryCheckpointStore:
 
     def __repr__(self) -> str:
         return f"InMemoryCheckpointStore(runs={len(self._runs)}, rows={len(self)})"
+
+
+@dataclass(slots=True)
+class _Queued:
+    """The queue side of a run of the in-memory store: how to start it and its lease."""
+
+    initial: str | None
+    priority: int
+    not_before: float | None
+    lease_until: float = 0.0
+    epoch: int = 0
+    cancel_requested: bool = False

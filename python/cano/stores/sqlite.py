@@ -39,8 +39,8 @@ from typing import Any, Final, Self, TypeAlias
 import orjson
 
 from cano._values import seconds
-from cano.errors import CheckpointError, ConfigurationError
-from cano.records import Record, RunInfo, RunStatus, StepInfo, build_steps
+from cano.errors import CheckpointError, ConfigurationError, LeaseLostError
+from cano.records import FENCE, Claim, Record, RunInfo, RunStatus, StepInfo, build_steps
 from cano.store import (
     CheckpointRow,
     RowKind,
@@ -93,9 +93,20 @@ _RECORD_SCHEMA: Final = (
     attempts INTEGER NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    initial TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    not_before REAL,
+    lease_until REAL,
+    lease_epoch INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 )""",
     "CREATE INDEX IF NOT EXISTS cano_runs_created ON cano_runs (created_at)",
+    "CREATE INDEX IF NOT EXISTS cano_runs_status ON cano_runs (status, priority, created_at)",
+    """CREATE TABLE IF NOT EXISTS cano_queues (
+    name TEXT PRIMARY KEY,
+    concurrency INTEGER
+)""",
     """CREATE TABLE IF NOT EXISTS cano_steps (
     workflow_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
@@ -145,8 +156,17 @@ _DURABILITY: Final = {"immediate": "FULL", "eventual": "NORMAL"}
     _INFOS,
     _STEPS,
     _PRUNE,
-) = range(13)
-_WRITES: Final = frozenset({_APPEND, _CLEAR, _STARTED, _ENDED, _PRUNE})
+    _ENQUEUE,
+    _CLAIM,
+    _RENEW,
+    _RELEASE,
+    _CANCEL,
+    _SET_QUEUE,
+) = range(19)
+_WRITES: Final = frozenset(
+    {_APPEND, _CLEAR, _STARTED, _ENDED, _PRUNE, _ENQUEUE, _CLAIM, _RENEW, _RELEASE, _CANCEL}
+    | {_SET_QUEUE}
+)
 _Request: TypeAlias = tuple[int, Any, "asyncio.AbstractEventLoop | None", Any]
 _Outcome: TypeAlias = tuple[Any, "BaseException | None"]
 
@@ -387,9 +407,16 @@ class _Engine:
             try:
                 for op, argument, _, _ in work:
                     if op == _APPEND:
-                        outcomes.append(self._insert((*argument, now)))
+                        values, fence = argument
+                        if fence is not None and not self._holds(values[0], fence):
+                            outcomes.append((None, self._lost(values[0])))
+                        else:
+                            outcomes.append(self._insert((*values, now)))
                     elif op in _RECORD_OPS:
-                        outcomes.append((_RECORD_OPS[op](self, argument, now), None))
+                        try:
+                            outcomes.append((_RECORD_OPS[op](self, argument, now), None))
+                        except LeaseLostError as lost:
+                            outcomes.append((None, lost))
                     elif op == _LOAD:
                         outcomes.append(self._load(argument))
                     elif op == _CLEAR:
@@ -433,8 +460,29 @@ class _Engine:
 
     # ----- run records (on the writer thread, inside the batch's transaction) ----------
 
+    def _holds(self, workflow_id: str, fence: tuple[str, int]) -> bool:
+        """True while ``fence`` (owner, epoch) is the run's current lease."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM cano_runs WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?",
+                (workflow_id, *fence),
+            ).fetchone()
+            is not None
+        )
+
+    def _lost(self, workflow_id: str) -> LeaseLostError:
+        return LeaseLostError(
+            f"checkpoint store {_quoted(self.label)}: the lease on run {_quoted(workflow_id)} "
+            "is no longer this worker's (another worker took the run over)"
+        )
+
+    def _check_fence(self, workflow_id: str, fence: tuple[str, int] | None) -> None:
+        if fence is not None and not self._holds(workflow_id, fence):
+            raise self._lost(workflow_id)
+
     def _started(self, args: tuple[Any, ...], now: float) -> None:
-        workflow_id, name, version, state, _resumed = args
+        workflow_id, name, version, state, _resumed, fence = args
+        self._check_fence(workflow_id, fence)
         self.conn.execute(
             "INSERT INTO cano_runs (workflow_id, workflow_name, workflow_version, status, "
             "state, attempts, created_at, updated_at) VALUES (?, ?, ?, 'RUNNING', ?, 1, ?, ?) "
@@ -447,7 +495,8 @@ class _Engine:
         )
 
     def _ended(self, args: tuple[Any, ...], now: float) -> None:
-        workflow_id, status, state, final_state, error_type, error, clear_log = args
+        workflow_id, status, state, final_state, error_type, error, clear_log, fence = args
+        self._check_fence(workflow_id, fence)
         self.conn.execute(
             "INSERT INTO cano_runs (workflow_id, workflow_version, status, state, final_state, "
             "error, error_type, attempts, created_at, updated_at, finished_at) "
@@ -455,7 +504,8 @@ class _Engine:
             "ON CONFLICT (workflow_id) DO UPDATE SET status = excluded.status, "
             "state = coalesce(excluded.state, state), final_state = excluded.final_state, "
             "error = excluded.error, error_type = excluded.error_type, "
-            "updated_at = excluded.updated_at, finished_at = excluded.finished_at",
+            "updated_at = excluded.updated_at, finished_at = excluded.finished_at, "
+            "owner = NULL, lease_until = NULL, cancel_requested = 0",
             (workflow_id, status, state, final_state, error, error_type, now, now, now),
         )
         if clear_log:
@@ -549,6 +599,126 @@ class _Engine:
             for table in ("cano_runs", "cano_steps", "cano_checkpoints"):
                 self.conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
         return len(ids)
+
+    # ----- the queue: enqueue, claims, leases, cancellation ----------------------------
+
+    def _enqueue(self, args: tuple[Any, ...], now: float) -> RunInfo | None:
+        workflow_id, name, initial, data, queue_name, not_before, priority = args
+        self.conn.execute(
+            "INSERT INTO cano_runs (workflow_id, workflow_name, workflow_version, status, "
+            "state, input, queue, attempts, created_at, updated_at, initial, priority, "
+            "not_before) VALUES (?, ?, 0, 'PENDING', ?, ?, ?, 0, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (workflow_id) DO NOTHING",
+            (workflow_id, name, initial, data, queue_name, now, now, initial, priority, not_before),
+        )
+        return self._get(workflow_id, now)
+
+    def _claim(self, args: tuple[Any, ...], now: float) -> list[Claim]:
+        worker, names, queues, limit, lease = args
+        if limit <= 0 or not names or not queues:
+            return []
+        name_marks = ", ".join("?" for _ in names)
+        queue_marks = ", ".join("?" for _ in queues)
+        candidates = self.conn.execute(
+            "SELECT workflow_id, workflow_name, initial, input, queue, lease_epoch, attempts "
+            f"FROM cano_runs WHERE workflow_name IN ({name_marks}) "
+            f"AND queue IN ({queue_marks}) AND ("
+            "(status = 'PENDING' AND (not_before IS NULL OR not_before <= ?)) OR "
+            "(status = 'RUNNING' AND owner IS NOT NULL AND lease_until < ?)) "
+            "ORDER BY priority, created_at LIMIT ?",
+            (*names, *queues, now, now, limit * 4 + 16),
+        ).fetchall()
+        caps = dict(self.conn.execute("SELECT name, concurrency FROM cano_queues").fetchall())
+        busy: dict[str, int] = {}
+        claims: list[Claim] = []
+        for workflow_id, name, initial, data, queue_name, epoch, attempts in candidates:
+            if len(claims) >= limit:
+                break
+            cap = caps.get(queue_name)
+            if cap is not None:
+                if queue_name not in busy:
+                    busy[queue_name] = self.conn.execute(
+                        "SELECT count(*) FROM cano_runs WHERE queue = ? AND status = 'RUNNING' "
+                        "AND lease_until >= ?",
+                        (queue_name, now),
+                    ).fetchone()[0]
+                if busy[queue_name] >= cap:
+                    continue
+                busy[queue_name] += 1
+            self.conn.execute(
+                "UPDATE cano_runs SET status = 'RUNNING', owner = ?, lease_until = ?, "
+                "lease_epoch = lease_epoch + 1, updated_at = ? WHERE workflow_id = ?",
+                (worker, now + lease, now, workflow_id),
+            )
+            has_log = self.conn.execute(
+                "SELECT 1 FROM cano_checkpoints WHERE workflow_id = ? LIMIT 1", (workflow_id,)
+            ).fetchone()
+            claims.append(
+                Claim(
+                    workflow_id=workflow_id,
+                    workflow_name=name,
+                    initial=initial,
+                    input=None if data is None else orjson.loads(data),
+                    epoch=epoch + 1,
+                    resume=has_log is not None,
+                    attempt=attempts + 1,
+                )
+            )
+        return claims
+
+    def _renew(self, args: tuple[Any, ...], now: float) -> tuple[list[str], list[str]]:
+        """Extends the leases still held; returns (lost, cancel requested)."""
+        worker, held, lease = args
+        lost, cancelled = [], []
+        for workflow_id, epoch in held:
+            updated = self.conn.execute(
+                "UPDATE cano_runs SET lease_until = ? WHERE workflow_id = ? AND owner = ? "
+                "AND lease_epoch = ? AND status = 'RUNNING'",
+                (now + lease, workflow_id, worker, epoch),
+            ).rowcount
+            if not updated:
+                lost.append(workflow_id)
+                continue
+            flag = self.conn.execute(
+                "SELECT cancel_requested FROM cano_runs WHERE workflow_id = ?", (workflow_id,)
+            ).fetchone()
+            if flag and flag[0]:
+                cancelled.append(workflow_id)
+        return lost, cancelled
+
+    def _release(self, args: tuple[Any, ...], now: float) -> None:
+        """Gives leases back (stop): another worker may take the runs over at once."""
+        worker, held = args
+        for workflow_id, epoch in held:
+            self.conn.execute(
+                "UPDATE cano_runs SET lease_until = ?, updated_at = ? WHERE workflow_id = ? "
+                "AND owner = ? AND lease_epoch = ? AND status = 'RUNNING'",
+                (now - 1, now, workflow_id, worker, epoch),
+            )
+
+    def _cancel(self, workflow_id: str, now: float) -> RunInfo | None:
+        self.conn.execute(
+            "UPDATE cano_runs SET status = 'CANCELLED', finished_at = ?, updated_at = ?, "
+            "error_type = 'WorkflowCancelledError', error = 'cancelled before it started' "
+            "WHERE workflow_id = ? AND status IN ('PENDING', 'WAITING')",
+            (now, now, workflow_id),
+        )
+        self.conn.execute(
+            "UPDATE cano_runs SET cancel_requested = 1 WHERE workflow_id = ? "
+            "AND status = 'RUNNING'",
+            (workflow_id,),
+        )
+        return self._get(workflow_id, now)
+
+    def _set_queue(self, args: tuple[str, int | None], _now: float) -> None:
+        name, concurrency = args
+        if concurrency is None:
+            self.conn.execute("DELETE FROM cano_queues WHERE name = ?", (name,))
+        else:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO cano_queues (name, concurrency) VALUES (?, ?)",
+                (name, concurrency),
+            )
 
     def _load(self, workflow_id: str) -> _Outcome:
         rows: list[CheckpointRow] = []
@@ -694,7 +864,7 @@ class SqliteCheckpointStore:
         with ``durability="immediate"``). A row already stored at the same
         ``(workflow_id, sequence)`` — by this process or another — fails it with
         :class:`cano.CheckpointError` and is kept."""
-        return self._submit(_APPEND, row_fields(row))
+        return self._submit(_APPEND, (row_fields(row), FENCE.get()))
 
     def _append_raw(
         self,
@@ -711,7 +881,9 @@ class SqliteCheckpointStore:
             raise CheckpointError(
                 f"unknown checkpoint row kind {kind} (0 state entry, 1 compensation, 2 step cursor)"
             )
-        return self._submit(_APPEND, (workflow_id, sequence, state, task_id, kind, output, version))
+        return self._submit(
+            _APPEND, ((workflow_id, sequence, state, task_id, kind, output, version), FENCE.get())
+        )
 
     def load_run(self, workflow_id: str) -> asyncio.Future[list[CheckpointRow]]:
         """Every row of ``workflow_id``, ascending by sequence (``[]`` if none)."""
@@ -744,7 +916,7 @@ class SqliteCheckpointStore:
     ) -> asyncio.Future[None]:
         """Records that the run starts (RUNNING), or starts again after a resume."""
         return self._submit(
-            _STARTED, (workflow_id, workflow_name, workflow_version, state, resumed)
+            _STARTED, (workflow_id, workflow_name, workflow_version, state, resumed, FENCE.get())
         )
 
     def run_ended(
@@ -760,8 +932,9 @@ class SqliteCheckpointStore:
         """Records how the run ended; with ``clear_log`` moves its log into the history in
         the same transaction."""
         RunStatus(status)  # refuses an unknown status here, not on the writer thread
+        fence = FENCE.get()
         return self._submit(
-            _ENDED, (workflow_id, status, state, final_state, error_type, error, clear_log)
+            _ENDED, (workflow_id, status, state, final_state, error_type, error, clear_log, fence)
         )
 
     def get_run(self, workflow_id: str) -> asyncio.Future[RunInfo | None]:
@@ -788,6 +961,53 @@ class SqliteCheckpointStore:
     ) -> asyncio.Future[int]:
         """Removes the records, history and logs of runs that ended before the cutoff."""
         return self._submit(_PRUNE, (finished_before, statuses))
+
+    # ----- the queue (cano.runs.RunQueue) ----------------------------------------------
+
+    def enqueue_run(
+        self,
+        workflow_id: str,
+        workflow_name: str,
+        initial: str,
+        input: bytes | None,
+        queue: str,
+        not_before: float | None,
+        priority: int,
+    ) -> asyncio.Future[RunInfo | None]:
+        """Stores a PENDING run unless ``workflow_id`` exists; returns the record."""
+        return self._submit(
+            _ENQUEUE, (workflow_id, workflow_name, initial, input, queue, not_before, priority)
+        )
+
+    def claim_runs(
+        self,
+        worker_id: str,
+        workflow_names: tuple[str, ...],
+        queues: tuple[str, ...],
+        limit: int,
+        lease: float,
+    ) -> asyncio.Future[list[Claim]]:
+        """Claims up to ``limit`` runs: PENDING ones that are due, and RUNNING ones whose
+        lease expired (their worker died), within the queues' caps."""
+        return self._submit(_CLAIM, (worker_id, workflow_names, queues, limit, lease))
+
+    def renew_leases(
+        self, worker_id: str, held: list[tuple[str, int]], lease: float
+    ) -> asyncio.Future[tuple[list[str], list[str]]]:
+        """Extends the leases of ``held`` (id, epoch); returns (lost, cancel requested)."""
+        return self._submit(_RENEW, (worker_id, held, lease))
+
+    def release_leases(self, worker_id: str, held: list[tuple[str, int]]) -> asyncio.Future[None]:
+        """Ends the leases of ``held`` now, so that another worker may take the runs over."""
+        return self._submit(_RELEASE, (worker_id, held))
+
+    def cancel_run(self, workflow_id: str) -> asyncio.Future[RunInfo | None]:
+        """PENDING/WAITING → CANCELLED now; RUNNING → cancellation requested of its owner."""
+        return self._submit(_CANCEL, check_workflow_id(workflow_id))
+
+    def set_queue_cap(self, name: str, concurrency: int | None) -> asyncio.Future[None]:
+        """Caps the runs of queue ``name`` RUNNING at once over every worker (None: no cap)."""
+        return self._submit(_SET_QUEUE, (name, concurrency))
 
     def _submit(self, op: int, argument: Any) -> asyncio.Future[Any]:
         # The hot path of every call: one future, one queue put under the store's lock.
@@ -871,4 +1091,10 @@ _RECORD_OPS: Final[dict[int, Callable[[_Engine, Any, float], Any]]] = {
     _INFOS: _Engine._infos,
     _STEPS: _Engine._steps,
     _PRUNE: _Engine._prune,
+    _ENQUEUE: _Engine._enqueue,
+    _CLAIM: _Engine._claim,
+    _RENEW: _Engine._renew,
+    _RELEASE: _Engine._release,
+    _CANCEL: _Engine._cancel,
+    _SET_QUEUE: _Engine._set_queue,
 }
