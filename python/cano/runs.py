@@ -204,7 +204,8 @@ class Client:
         return await self._store.list_run_infos(
             statuses,
             workflow_name,
-            None if since is None else since.timestamp(),
+            # Half a microsecond of slack: datetimes keep microseconds, stores keep floats.
+            None if since is None else since.timestamp() - 5e-7,
             count(limit, "list(limit)", 1),
             count(offset, "list(offset)"),
         )
