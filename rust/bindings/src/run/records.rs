@@ -81,6 +81,9 @@ impl Run {
     pub(super) fn register_failed(&mut self, py: Python<'_>, err: PyErr) {
         self.records = Records::Recorded;
         let plan_ref = self.plan.bind(py).clone();
+        if errors::is_lease_lost(py, &err) {
+            return self.abandon(py, plan_ref.get(), err); // another worker owns the run
+        }
         let msg = format!("cannot record the start of run {}", self.quoted_id(py));
         let e = self.engine_error(py, plan_ref.get(), EngineError::Checkpoint, msg, Some(err));
         self.end(py, Err(e));

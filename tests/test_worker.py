@@ -1,0 +1,244 @@
+"""Client.enqueue and Worker in one process (API.md §14.2-14.7), on both queue stores.
+
+Real processes killed with SIGKILL or frozen with SIGSTOP are in
+``tests/crash/test_worker_processes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cano
+import pytest
+from cano import RunStatus
+from cano.records import FENCE
+
+
+class S(enum.Enum):
+    A = enum.auto()
+    B = enum.auto()
+    DONE = enum.auto()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield cano.InMemoryCheckpointStore()
+    else:
+        async with cano.SqliteCheckpointStore(tmp_path / "queue.db") as sqlite:
+            yield sqlite
+
+
+def orders(a: Any = None, b: Any = None, *, name: str = "orders") -> cano.Workflow[S]:
+    async def default_a(res: cano.Resources) -> S:
+        return S.B
+
+    async def default_b(res: cano.Resources) -> S:
+        return S.DONE
+
+    minimal = cano.TaskConfig.minimal()
+    return (
+        cano.Workflow[S](cano.Resources.empty(), name=name)
+        .register(S.A, cano.task(name="a", config=minimal)(a or default_a))
+        .register(S.B, cano.task(name="b", config=minimal)(b or default_b))
+        .add_exit_state(S.DONE)
+    )
+
+
+def worker(store: Any, *workflows: cano.Workflow[S], **options: Any) -> cano.Worker:
+    options.setdefault("poll_interval", 0.02)
+    options.setdefault("lease", 5)
+    return cano.Worker(store, list(workflows), **options)
+
+
+async def test_enqueued_runs_are_run_by_a_worker_with_their_input(store: Any) -> None:
+    client = cano.Client(store)
+    seen: list[tuple[str, Any, int, str]] = []
+
+    async def a(res: cano.Resources) -> S:
+        ctx = cano.current_run()
+        seen.append((ctx.workflow_id, ctx.input, ctx.attempt, ctx.worker_id))
+        return S.B
+
+    pending = await client.enqueue("orders", S.A, workflow_id="o-1", input={"sku": [1, 2]})
+    assert pending.status is RunStatus.PENDING and pending.attempts == 0
+    assert pending.input == {"sku": [1, 2]} and pending.queue == "default"
+    again = await client.enqueue("orders", "A", workflow_id="o-1", input="other")
+    assert again.input == {"sku": [1, 2]}  # idempotent: the first one stands
+    async with worker(store, orders(a), worker_id="w1"):
+        info = await client.wait("o-1", timeout=30)
+    assert info.status is RunStatus.COMPLETED and info.final_state == "DONE"
+    assert info.attempts == 1 and info.owner is None
+    assert seen == [("o-1", {"sku": [1, 2]}, 1, "w1")]
+    assert [s.state for s in await client.steps("o-1")] == ["A", "B", "DONE"]
+    with pytest.raises(LookupError):
+        cano.current_run()
+
+
+async def test_priority_and_at_decide_what_is_claimed_first(store: Any) -> None:
+    client = cano.Client(store)
+    order: list[str] = []
+
+    async def a(res: cano.Resources) -> S:
+        order.append(cano.current_run().workflow_id)
+        return S.B
+
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await client.enqueue("orders", S.A, workflow_id="late", at=later)
+    await client.enqueue("orders", S.A, workflow_id="low", priority=5)
+    await client.enqueue("orders", S.A, workflow_id="high", priority=-1)
+    async with worker(store, orders(a), concurrency=1):
+        await client.wait("low", timeout=30)
+        await asyncio.sleep(0.1)
+    assert order == ["high", "low"]
+    late = await client.get("late")
+    assert late is not None and late.status is RunStatus.PENDING  # not due yet
+
+
+async def test_a_worker_serves_only_its_workflows_and_queues(store: Any) -> None:
+    client = cano.Client(store)
+    await client.enqueue("orders", S.A, workflow_id="mine")
+    await client.enqueue("refunds", S.A, workflow_id="not-mine")
+    await client.enqueue("orders", S.A, workflow_id="other-queue", queue="bulk")
+    async with worker(store, orders()):
+        await client.wait("mine", timeout=30)
+        await asyncio.sleep(0.1)
+    for workflow_id in ("not-mine", "other-queue"):
+        info = await client.get(workflow_id)
+        assert info is not None and info.status is RunStatus.PENDING
+    async with worker(store, orders(), queues=["bulk"]):
+        assert (await client.wait("other-queue", timeout=30)).status is RunStatus.COMPLETED
+
+
+async def test_a_queue_cap_holds_across_workers(store: Any) -> None:
+    client = cano.Client(store)
+    await client.set_queue("default", concurrency=2)
+    running, peak = 0, 0
+    gate = asyncio.Event()
+
+    async def a(res: cano.Resources) -> S:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await gate.wait()
+        running -= 1
+        return S.B
+
+    for i in range(6):
+        await client.enqueue("orders", S.A, workflow_id=f"q{i}")
+    wf = orders(a)
+    async with worker(store, wf, concurrency=4), worker(store, wf, concurrency=4):
+        await asyncio.sleep(0.3)
+        assert running == 2  # four slots free, but the queue allows two
+        gate.set()
+        for i in range(6):
+            await client.wait(f"q{i}", timeout=30)
+    assert peak == 2
+    await client.set_queue("default", concurrency=None)
+
+
+async def test_cancel_a_pending_run_and_a_running_one(store: Any) -> None:
+    client = cano.Client(store)
+    started = asyncio.Event()
+
+    async def a(res: cano.Resources) -> S:
+        started.set()
+        await asyncio.sleep(60)
+        return S.B
+
+    await client.enqueue("orders", S.A, workflow_id="never", at=datetime.now(UTC) + timedelta(1))
+    info = await client.cancel("never")
+    assert info.status is RunStatus.CANCELLED
+    await client.enqueue("orders", S.A, workflow_id="busy")
+    async with worker(store, orders(a)):
+        await started.wait()
+        await client.cancel("busy")
+        info = await client.wait("busy", timeout=30)
+    assert info.status is RunStatus.CANCELLED and info.state == "A"
+    assert info.error_type == "WorkflowCancelledError"
+    with pytest.raises(cano.WorkflowError, match="nobody"):
+        await client.cancel("nobody")
+
+
+async def test_stop_gives_unfinished_runs_back_and_another_worker_resumes_them(
+    store: Any,
+) -> None:
+    client = cano.Client(store)
+    calls: list[str] = []
+    hold = {"on": True}
+
+    async def b(res: cano.Resources) -> S:
+        calls.append(cano.current_run().worker_id)
+        if hold["on"]:
+            await asyncio.sleep(60)
+        return S.DONE
+
+    await client.enqueue("orders", S.A, workflow_id="handed-over")
+    first = worker(store, orders(b=b), worker_id="first")
+    first.start()
+    while not calls:
+        await asyncio.sleep(0.01)
+    await first.stop(grace=0.05)  # b does not finish in time: cancelled, lease given back
+    info = await client.get("handed-over")
+    assert info is not None and info.status is RunStatus.RUNNING
+    hold["on"] = False
+    async with worker(store, orders(b=b), worker_id="second"):
+        info = await client.wait("handed-over", timeout=30)
+    assert info.status is RunStatus.COMPLETED and info.attempts == 2
+    assert calls == ["first", "second"]  # A was not run again, B was (in flight)
+
+
+async def test_a_write_under_a_lost_lease_is_refused_and_the_run_abandoned(store: Any) -> None:
+    client = cano.Client(store)
+    await client.enqueue("orders", S.A, workflow_id="stolen")
+    [claim] = await store.claim_runs("old", ("orders",), ("default",), 1, 0.01)
+    await asyncio.sleep(0.05)  # the lease expires
+    [again] = await store.claim_runs("new", ("orders",), ("default",), 1, 30)
+    assert again.epoch == claim.epoch + 1
+
+    async def as_old_owner() -> None:
+        FENCE.set(("old", claim.epoch))
+        await orders().with_checkpoint_store(store).orchestrate(S.A, workflow_id="stolen")
+
+    with pytest.raises(cano.LeaseLostError):
+        await asyncio.create_task(as_old_owner())
+    assert await store.load_run("stolen") == []  # nothing was written
+    info = await client.get("stolen")
+    assert info is not None and info.status is RunStatus.RUNNING and info.owner == "new"
+
+
+async def test_bad_arguments_are_refused(store: Any, tmp_path: Path) -> None:
+    client = cano.Client(store)
+    with pytest.raises(cano.ConfigurationError, match="name"):
+        cano.Worker(store, [cano.Workflow[S].bare().register(S.A, orders)])  # type: ignore[arg-type]
+    with pytest.raises(cano.ConfigurationError, match="poll_interval"):
+        cano.Worker(store, [orders()], lease=1, poll_interval=1)
+    with pytest.raises(cano.ConfigurationError, match="concurrency"):
+        cano.Worker(store, [orders()], concurrency=0)
+    with pytest.raises(cano.ConfigurationError, match="two workflows"):
+        cano.Worker(store, [orders(), orders()])
+    with cano.RedbCheckpointStore(tmp_path / "x.redb") as redb:
+        with pytest.raises(cano.ConfigurationError, match="no run queue"):
+            cano.Worker(redb, [orders()])
+        with pytest.raises(cano.ConfigurationError, match="another store"):
+            cano.Worker(store, [orders().with_checkpoint_store(redb)])
+    with pytest.raises(cano.ConfigurationError, match="input"):
+        await client.enqueue("orders", S.A, input={1, 2})
+    with pytest.raises(cano.ConfigurationError, match="at"):
+        await client.enqueue("orders", S.A, at=datetime.now())
+    with pytest.raises(cano.ConfigurationError, match="concurrency"):
+        await client.set_queue("default", concurrency=0)
+
+
+async def test_a_run_enqueued_at_an_unknown_state_fails_once(store: Any) -> None:
+    client = cano.Client(store)
+    await client.enqueue("orders", "NOWHERE", workflow_id="lost")
+    async with worker(store, orders()):
+        info = await client.wait("lost", timeout=30)
+    assert info.status is RunStatus.FAILED and info.error_type == "ConfigurationError"
+    assert info.error is not None and "NOWHERE" in info.error
