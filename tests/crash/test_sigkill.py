@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +108,6 @@ class Child:
         if err is None and self.proc.poll() is not None and stream and not stream.closed:
             err = stream.read().decode(errors="replace")
         return f"exit status {self.proc.returncode}, stdout {self.lines!r}, stderr:\n{err}"
-
-
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    started: list[Child] = []
-    yield started
-    for child in started:  # never leave a child behind, whatever happened
-        child.kill()
 
 
 def spawn(children: list[Child], script: str, *args: object) -> Child:
