@@ -6,10 +6,12 @@ import asyncio
 import enum
 import json
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cano
 import pytest
@@ -120,10 +122,13 @@ def test_corrupt_store_exits_1_naming_the_file(
 def test_runs_on_a_sqlite_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "runs.db"
     _failing_log(path, sqlite=True)
-    expected = [{"workflow_id": "run-7", "rows": 2, "last_state": "PARSE", "last_sequence": 1}]
+    expected = {"workflow_id": "run-7", "rows": 2, "last_state": "PARSE", "last_sequence": 1}
     for spec in (f"sqlite://{path}", str(path)):  # a sqlite:/// URL, or a .db path
         assert main(["runs", "list", "--store", spec, "--json"]) == 0
-        assert json.loads(capsys.readouterr().out) == expected
+        [listed] = json.loads(capsys.readouterr().out)
+        # The keys every store prints, then the record's (SQLite keeps run records).
+        assert {k: listed[k] for k in expected} == expected
+        assert (listed["status"], listed["state"], listed["attempts"]) == ("FAILED", "PARSE", 1)
     assert main(["runs", "show", "run-7", "--store", f"sqlite://{path}", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["sequence"], r["state"], r["kind"]) for r in rows] == [
@@ -278,3 +283,123 @@ def test_a_missing_relative_store_is_named_with_its_absolute_path(
     assert main(["runs", "list", "--store", "typo.redb"]) == 1
     assert str(tmp_path / "typo.redb") in capsys.readouterr().err
     assert not (tmp_path / "typo.redb").exists()
+
+
+def _records_store(path: Path) -> None:
+    """A SQLite store with one completed, one failed and one pending run."""
+
+    class Flow(enum.Enum):
+        A = 1
+        B = 2
+
+    async def ok(res: cano.Resources) -> Flow:
+        return Flow.B
+
+    async def broken(res: cano.Resources) -> Flow:
+        raise ValueError("no stock")
+
+    async def fill() -> None:
+        async with cano.SqliteCheckpointStore(path) as store:
+            base = cano.Workflow[Flow](cano.Resources.empty(), name="shop")
+            good = base.register(Flow.A, ok).add_exit_state(Flow.B).with_checkpoint_store(store)
+            await good.orchestrate(Flow.A, workflow_id="good")
+            bad = (
+                cano.Workflow[Flow](cano.Resources.empty(), name="shop")
+                .register(Flow.A, cano.task(config=cano.TaskConfig.minimal())(broken))
+                .add_exit_state(Flow.B)
+                .with_checkpoint_store(store)
+            )
+            with pytest.raises(cano.TaskError):
+                await bad.orchestrate(Flow.A, workflow_id="bad")
+            await cano.Client(store).enqueue("shop", "A", workflow_id="later", input={"n": 1})
+
+    asyncio.run(fill())
+
+
+def test_runs_get_steps_list_cancel_prune_on_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "records.db"
+    _records_store(path)
+    monkeypatch.setenv("CANO_STORE", str(path))  # --store defaults to it
+    assert main(["runs", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["workflow_id"], r["status"]) for r in listed] == [
+        ("later", "PENDING"),
+        ("bad", "FAILED"),
+        ("good", "COMPLETED"),
+    ]
+    assert main(["runs", "list", "--status", "failed,completed", "--since", "1h", "--json"]) == 0
+    assert [r["workflow_id"] for r in json.loads(capsys.readouterr().out)] == ["bad", "good"]
+    assert main(["runs", "list", "--status", "nonsense"]) == 2
+    assert "PENDING" in capsys.readouterr().err
+    assert main(["runs", "get", "bad", "--json"]) == 0
+    bad = json.loads(capsys.readouterr().out)
+    assert (bad["status"], bad["error_type"], bad["state"]) == ("FAILED", "TaskError", "A")
+    assert "no stock" in bad["error"] and bad["finished_at"].endswith("+00:00")
+    assert main(["runs", "get", "later"]) == 0
+    assert '{"n": 1}' in capsys.readouterr().out
+    assert main(["runs", "steps", "good", "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)
+    assert [(s["state"], s["kind"]) for s in steps] == [("A", "STATE_ENTRY"), ("B", "STATE_ENTRY")]
+    assert main(["runs", "steps", "good"]) == 0
+    assert "STATE_ENTRY" in capsys.readouterr().out
+    assert main(["runs", "cancel", "later"]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main(["runs", "prune", "--older-than", "1d"]) == 0
+    assert "pruned 0 runs" in capsys.readouterr().out
+    assert main(["runs", "prune", "--older-than", "0s"]) == 0
+    assert "pruned 3 runs" in capsys.readouterr().out
+    assert main(["runs", "get", "good"]) == 1
+    assert main(["runs", "prune", "--older-than", "soon"]) == 2
+
+
+def test_record_commands_on_a_redb_store_say_what_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "logs.redb"
+    _failing_log(path)
+    assert main(["runs", "get", "run-7", "--store", str(path)]) == 1
+    assert "keeps no run records" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cano {cano.__version__}"
+
+
+def test_cano_worker_serves_a_store_until_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "shopflow.py").write_text(
+        "import enum, cano\n"
+        "class S(enum.Enum):\n    A = 1\n    B = 2\n"
+        "async def a() -> S:\n    return S.B\n"
+        "wf = cano.Workflow[S](cano.Resources.empty(), name='shop')"
+        ".register(S.A, a).add_exit_state(S.B)\n"
+    )
+    path = tmp_path / "serve.db"
+
+    async def enqueue_and_wait(action: str) -> Any:
+        async with cano.SqliteCheckpointStore(path) as store:
+            client = cano.Client(store)
+            if action == "enqueue":
+                return await client.enqueue("shop", "A", workflow_id="via-cli")
+            return await client.wait("via-cli", timeout=60)
+
+    asyncio.run(enqueue_and_wait("enqueue"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cano", "worker", "shopflow:wf", "--store", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info = asyncio.run(enqueue_and_wait("wait"))
+        assert info.status is cano.RunStatus.COMPLETED and info.final_state == "B"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "serving shop" in out and "stopped after" in out

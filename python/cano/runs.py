@@ -87,6 +87,8 @@ class RunRegistry(Protocol):
         self, finished_before: float, statuses: frozenset[RunStatus]
     ) -> Awaitable[int]: ...
 
+    def delete_run(self, workflow_id: str) -> Awaitable[None]: ...
+
 
 class Client:
     """Questions about the runs of one store (all coroutines)."""

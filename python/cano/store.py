@@ -335,6 +335,13 @@ class InMemoryCheckpointStore:
             finished,
         )
 
+    async def delete_run(self, workflow_id: str) -> None:
+        """Forgets the run: its record, its history and its log."""
+        self._records.pop(workflow_id, None)
+        self._history.pop(workflow_id, None)
+        self._queued.pop(workflow_id, None)
+        self._drop_log(workflow_id)
+
     async def prune_runs(self, finished_before: float, statuses: frozenset[RunStatus]) -> int:
         """Removes the records, history and logs of runs that ended before the cutoff."""
         doomed = [

@@ -162,10 +162,11 @@ _DURABILITY: Final = {"immediate": "FULL", "eventual": "NORMAL"}
     _RELEASE,
     _CANCEL,
     _SET_QUEUE,
-) = range(19)
+    _DELETE,
+) = range(20)
 _WRITES: Final = frozenset(
     {_APPEND, _CLEAR, _STARTED, _ENDED, _PRUNE, _ENQUEUE, _CLAIM, _RENEW, _RELEASE, _CANCEL}
-    | {_SET_QUEUE}
+    | {_SET_QUEUE, _DELETE}
 )
 _Request: TypeAlias = tuple[int, Any, "asyncio.AbstractEventLoop | None", Any]
 _Outcome: TypeAlias = tuple[Any, "BaseException | None"]
@@ -710,6 +711,10 @@ class _Engine:
         )
         return self._get(workflow_id, now)
 
+    def _delete(self, workflow_id: str, _now: float) -> None:
+        for table in ("cano_runs", "cano_steps", "cano_checkpoints"):
+            self.conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
+
     def _set_queue(self, args: tuple[str, int | None], _now: float) -> None:
         name, concurrency = args
         if concurrency is None:
@@ -956,6 +961,10 @@ class SqliteCheckpointStore:
         """The run's history (then its live log), ascending."""
         return self._submit(_STEPS, check_workflow_id(workflow_id))
 
+    def delete_run(self, workflow_id: str) -> asyncio.Future[None]:
+        """Forgets the run: its record, its history and its log."""
+        return self._submit(_DELETE, check_workflow_id(workflow_id))
+
     def prune_runs(
         self, finished_before: float, statuses: frozenset[RunStatus]
     ) -> asyncio.Future[int]:
@@ -1097,4 +1106,5 @@ _RECORD_OPS: Final[dict[int, Callable[[_Engine, Any, float], Any]]] = {
     _RELEASE: _Engine._release,
     _CANCEL: _Engine._cancel,
     _SET_QUEUE: _Engine._set_queue,
+    _DELETE: _Engine._delete,
 }

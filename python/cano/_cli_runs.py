@@ -1,0 +1,452 @@
+"""``cano runs …`` and ``cano worker``: what a store knows about its runs, and serving them.
+
+A store is a redb or SQLite file, a ``sqlite:///ABSOLUTE/PATH`` URL, or ``$CANO_STORE``.
+Stores that keep run records (SQLite) answer with records — status, error, times — and step
+timelines; a redb store lists the runs that have a checkpoint log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+import urllib.parse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+from cano._cli_common import Failure, UsageError, load_target, table
+from cano._demo import describe_output
+from cano.errors import CheckpointError
+from cano.records import RunInfo, RunStatus, StepInfo
+from cano.runs import Client, RunRegistry
+from cano.store import CheckpointRow, RedbCheckpointStore
+from cano.stores import SqliteCheckpointStore
+from cano.worker import Worker
+from cano.workflow import Workflow
+
+__all__ = ["add_commands", "row_cells", "runs", "worker"]
+
+STORE_HELP = "the store: a redb or SQLite file, or sqlite:///PATH (default: $CANO_STORE)"
+
+
+def add_commands(commands: Any) -> None:
+    """Adds ``runs`` and ``worker`` to the ``cano`` parser's subcommands."""
+    parser_class = commands._parser_class
+    runs_parser = commands.add_parser("runs", help="inspect the runs kept in a checkpoint store")
+    actions = runs_parser.add_subparsers(dest="action", metavar="ACTION", parser_class=parser_class)
+    actions.required = True
+
+    def action(name: str, text: str, *, run_id: bool, json_out: bool) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = actions.add_parser(name, help=text)
+        if run_id:
+            sub.add_argument("workflow_id", metavar="ID")
+        _store_argument(sub)
+        if json_out:
+            sub.add_argument("--json", action="store_true", help="print JSON")
+        return sub
+
+    listing = action("list", "list the runs: records, newest first", run_id=False, json_out=True)
+    listing.add_argument("--status", action="append", metavar="S", help="PENDING, RUNNING, ...")
+    listing.add_argument("--name", metavar="N", help="only runs of this workflow name")
+    listing.add_argument("--since", metavar="AGE|ISO", help="created since: 1h, 7d, or ISO 8601")
+    listing.add_argument("--limit", type=int, default=100, metavar="N")
+    action("show", "show every row of one run's log", run_id=True, json_out=True)
+    action("get", "show one run's record", run_id=True, json_out=True)
+    action("steps", "show one run's step timeline", run_id=True, json_out=True)
+    action(
+        "cancel",
+        "cancel a run (a running one stops at its next boundary)",
+        run_id=True,
+        json_out=False,
+    )
+    action("clear", "delete one run's log and its record", run_id=True, json_out=False)
+    prune = action("prune", "delete ended runs older than an age", run_id=False, json_out=False)
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 7d, 12h, 30m")
+
+    serve = commands.add_parser("worker", help="serve the runs of a store (Ctrl-C to stop)")
+    serve.add_argument("target", metavar="MODULE:ATTR", help="a Workflow, or a list of them")
+    _store_argument(serve)
+    serve.add_argument("--concurrency", type=int, default=16, metavar="N")
+    serve.add_argument("--queue", action="append", metavar="Q", help="queues to serve (default)")
+
+
+def _store_argument(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get("CANO_STORE") or None
+    parser.add_argument(
+        "--store", metavar="PATH", required=default is None, default=default, help=STORE_HELP
+    )
+
+
+# ----- opening a store -----------------------------------------------------------------
+
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_REDB_MAGIC = b"redb"
+
+
+def _open_store(spec: str, *, write: bool = False) -> RedbCheckpointStore | SqliteCheckpointStore:
+    """The store named by ``--store``: ``sqlite:///ABS/PATH`` or ``sqlite:REL/PATH``, a
+    ``postgresql://`` URL (not available yet), or a file path: a SQLite file (by its header,
+    or by a .db/.sqlite/.sqlite3 name) or a redb file. Never creates anything; a redb file is
+    opened read-only unless the command writes (so a full disk can still be inspected)."""
+    if spec.startswith(("postgresql:", "postgres:")):
+        scheme = spec.split(":", 1)[0]
+        raise Failure(f"{scheme} checkpoint stores are not available in this version of cano")
+    sqlite = spec.startswith("sqlite:")
+    path = _sqlite_url_path(spec) if sqlite else spec
+    if not Path(path).is_file():
+        where = path if os.path.isabs(path) else f"{path} ({os.path.abspath(path)})"
+        raise Failure(f"no checkpoint store at {where}: the file does not exist")
+    if not sqlite:
+        try:
+            with open(path, "rb") as file:
+                header = file.read(len(_SQLITE_MAGIC))
+        except OSError as err:
+            raise Failure(f"cannot read the checkpoint store {path}: {err}") from err
+        sqlite = header == _SQLITE_MAGIC or (
+            not header.startswith(_REDB_MAGIC) and path.lower().endswith(_SQLITE_SUFFIXES)
+        )
+    if sqlite:
+        return SqliteCheckpointStore(path, create=False)
+    try:
+        if not write:
+            try:
+                return RedbCheckpointStore(path, read_only=True, create=False)
+            except CheckpointError as err:
+                if "not closed cleanly" not in str(err):
+                    raise
+                # Its process died: redb recovers the file when it is opened for writing.
+        return RedbCheckpointStore(path, create=False)
+    except CheckpointError as err:
+        if "already open" in str(err):
+            raise Failure(_held_by(path)) from err
+        raise
+
+
+def _held_by(path: str) -> str:
+    """One line saying which process holds a redb file (Linux: from /proc/locks)."""
+    holder = "another process"
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4242 08:01:123456 0 EOF"
+                # (OFD locks show pid -1: they name no process.)
+                if (
+                    len(fields) >= 6
+                    and fields[5].rsplit(":", 1)[-1] == str(inode)
+                    and fields[4].isdigit()
+                ):
+                    holder = f"process {fields[4]}"
+                    break
+    except OSError:
+        pass
+    return (
+        f"checkpoint store {path} is held by {holder}: a redb store belongs to one process "
+        "at a time; inspect it when that process has stopped, or keep live runs in SQLite "
+        "(SqliteCheckpointStore) or PostgreSQL for live inspection"
+    )
+
+
+def _sqlite_url_path(spec: str) -> str:
+    """``sqlite:///var/runs.db`` -> ``/var/runs.db``; ``sqlite:runs.db`` -> ``runs.db``
+    (and SQLAlchemy's ``sqlite:////var/runs.db`` -> ``/var/runs.db``). Percent-decoded."""
+    rest = spec.removeprefix("sqlite:")
+    rest = rest.removeprefix("//")
+    if rest.startswith("//"):
+        rest = "/" + rest.lstrip("/")
+    path = urllib.parse.unquote(rest)
+    if not path:
+        raise UsageError(
+            f"cano: --store {spec}: expected sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH"
+        )
+    return path
+
+
+# ----- runs ----------------------------------------------------------------------------
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age(text: str, what: str) -> float:
+    """Seconds in ``30m``, ``12h``, ``7d``..."""
+    match = _AGE.match(text.strip())
+    if match is None:
+        raise UsageError(f"cano runs: {what} {text!r}: expected an age such as 30m, 12h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _since(text: str) -> datetime:
+    if _AGE.match(text.strip()):
+        return datetime.now(UTC) - timedelta(seconds=_age(text, "--since"))
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"cano runs: --since {text!r}: expected 1h, 7d or an ISO 8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _statuses(values: list[str] | None) -> list[RunStatus] | None:
+    if not values:
+        return None
+    chosen = []
+    for value in values:
+        for name in value.split(","):
+            try:
+                chosen.append(RunStatus[name.strip().upper()])
+            except KeyError:
+                names = ", ".join(s.name for s in RunStatus)
+                raise UsageError(f"cano runs list: --status {name!r}: one of {names}") from None
+    return chosen
+
+
+async def runs(args: argparse.Namespace) -> int:
+    """``cano runs ACTION``."""
+    writes = args.action in ("clear", "cancel", "prune")
+    with _open_store(args.store, write=writes) as store:
+        records = isinstance(store, RunRegistry)
+        if args.action == "list":
+            return await (_list_records(store, args) if records else _list_logs(store, args))
+        if args.action in ("get", "steps", "cancel", "prune") and not records:
+            raise Failure(
+                f"{args.store} is a redb store, which keeps no run records yet: `runs list`, "
+                "`runs show` and `runs clear` work on it; records need SQLite"
+            )
+        client = Client(store) if records else None
+        if args.action == "prune":
+            assert client is not None
+            gone = await client.prune(older_than=_age(args.older_than, "--older-than"))
+            print(f"pruned {gone} runs that ended more than {args.older_than} ago")
+            return 0
+        if args.action == "get":
+            assert client is not None
+            info = await client.get(args.workflow_id)
+            if info is None:
+                raise Failure(f"no run {args.workflow_id!r} in {args.store}")
+            if args.json:
+                print(json.dumps(_info_json(info, None)))
+            else:
+                for key, value in _info_json(info, None).items():
+                    shown = json.dumps(value) if isinstance(value, dict | list) else value
+                    print(f"{key + ':':<18}{'' if shown is None else shown}")
+            return 0
+        if args.action == "steps":
+            assert client is not None
+            steps = await client.steps(args.workflow_id)
+            if not steps and await client.get(args.workflow_id) is None:
+                raise Failure(f"no run {args.workflow_id!r} in {args.store}")
+            if args.json:
+                print(json.dumps([_step_json(s) for s in steps]))
+            else:
+                table(
+                    ["SEQ", "KIND", "STATE", "TASK", "STARTED", "TOOK", "OUTPUT"],
+                    [_step_cells(s) for s in steps],
+                )
+            return 0
+        if args.action == "cancel":
+            assert client is not None
+            info = await client.cancel(args.workflow_id)
+            verb = "cancelled" if info.status is RunStatus.CANCELLED else "asked to stop"
+            print(f"{args.workflow_id!r} {verb} (status {info.status.name})")
+            return 0
+        rows = await store.load_run(args.workflow_id)
+        if args.action == "clear":
+            known = client is not None and await client.get(args.workflow_id) is not None
+            if not rows and not known:
+                raise Failure(f"no run {args.workflow_id!r} in {args.store}")
+            await store.clear(args.workflow_id)
+            if client is not None:
+                await cast(RunRegistry, store).delete_run(args.workflow_id)
+            print(
+                f"cleared {len(rows)} rows of {args.workflow_id!r}"
+                + (" and its record" if known else "")
+            )
+            return 0
+        if not rows:
+            raise Failure(f"no run {args.workflow_id!r} in {args.store}")
+        if args.json:
+            print(json.dumps([_row_json(r) for r in rows]))
+        else:
+            table(
+                ["SEQ", "KIND", "STATE", "TASK", "VERSION", "OUTPUT"], [row_cells(r) for r in rows]
+            )
+        return 0
+
+
+async def _list_logs(store: Any, args: argparse.Namespace) -> int:
+    if args.status or args.name or args.since:
+        raise Failure(
+            f"{args.store} is a redb store, which keeps no run records yet: --status, --name "
+            "and --since need SQLite"
+        )
+    summaries = (await store.runs_summary())[: args.limit]
+    if args.json:
+        print(json.dumps(list(summaries)))
+    elif not summaries:
+        print(f"no runs in {args.store}")
+    else:
+        table(
+            ["WORKFLOW ID", "ROWS", "LAST STATE", "LAST SEQ"],
+            [
+                [s["workflow_id"], str(s["rows"]), s["last_state"], str(s["last_sequence"])]
+                for s in summaries
+            ],
+        )
+    return 0
+
+
+async def _list_records(store: Any, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError(f"cano runs list: --limit must be at least 1, got {args.limit}")
+    infos = await Client(store).list(
+        status=_statuses(args.status),
+        workflow_name=args.name,
+        since=None if args.since is None else _since(args.since),
+        limit=args.limit,
+    )
+    logs = {s["workflow_id"]: s for s in await store.runs_summary()}
+    if args.json:
+        print(json.dumps([_info_json(i, logs.get(i.workflow_id)) for i in infos]))
+    elif not infos:
+        print(f"no runs in {args.store}")
+    else:
+        table(
+            ["WORKFLOW ID", "NAME", "STATUS", "STATE", "ATTEMPTS", "CREATED", "ERROR"],
+            [
+                [
+                    i.workflow_id,
+                    i.workflow_name or "",
+                    i.status.name,
+                    i.state or "",
+                    str(i.attempts),
+                    i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    _short(i.error or "", 60),
+                ]
+                for i in infos
+            ],
+        )
+    return 0
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _info_json(info: RunInfo, log: Any) -> dict[str, Any]:
+    """A record as JSON: the keys of ``runs list --json`` on any store, then the record's."""
+    return {
+        "workflow_id": info.workflow_id,
+        "rows": log["rows"] if log else 0,
+        "last_state": log["last_state"] if log else info.state,
+        "last_sequence": log["last_sequence"] if log else None,
+        "workflow_name": info.workflow_name,
+        "workflow_version": info.workflow_version,
+        "status": info.status.name,
+        "state": info.state,
+        "final_state": info.final_state,
+        "error": info.error,
+        "error_type": info.error_type,
+        "input": info.input,
+        "queue": info.queue,
+        "owner": info.owner,
+        "attempts": info.attempts,
+        "created_at": _when(info.created_at),
+        "updated_at": _when(info.updated_at),
+        "finished_at": _when(info.finished_at),
+    }
+
+
+def _step_json(step: StepInfo) -> dict[str, Any]:
+    return {
+        "sequence": step.sequence,
+        "state": step.state,
+        "task_id": step.task_id,
+        "kind": step.kind.name,
+        "started_at": _when(step.started_at),
+        "finished_at": _when(step.finished_at),
+        "output": step.output,
+    }
+
+
+def _step_cells(step: StepInfo) -> list[str]:
+    took = (
+        ""
+        if step.finished_at is None
+        else f"{(step.finished_at - step.started_at).total_seconds():.3f}s"
+    )
+    output = "" if step.output is None else _short(json.dumps(step.output), 40)
+    return [
+        str(step.sequence),
+        step.kind.name,
+        step.state,
+        step.task_id,
+        step.started_at.strftime("%H:%M:%S.%f")[:-3],
+        took,
+        output,
+    ]
+
+
+def _row_json(row: CheckpointRow) -> dict[str, Any]:
+    output: Any = None
+    if row.output is not None:
+        try:
+            output = json.loads(row.output)
+        except ValueError:
+            output = row.output.hex()
+    return {
+        "workflow_id": row.workflow_id,
+        "sequence": row.sequence,
+        "state": row.state,
+        "task_id": row.task_id,
+        "kind": row.kind.name,
+        "output": output,
+        "workflow_version": row.workflow_version,
+    }
+
+
+def row_cells(row: CheckpointRow) -> list[str]:
+    """One log row as table cells."""
+    return [
+        str(row.sequence),
+        row.kind.name,
+        row.state,
+        row.task_id,
+        str(row.workflow_version),
+        describe_output(row.output),
+    ]
+
+
+# ----- worker --------------------------------------------------------------------------
+
+
+async def worker(args: argparse.Namespace) -> int:
+    """``cano worker MODULE:ATTR``: serves until SIGINT or SIGTERM."""
+    target = load_target(args.target, "worker")
+    flows = [target] if isinstance(target, Workflow) else target
+    if not isinstance(flows, list | tuple) or not all(isinstance(w, Workflow) for w in flows):
+        raise Failure(f"{args.target} is not a cano.Workflow or a list of them")
+    if args.concurrency < 1:
+        raise UsageError(f"cano worker: --concurrency must be at least 1, got {args.concurrency}")
+    with _open_store(args.store, write=True) as store:
+        serving = Worker(
+            store, flows, concurrency=args.concurrency, queues=args.queue or ["default"]
+        )
+        names = ", ".join(sorted(w.name or "" for w in flows))
+        print(f"cano worker {serving.worker_id}: serving {names} from {args.store} (Ctrl-C stops)")
+        started = time.monotonic()
+        await serving.run()
+        print(f"cano worker {serving.worker_id}: stopped after {time.monotonic() - started:.1f}s")
+    return 0
