@@ -27,7 +27,12 @@ How flows run:
 - each workflow's resources are set up once at start and torn down once at stop, not
   around every run;
 - a workflow with a checkpoint store gets one workflow id per run,
-  ``"{flow_id}:{fire time in ISO 8601}"``, so every scheduled run has its own log.
+  ``"{flow_id}:{fire time in ISO 8601}"``, so every scheduled run has its own log;
+- with ``Scheduler(client=cano.Client(store))`` each tick is *enqueued* under that id
+  instead of run here (Workers run it): enqueuing is idempotent, so any number of
+  schedulers on one store fire each tick once; ``every`` ticks then fall on a grid aligned
+  to the Unix epoch, so schedulers started at different moments agree on them. Backoff
+  and tripping do not apply then (the run's record tells how it went).
 
 Events (flow started, finished, failed, backing off, tripped, skipped) are logged on the
 ``cano`` logger.
@@ -46,10 +51,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cano._core import BackoffPolicy, CancellationHandle, CancellationToken, CronSchedule
+from cano._enqueued_ticks import enqueue_cron, enqueue_every, enqueue_tick
 from cano._values import Duration, seconds
 from cano.errors import ConfigurationError, WorkflowCancelledError, WorkflowError
 from cano.observer import ObserverHub
 from cano.resources import Resources
+from cano.runs import Client
 from cano.workflow import Workflow, state_label
 
 if TYPE_CHECKING:
@@ -189,10 +196,15 @@ class Scheduler:
     and different workflows; flows sharing one :class:`cano.Resources` share its setup.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, client: Client | None = None) -> None:
+        if client is not None and not isinstance(client, Client):
+            raise ConfigurationError(
+                f"Scheduler(client): expected a cano.Client, got {client!r:.80}"
+            )
         self._flows: dict[str, _Flow] = {}
         self._clock: Clock = SystemClock()
         self._started = False
+        self._client = client
 
     # ----- registration -----------------------------------------------------------------
 
@@ -283,6 +295,17 @@ class Scheduler:
         flows = list(self._flows.values())
         for flow in flows:
             _validate(flow)
+            if self._client is not None and flow.workflow.name is None:
+                raise ConfigurationError(
+                    f"flow {flow.id!r}: a scheduler with a client enqueues runs by workflow "
+                    "name: give the workflow one (Workflow(name=...) or with_name)"
+                )
+        if self._client is not None:
+            self._started = True
+            running = RunningScheduler(flows, self._clock, [], self._client)
+            running._launch()
+            logger.info("scheduler started with %d flow(s), enqueuing ticks", len(flows))
+            return running
         self._started = True
         leases: list[Resources[Any]] = []
         try:
@@ -349,8 +372,13 @@ class RunningScheduler:
     """
 
     def __init__(
-        self, flows: builtins.list[_Flow], clock: Clock, leases: builtins.list[Resources[Any]]
+        self,
+        flows: builtins.list[_Flow],
+        clock: Clock,
+        leases: builtins.list[Resources[Any]],
+        client: Client | None = None,
     ) -> None:
+        self._client = client
         self._flows = {flow.id: flow for flow in flows}
         self._clock = clock
         self._leases = leases
@@ -361,7 +389,11 @@ class RunningScheduler:
 
     def _launch(self) -> None:
         for flow in self._flows.values():
-            if flow.interval is not None:
+            if self._client is not None and flow.interval is not None:
+                loop = enqueue_every(self._client, flow, self._clock, flow.interval)
+            elif self._client is not None and flow.cron is not None:
+                loop = enqueue_cron(self._client, flow, self._clock)
+            elif flow.interval is not None:
                 loop = self._every(flow, flow.interval)
             elif flow.cron is not None:
                 loop = self._cron(flow, flow.cron)
@@ -383,6 +415,9 @@ class RunningScheduler:
         flow = self._flow(flow_id)
         if self._stopping:
             raise WorkflowError(f"cannot trigger flow {flow_id!r}: the scheduler is stopping")
+        if self._client is not None:  # enqueued: a Worker runs it
+            await enqueue_tick(self._client, flow, self._clock.now())
+            return
         if flow.status is FlowStatus.RUNNING:
             raise WorkflowError(f"cannot trigger flow {flow_id!r}: it is already running")
         if flow.status is FlowStatus.TRIPPED:
