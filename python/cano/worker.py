@@ -303,14 +303,21 @@ class Worker:
         _CURRENT.set(RunContext(claim.workflow_id, claim.input, claim.attempt, self.worker_id))
         wf = self._workflows[claim.workflow_name]
         extra = {"workflow_id": claim.workflow_id, "attempt": claim.attempt}
-        verb = "resuming" if claim.resume else "starting"
-        _log.info("worker %s %s run %s", self.worker_id, verb, claim.workflow_id, extra=extra)
+        if claim.resume:
+            _log.info(
+                "worker %s took over run %s (attempt %d): resuming it from its log",
+                self.worker_id,
+                claim.workflow_id,
+                claim.attempt,
+                extra=extra,
+            )
+        # The engine logs the run's start and end (cano logger, INFO) with the same extra.
         try:
             if claim.resume:
-                end = await wf.resume_from(claim.workflow_id, cancel=token)
+                await wf.resume_from(claim.workflow_id, cancel=token)
             else:
                 initial = self._initial(wf, claim)
-                end = await wf.orchestrate(initial, workflow_id=claim.workflow_id, cancel=token)
+                await wf.orchestrate(initial, workflow_id=claim.workflow_id, cancel=token)
         except LeaseLostError:
             _log.warning(
                 "worker %s abandoned run %s: another worker owns it now",
@@ -319,19 +326,11 @@ class Worker:
                 extra=extra,
             )
         except CanoError as err:
-            _log.info(
-                "run %s failed: %s: %s",
-                claim.workflow_id,
-                type(err).__name__,
-                err,
-                extra={**extra, "state": getattr(err, "state", None)},
-            )
             if isinstance(err, ConfigurationError):
+                _log.warning("run %s cannot start: %s", claim.workflow_id, err, extra=extra)
                 await self._refuse(claim, err)
-        except Exception as err:  # not the engine's: record it, never kill the worker
+        except Exception as err:  # not the engine's: log it, never kill the worker
             _log.warning("run %s raised %r", claim.workflow_id, err, extra=extra)
-        else:
-            _log.info("run %s completed in %s", claim.workflow_id, state_label(end), extra=extra)
 
     def _initial(self, wf: Workflow[Any], claim: Claim) -> Any:
         by_label = {state_label(s): s for s in (*wf.registered_states, *wf.exit_states)}

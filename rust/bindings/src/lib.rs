@@ -19,6 +19,7 @@ mod circuit;
 mod config;
 mod errors;
 mod gc;
+mod log;
 mod plan;
 mod rate_limit;
 mod run;

@@ -237,6 +237,24 @@ impl Run {
         match h.retry.decide(self.attempt, failure) {
             Decision::RetryAfter(delay) => {
                 plan.notify(py, Hook::Retry, (h.name.bind(py), self.attempt));
+                let label = plan.label(py, self.cursor.state());
+                let id = self.workflow_id.as_ref().map(|i| i.bind(py).clone().into_any());
+                crate::log::record(
+                    py,
+                    crate::log::DEBUG,
+                    id.as_ref(),
+                    label.as_any(),
+                    self.attempt,
+                    || {
+                        format!(
+                            "task {} failed in state {label} (attempt {}), retrying in {:.3}s: {}",
+                            errors::quoted(&h.name.bind(py).to_string()),
+                            self.attempt,
+                            delay.as_secs_f64(),
+                            err.value(py)
+                        )
+                    },
+                );
                 self.attempt += 1;
                 if delay.is_zero() {
                     // Even a zero delay yields to the loop: a task that fails without
