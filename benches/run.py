@@ -737,6 +737,82 @@ def setup_w7(n: int) -> Pair:
 
 
 # --------------------------------------------------------------------------------------------
+# W9: N runs of 3 durable states through Client.enqueue + Worker, against the same runs
+# started with orchestrate directly (same store kind, same concurrency), both on SQLite
+# --------------------------------------------------------------------------------------------
+
+W9_CONCURRENCY = 16
+
+
+def w9_workflow(name: str) -> cano.Workflow[enum.Enum]:
+    states = enum.Enum(name, ["S0", "S1", "S2", "END"])  # type: ignore[misc]
+    members: list[enum.Enum] = list(states)
+    handlers: Handlers = {a: Goto(b) for a, b in itertools.pairwise(members)}
+    wf = chain_workflow(members, handlers, cano.Resources.empty())
+    return wf.with_name(name)
+
+
+def setup_w9(n: int) -> Pair:
+    tmp = bench_dir()
+    reps = itertools.count()
+    loop = Loop()
+
+    async def run_cano() -> float:
+        k = next(reps)
+        async with cano.SqliteCheckpointStore(os.path.join(tmp, f"w9-cano-{k}.db")) as store:
+            wf = w9_workflow("Queued")
+            first = min(wf.registered_states, key=lambda s: s.value)
+            client = cano.Client(store)
+            ids = [f"q-{i}" for i in range(n)]
+            t0 = time.time()
+            # Enqueued concurrently, as a producer would: the store commits them in groups.
+            await asyncio.gather(*(client.enqueue("Queued", first, workflow_id=i) for i in ids))
+            unfinished = [cano.RunStatus.PENDING, cano.RunStatus.RUNNING]
+            async with cano.Worker(
+                store, [wf], concurrency=W9_CONCURRENCY, poll_interval=0.05, lease=30
+            ):
+                while await client.list(status=unfinished, limit=1):
+                    await asyncio.sleep(0.02)
+            # The end is when the last run finished (its record says), not when we noticed.
+            done = await client.list(status=cano.RunStatus.COMPLETED, limit=n)
+            assert len(done) == n
+            dt = max(i.finished_at.timestamp() for i in done if i.finished_at) - t0
+        return n / dt
+
+    async def run_floor() -> float:
+        k = next(reps)
+        async with cano.SqliteCheckpointStore(os.path.join(tmp, f"w9-direct-{k}.db")) as store:
+            wf = w9_workflow("Direct").with_checkpoint_store(store)
+            first = min(wf.registered_states, key=lambda s: s.value)
+            gate = asyncio.Semaphore(W9_CONCURRENCY)
+
+            async def one(i: int) -> None:
+                async with gate:
+                    await wf.orchestrate(first, workflow_id=f"d-{i}")
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            dt = time.perf_counter() - t0
+        return n / dt
+
+    def close() -> None:
+        loop.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return Pair(
+        lambda: loop.run(run_cano()),
+        lambda: loop.run(run_floor()),
+        close,
+        note=(
+            f"W9: {n:,} runs of 3 durable states on SQLite (immediate): enqueue all, then one "
+            f"Worker (concurrency {W9_CONCURRENCY}) until the last completes; floor = the same "
+            f"runs through orchestrate, {W9_CONCURRENCY} at a time, on a SQLite store. redb "
+            "serves no workers yet."
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Registry (id -> workload). Add W3..W6 here.
 # --------------------------------------------------------------------------------------------
 
@@ -832,6 +908,16 @@ WORKLOADS: dict[str, Workload] = {
             setup_w7,
             n=10_000,
             n_quick=2_000,
+        ),
+        Workload(
+            "W9",
+            "{n:,} runs of 3 durable states via enqueue + Worker (SQLite)",
+            "runs/s",
+            "higher",
+            0.7,
+            setup_w9,
+            n=1_000,
+            n_quick=200,
         ),
     ]
 }

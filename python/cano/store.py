@@ -450,6 +450,8 @@ class InMemoryCheckpointStore:
         for workflow_id, epoch in held:
             q = self._queued.get(workflow_id)
             record = self._records.get(workflow_id)
+            if record is not None and record.status.terminal:
+                continue  # it just ended: nothing to renew, nothing lost
             if q is None or record is None or not self._owns(workflow_id, (worker_id, epoch)):
                 lost.append(workflow_id)
                 continue

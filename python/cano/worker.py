@@ -179,6 +179,7 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
+        self._renewed_at = 0.0
 
     # ----- lifecycle --------------------------------------------------------------------
 
@@ -261,7 +262,11 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
     async def _tick(self) -> None:
-        if self._owned:
+        now = asyncio.get_running_loop().time()
+        # Leases are renewed every poll_interval; a tick woken early (a run ended) only
+        # claims.
+        if self._owned and now - self._renewed_at >= self._poll:
+            self._renewed_at = now
             held = [(i, o.claim.epoch) for i, o in self._owned.items() if not o.lost]
             lost, cancels = await self._store.renew_leases(self.worker_id, held, self._lease)
             for workflow_id in lost:
@@ -296,7 +301,10 @@ class Worker:
 
     def _finished(self, workflow_id: str, _task: object) -> None:
         self._owned.pop(workflow_id, None)
-        self._wake.set()  # a slot is free: claim again now
+        # Claim again now once a quarter of the slots are free (claims then come in batches,
+        # one store commit for several runs); otherwise at the next poll.
+        if self._concurrency - len(self._owned) >= max(1, self._concurrency // 4):
+            self._wake.set()
 
     async def _execute(self, claim: Claim, token: CancellationToken) -> None:
         FENCE.set((self.worker_id, claim.epoch))

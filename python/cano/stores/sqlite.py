@@ -678,7 +678,14 @@ class _Engine:
                 (now + lease, workflow_id, worker, epoch),
             ).rowcount
             if not updated:
-                lost.append(workflow_id)
+                # Refused: lost, unless the run just ended under this very lease.
+                ended = self.conn.execute(
+                    "SELECT 1 FROM cano_runs WHERE workflow_id = ? AND status IN "
+                    "('COMPLETED', 'FAILED', 'CANCELLED') AND lease_epoch = ?",
+                    (workflow_id, epoch),
+                ).fetchone()
+                if ended is None:
+                    lost.append(workflow_id)
                 continue
             flag = self.conn.execute(
                 "SELECT cancel_requested FROM cano_runs WHERE workflow_id = ?", (workflow_id,)
