@@ -124,6 +124,11 @@ _RECORD_COLUMNS: Final = (
 )
 _HAS_TABLE: Final = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cano_checkpoints'"
 _INSERT: Final = "INSERT INTO cano_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# The same insert fenced by a lease, in one statement: no row when the lease is not current.
+_INSERT_FENCED: Final = (
+    "INSERT INTO cano_checkpoints SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS ("
+    "SELECT 1 FROM cano_runs WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?)"
+)
 _SELECT_RUN: Final = (
     "SELECT sequence, state, task_id, kind, output, workflow_version "
     "FROM cano_checkpoints WHERE workflow_id = ? ORDER BY sequence"
@@ -409,10 +414,7 @@ class _Engine:
                 for op, argument, _, _ in work:
                     if op == _APPEND:
                         values, fence = argument
-                        if fence is not None and not self._holds(values[0], fence):
-                            outcomes.append((None, self._lost(values[0])))
-                        else:
-                            outcomes.append(self._insert((*values, now)))
+                        outcomes.append(self._insert((*values, now), fence))
                     elif op in _RECORD_OPS:
                         try:
                             outcomes.append((_RECORD_OPS[op](self, argument, now), None))
@@ -444,9 +446,12 @@ class _Engine:
             return [(None, self.error(e)) for _ in work]
         return outcomes
 
-    def _insert(self, values: tuple[Any, ...]) -> _Outcome:
+    def _insert(self, values: tuple[Any, ...], fence: tuple[str, int] | None) -> _Outcome:
         try:
-            self.conn.execute(_INSERT, values)
+            if fence is None:
+                self.conn.execute(_INSERT, values)
+            elif not self.conn.execute(_INSERT_FENCED, (*values, values[0], *fence)).rowcount:
+                return None, self._lost(values[0])
         except sqlite3.IntegrityError as e:
             if e.sqlite_errorname in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
                 return None, CheckpointError(conflict_message(values[0], values[1]))
@@ -461,29 +466,25 @@ class _Engine:
 
     # ----- run records (on the writer thread, inside the batch's transaction) ----------
 
-    def _holds(self, workflow_id: str, fence: tuple[str, int]) -> bool:
-        """True while ``fence`` (owner, epoch) is the run's current lease."""
-        return (
-            self.conn.execute(
-                "SELECT 1 FROM cano_runs WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?",
-                (workflow_id, *fence),
-            ).fetchone()
-            is not None
-        )
-
     def _lost(self, workflow_id: str) -> LeaseLostError:
         return LeaseLostError(
             f"checkpoint store {_quoted(self.label)}: the lease on run {_quoted(workflow_id)} "
             "is no longer this worker's (another worker took the run over)"
         )
 
-    def _check_fence(self, workflow_id: str, fence: tuple[str, int] | None) -> None:
-        if fence is not None and not self._holds(workflow_id, fence):
-            raise self._lost(workflow_id)
-
     def _started(self, args: tuple[Any, ...], now: float) -> None:
         workflow_id, name, version, state, _resumed, fence = args
-        self._check_fence(workflow_id, fence)
+        if fence is not None:  # a worker's run: its record exists, fenced in one statement
+            updated = self.conn.execute(
+                "UPDATE cano_runs SET workflow_name = coalesce(?, workflow_name), "
+                "workflow_version = ?, status = 'RUNNING', state = ?, attempts = attempts + 1, "
+                "updated_at = ?, final_state = NULL, error = NULL, error_type = NULL, "
+                "finished_at = NULL WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?",
+                (name, version, state, now, workflow_id, *fence),
+            ).rowcount
+            if not updated:
+                raise self._lost(workflow_id)
+            return
         self.conn.execute(
             "INSERT INTO cano_runs (workflow_id, workflow_name, workflow_version, status, "
             "state, attempts, created_at, updated_at) VALUES (?, ?, ?, 'RUNNING', ?, 1, ?, ?) "
@@ -497,7 +498,31 @@ class _Engine:
 
     def _ended(self, args: tuple[Any, ...], now: float) -> None:
         workflow_id, status, state, final_state, error_type, error, clear_log, fence = args
-        self._check_fence(workflow_id, fence)
+        if fence is not None:
+            updated = self.conn.execute(
+                "UPDATE cano_runs SET status = ?, state = coalesce(?, state), final_state = ?, "
+                "error = ?, error_type = ?, updated_at = ?, finished_at = ?, owner = NULL, "
+                "lease_until = NULL, cancel_requested = 0 "
+                "WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?",
+                (status, state, final_state, error, error_type, now, now, workflow_id, *fence),
+            ).rowcount
+            if not updated:
+                raise self._lost(workflow_id)
+        else:
+            self._upsert_end(workflow_id, status, state, final_state, error_type, error, now)
+        if clear_log:
+            self._move_to_history(workflow_id)
+
+    def _upsert_end(
+        self,
+        workflow_id: str,
+        status: str,
+        state: str | None,
+        final_state: str | None,
+        error_type: str | None,
+        error: str | None,
+        now: float,
+    ) -> None:
         self.conn.execute(
             "INSERT INTO cano_runs (workflow_id, workflow_version, status, state, final_state, "
             "error, error_type, attempts, created_at, updated_at, finished_at) "
@@ -509,13 +534,14 @@ class _Engine:
             "owner = NULL, lease_until = NULL, cancel_requested = 0",
             (workflow_id, status, state, final_state, error, error_type, now, now, now),
         )
-        if clear_log:
-            self.conn.execute(
-                "INSERT OR REPLACE INTO cano_steps SELECT workflow_id, sequence, state, "
-                "task_id, kind, output, at FROM cano_checkpoints WHERE workflow_id = ?",
-                (workflow_id,),
-            )
-            self.conn.execute(_DELETE_RUN, (workflow_id,))
+
+    def _move_to_history(self, workflow_id: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO cano_steps SELECT workflow_id, sequence, state, "
+            "task_id, kind, output, at FROM cano_checkpoints WHERE workflow_id = ?",
+            (workflow_id,),
+        )
+        self.conn.execute(_DELETE_RUN, (workflow_id,))
 
     def _record_rows(self, where: str, params: tuple[Any, ...]) -> list[RunInfo]:
         rows = self.conn.execute(
