@@ -772,7 +772,7 @@ def setup_w9(n: int) -> Pair:
                 store, [wf], concurrency=W9_CONCURRENCY, poll_interval=0.05, lease=30
             ):
                 while await client.list(status=unfinished, limit=1):
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.1)  # the end is read from the records below
             # The end is when the last run finished (its record says), not when we noticed.
             done = await client.list(status=cano.RunStatus.COMPLETED, limit=n)
             assert len(done) == n

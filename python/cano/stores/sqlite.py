@@ -102,7 +102,12 @@ _RECORD_SCHEMA: Final = (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 )""",
     "CREATE INDEX IF NOT EXISTS cano_runs_created ON cano_runs (created_at)",
-    "CREATE INDEX IF NOT EXISTS cano_runs_status ON cano_runs (status, priority, created_at)",
+    # What workers claim: only PENDING runs are in it, so a run leaves it once (when it is
+    # claimed) and its later status changes touch no index page.
+    "CREATE INDEX IF NOT EXISTS cano_runs_pending ON cano_runs (priority, created_at) "
+    "WHERE status = 'PENDING'",
+    "CREATE INDEX IF NOT EXISTS cano_runs_leased ON cano_runs (lease_until) "
+    "WHERE status = 'RUNNING'",
     """CREATE TABLE IF NOT EXISTS cano_queues (
     name TEXT PRIMARY KEY,
     concurrency INTEGER
@@ -646,15 +651,21 @@ class _Engine:
             return []
         name_marks = ", ".join("?" for _ in names)
         queue_marks = ", ".join("?" for _ in queues)
-        candidates = self.conn.execute(
-            "SELECT workflow_id, workflow_name, initial, input, queue, lease_epoch, attempts "
-            f"FROM cano_runs WHERE workflow_name IN ({name_marks}) "
-            f"AND queue IN ({queue_marks}) AND ("
-            "(status = 'PENDING' AND (not_before IS NULL OR not_before <= ?)) OR "
-            "(status = 'RUNNING' AND owner IS NOT NULL AND lease_until < ?)) "
+        columns = "workflow_id, workflow_name, initial, input, queue, lease_epoch, attempts"
+        wanted = f"workflow_name IN ({name_marks}) AND queue IN ({queue_marks})"
+        # Two index lookups: due PENDING runs, and RUNNING runs whose lease expired.
+        pending = self.conn.execute(
+            f"SELECT {columns}, priority, created_at FROM cano_runs WHERE status = 'PENDING' "
+            f"AND {wanted} AND (not_before IS NULL OR not_before <= ?) "
             "ORDER BY priority, created_at LIMIT ?",
-            (*names, *queues, now, now, limit * 4 + 16),
+            (*names, *queues, now, limit * 4 + 16),
         ).fetchall()
+        orphaned = self.conn.execute(
+            f"SELECT {columns}, priority, created_at FROM cano_runs WHERE status = 'RUNNING' "
+            f"AND lease_until < ? AND owner IS NOT NULL AND {wanted} LIMIT ?",
+            (now, *names, *queues, limit * 4 + 16),
+        ).fetchall()
+        candidates = [row[:7] for row in sorted(pending + orphaned, key=lambda r: (r[7], r[8]))]
         caps = dict(self.conn.execute("SELECT name, concurrency FROM cano_queues").fetchall())
         busy: dict[str, int] = {}
         claims: list[Claim] = []
