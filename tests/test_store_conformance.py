@@ -8,6 +8,7 @@ checked by adding its factory to ``FACTORIES`` (or by calling ``run_conformance`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -171,6 +172,134 @@ CHECKS: list[Callable[[CheckpointStore], Awaitable[None]]] = [
 ]
 
 
+# --------------------------------------------------------------------------------------------
+# run records (cano.runs.RunRegistry) and the queue (cano.worker.RunQueue): what a store
+# that keeps records, or serves workers, must do — checked on every store that claims to
+
+
+def _row(workflow_id: str, sequence: int, state: str) -> CheckpointRow:
+    return CheckpointRow(workflow_id, sequence, state, f"t{sequence}", RowKind.STATE_ENTRY, None, 0)
+
+
+async def check_records_follow_a_run(store: Any) -> None:
+    assert await store.get_run("r") is None
+    await store.run_started("r", "orders", 3, "A", False)
+    await store.append(_row("r", 0, "A"))
+    await store.append(_row("r", 1, "B"))
+    info = await store.get_run("r")
+    assert (info.status, info.state, info.workflow_name, info.workflow_version, info.attempts) == (
+        cano.RunStatus.RUNNING,
+        "B",  # the current state is the last row's
+        "orders",
+        3,
+        1,
+    )
+    await store.run_ended("r", "FAILED", "B", None, "TaskError", "boom", False)
+    info = await store.get_run("r")
+    assert (info.status, info.error_type, info.error, info.state) == (
+        cano.RunStatus.FAILED,
+        "TaskError",
+        "boom",
+        "B",
+    )
+    assert [r.state for r in await store.load_run("r")] == ["A", "B"]  # kept: resumable
+    await store.run_started("r", "orders", 3, "B", True)  # resumed
+    await store.append(_row("r", 2, "DONE"))
+    await store.run_ended("r", "COMPLETED", "DONE", "DONE", None, None, True)
+    info = await store.get_run("r")
+    assert (info.status, info.final_state, info.attempts, info.error) == (
+        cano.RunStatus.COMPLETED,
+        "DONE",
+        2,
+        None,
+    )
+    assert await store.load_run("r") == []  # clear_log: the log is gone...
+    steps = await store.run_steps("r")  # ...into the history, in order, with times
+    assert [(s.sequence, s.state) for s in steps] == [(0, "A"), (1, "B"), (2, "DONE")]
+    assert all(a.finished_at == b.started_at for a, b in itertools.pairwise(steps))
+    assert steps[-1].finished_at == info.finished_at
+
+
+async def check_records_list_and_prune(store: Any) -> None:
+    for run_id, name in (("a", "x"), ("b", "y"), ("c", "x")):
+        await store.run_started(run_id, name, 0, "A", False)
+        await asyncio.sleep(0.002)  # distinct creation times
+    await store.run_ended("a", "COMPLETED", "A", "A", None, None, True)
+    everything = await store.list_run_infos(None, None, None, 10, 0)
+    assert [i.workflow_id for i in everything] == ["c", "b", "a"]
+    named = await store.list_run_infos(None, "x", None, 10, 0)
+    assert [i.workflow_id for i in named] == ["c", "a"]
+    done = await store.list_run_infos(frozenset({cano.RunStatus.COMPLETED}), None, None, 10, 0)
+    assert [i.workflow_id for i in done] == ["a"]
+    assert [i.workflow_id for i in await store.list_run_infos(None, None, None, 1, 1)] == ["b"]
+    assert await store.prune_runs(0.0, frozenset({cano.RunStatus.COMPLETED})) == 0
+    assert await store.prune_runs(1e12, frozenset({cano.RunStatus.COMPLETED})) == 1
+    assert await store.get_run("a") is None and await store.run_steps("a") == []
+    await store.delete_run("b")
+    assert await store.get_run("b") is None
+
+
+async def check_queue_claims_fence_and_cancel(store: Any) -> None:
+    from cano.records import FENCE
+
+    first = await store.enqueue_run("q", "orders", "A", b'{"n": 1}', "default", None, 0)
+    again = await store.enqueue_run("q", "orders", "B", None, "default", None, 0)
+    assert first.status is cano.RunStatus.PENDING and again.input == {"n": 1}  # idempotent
+    assert await store.claim_runs("w1", ("other",), ("default",), 5, 30) == []
+    [claim] = await store.claim_runs("w1", ("orders",), ("default",), 5, 0.01)
+    assert (claim.workflow_id, claim.initial, claim.input, claim.resume) == (
+        "q",
+        "A",
+        {"n": 1},
+        False,
+    )
+    assert await store.claim_runs("w2", ("orders",), ("default",), 5, 30) == []  # leased
+    await asyncio.sleep(0.05)  # w1's lease expires
+    [taken] = await store.claim_runs("w2", ("orders",), ("default",), 5, 30)
+    assert taken.epoch > claim.epoch
+    lost, cancels = await store.renew_leases("w1", [("q", claim.epoch)], 30)
+    assert (lost, cancels) == (["q"], [])
+
+    async def write_as(owner: str, epoch: int) -> None:
+        FENCE.set((owner, epoch))
+        await store.append(_row("q", 0, "A"))
+
+    with pytest.raises(cano.LeaseLostError):
+        await asyncio.create_task(write_as("w1", claim.epoch))
+    await asyncio.create_task(write_as("w2", taken.epoch))
+    assert [r.state for r in await store.load_run("q")] == ["A"]
+    cancelled = await store.cancel_run("q")  # RUNNING: its owner is asked
+    assert cancelled.status is cano.RunStatus.RUNNING
+    assert await store.renew_leases("w2", [("q", taken.epoch)], 30) == ([], ["q"])
+    await store.enqueue_run("p", "orders", "A", None, "default", 1e12, 0)  # far in the future
+    assert (await store.cancel_run("p")).status is cano.RunStatus.CANCELLED
+
+
+async def check_queue_caps_and_release(store: Any) -> None:
+    await store.set_queue_cap("slow", 1)
+    for run_id in ("s1", "s2"):
+        await store.enqueue_run(run_id, "orders", "A", None, "slow", None, 0)
+    claims = await store.claim_runs("w", ("orders",), ("slow",), 5, 30)
+    assert [c.workflow_id for c in claims] == ["s1"]  # the cap holds
+    await store.release_leases("w", [("s1", claims[0].epoch)])
+    [again] = await store.claim_runs("v", ("orders",), ("slow",), 5, 30)
+    assert again.workflow_id == "s1"  # released: taken over at once, still one at a time
+    await store.set_queue_cap("slow", None)
+    assert [c.workflow_id for c in await store.claim_runs("v", ("orders",), ("slow",), 5, 30)] == [
+        "s2"
+    ]
+
+
+REGISTRY_CHECKS: list[Callable[[Any], Awaitable[None]]] = [
+    check_records_follow_a_run,
+    check_records_list_and_prune,
+]
+QUEUE_CHECKS: list[Callable[[Any], Awaitable[None]]] = [
+    check_queue_claims_fence_and_cancel,
+    check_queue_caps_and_release,
+]
+
+
 async def run_conformance(factory: StoreFactory, tmp: Path) -> None:
     """Runs every check, each on a fresh store from ``factory`` (in its own directory)."""
     for i, check in enumerate(CHECKS):
@@ -189,6 +318,21 @@ async def run_conformance(factory: StoreFactory, tmp: Path) -> None:
 async def test_conformance(store_name: str, check: Any, tmp_path: Path) -> None:
     async with FACTORIES[store_name](tmp_path) as store:
         assert isinstance(store, CheckpointStore)
+        await check(store)
+
+
+@pytest.mark.parametrize(
+    "check", REGISTRY_CHECKS + QUEUE_CHECKS, ids=lambda c: c.__name__.removeprefix("check_")
+)
+@pytest.mark.parametrize("store_name", list(FACTORIES))
+async def test_records_and_queue_conformance(store_name: str, check: Any, tmp_path: Path) -> None:
+    from cano.runs import RunRegistry
+    from cano.worker import RunQueue
+
+    async with FACTORIES[store_name](tmp_path) as store:
+        needs = RunQueue if check in QUEUE_CHECKS else RunRegistry
+        if not isinstance(store, needs):
+            pytest.skip(f"{store_name} does not implement {needs.__name__}")
         await check(store)
 
 
