@@ -8,8 +8,8 @@ checked by adding its factory to ``FACTORIES`` (or by calling ``run_conformance`
 from __future__ import annotations
 
 import asyncio
-import itertools
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
