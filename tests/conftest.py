@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,16 @@ import cano
 import pytest
 from cano.store import InMemoryCheckpointStore, RedbCheckpointStore
 from stores import DictStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def record_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """Each store that keeps run records and serves workers."""
+    if request.param == "memory":
+        yield InMemoryCheckpointStore()
+    else:
+        async with cano.SqliteCheckpointStore(tmp_path / "records.db") as sqlite:
+            yield sqlite
 
 
 @pytest.fixture(params=["redb", "sqlite", "memory", "dict"])

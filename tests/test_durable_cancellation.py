@@ -7,6 +7,7 @@ import enum
 
 import cano
 import pytest
+from cano.records import RunEnd
 from cano.store import CheckpointRow, InMemoryCheckpointStore
 
 
@@ -36,12 +37,12 @@ class _SlowStore(InMemoryCheckpointStore):
             await asyncio.sleep(10)
         await super().clear(workflow_id)
 
-    async def run_ended(self, workflow_id: str, *args: object) -> None:
+    async def run_ended(self, workflow_id: str, end: RunEnd, clear_log: bool) -> None:
         # A store keeping run records clears a succeeded run's log here (clear_log=True).
-        if args[-1] is True and not self.slow_clear.is_set():
+        if clear_log and not self.slow_clear.is_set():
             self.slow_clear.set()
             await asyncio.sleep(10)
-        await super().run_ended(workflow_id, *args)  # type: ignore[arg-type]
+        await super().run_ended(workflow_id, end, clear_log)
 
 
 async def test_asyncio_cancellation_during_a_checkpoint_write_propagates() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import cano
 import pytest
+from cano.records import RunEnd
 from cano.store import (
     CheckpointRow,
     CheckpointStore,
@@ -194,7 +195,7 @@ async def check_records_follow_a_run(store: Any) -> None:
         3,
         1,
     )
-    await store.run_ended("r", "FAILED", "B", None, "TaskError", "boom", False)
+    await store.run_ended("r", RunEnd(cano.RunStatus.FAILED, "B", None, "TaskError", "boom"), False)
     info = await store.get_run("r")
     assert (info.status, info.error_type, info.error, info.state) == (
         cano.RunStatus.FAILED,
@@ -205,7 +206,7 @@ async def check_records_follow_a_run(store: Any) -> None:
     assert [r.state for r in await store.load_run("r")] == ["A", "B"]  # kept: resumable
     await store.run_started("r", "orders", 3, "B", True)  # resumed
     await store.append(_row("r", 2, "DONE"))
-    await store.run_ended("r", "COMPLETED", "DONE", "DONE", None, None, True)
+    await store.run_ended("r", RunEnd(cano.RunStatus.COMPLETED, "DONE", "DONE"), True)
     info = await store.get_run("r")
     assert (info.status, info.final_state, info.attempts, info.error) == (
         cano.RunStatus.COMPLETED,
@@ -224,7 +225,7 @@ async def check_records_list_and_prune(store: Any) -> None:
     for run_id, name in (("a", "x"), ("b", "y"), ("c", "x")):
         await store.run_started(run_id, name, 0, "A", False)
         await asyncio.sleep(0.002)  # distinct creation times
-    await store.run_ended("a", "COMPLETED", "A", "A", None, None, True)
+    await store.run_ended("a", RunEnd(cano.RunStatus.COMPLETED, "A", "A"), True)
     everything = await store.list_run_infos(None, None, None, 10, 0)
     assert [i.workflow_id for i in everything] == ["c", "b", "a"]
     named = await store.list_run_infos(None, "x", None, 10, 0)

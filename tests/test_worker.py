@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,10 @@ class S(enum.Enum):
     DONE = enum.auto()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        yield cano.InMemoryCheckpointStore()
-    else:
-        async with cano.SqliteCheckpointStore(tmp_path / "queue.db") as sqlite:
-            yield sqlite
+@pytest.fixture
+def store(record_store: Any) -> Any:
+    """The stores that keep run records (conftest's ``record_store``), by a shorter name."""
+    return record_store
 
 
 def orders(a: Any = None, b: Any = None, *, name: str = "orders") -> cano.Workflow[S]:

@@ -23,6 +23,7 @@ __all__ = [
     "FENCE",
     "Claim",
     "Record",
+    "RunEnd",
     "RunInfo",
     "RunStatus",
     "StepInfo",
@@ -35,6 +36,30 @@ FENCE: ContextVar[tuple[str, int] | None] = ContextVar("cano_fence", default=Non
 """``(owner, lease epoch)`` of the lease the current run is held under, set by a Worker
 around each run it owns. A store checks it on every write of that run and refuses a write
 from a lease that is no longer current with :class:`cano.LeaseLostError`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """How a run ended, as the engine tells a store (``RunRegistry.run_ended``)."""
+
+    status: RunStatus
+    state: str | None
+    """Label of the state the run ended in (failed in, or the exit state)."""
+    final_state: str | None = None
+    """The exit state's label, when COMPLETED."""
+    error_type: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def _from_engine(
+        cls,
+        status: str,
+        state: str | None,
+        final_state: str | None,
+        error_type: str | None,
+        error: str | None,
+    ) -> RunEnd:
+        return cls(RunStatus(status), state, final_state, error_type, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,21 +181,13 @@ class Record:
         self.final_state = self.error = self.error_type = None
         self.finished_at = None
 
-    def ended(
-        self,
-        status: RunStatus,
-        state: str | None,
-        final_state: str | None,
-        error_type: str | None,
-        error: str | None,
-        now: float,
-    ) -> None:
-        """The run ended with ``status``."""
-        self.status = status
-        self.state = state if state is not None else self.state
-        self.final_state = final_state
-        self.error_type = error_type
-        self.error = error
+    def ended(self, end: RunEnd, now: float) -> None:
+        """The run ended as ``end`` says."""
+        self.status = end.status
+        self.state = end.state if end.state is not None else self.state
+        self.final_state = end.final_state
+        self.error_type = end.error_type
+        self.error = end.error
         self.updated_at = self.finished_at = now
 
     def info(self, last_row: tuple[str, float] | None = None) -> RunInfo:

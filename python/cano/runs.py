@@ -33,7 +33,7 @@ import orjson
 from cano._registration import state_label
 from cano._values import Duration, count, seconds
 from cano.errors import ConfigurationError, WorkflowError
-from cano.records import _TERMINAL, RunInfo, RunStatus, StepInfo
+from cano.records import _TERMINAL, RunEnd, RunInfo, RunStatus, StepInfo
 from cano.store import check_workflow_id
 
 __all__ = ["Client", "RunInfo", "RunRegistry", "RunStatus", "StepInfo"]
@@ -59,16 +59,7 @@ class RunRegistry(Protocol):
         resumed: bool,
     ) -> Awaitable[None]: ...
 
-    def run_ended(
-        self,
-        workflow_id: str,
-        status: str,
-        state: str | None,
-        final_state: str | None,
-        error_type: str | None,
-        error: str | None,
-        clear_log: bool,
-    ) -> Awaitable[None]: ...
+    def run_ended(self, workflow_id: str, end: RunEnd, clear_log: bool) -> Awaitable[None]: ...
 
     def get_run(self, workflow_id: str) -> Awaitable[RunInfo | None]: ...
 

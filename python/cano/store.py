@@ -38,6 +38,7 @@ from cano.records import (
     FENCE,
     Claim,
     Record,
+    RunEnd,
     RunInfo,
     RunStatus,
     StepInfo,
@@ -282,24 +283,15 @@ class InMemoryCheckpointStore:
         else:
             record.started(workflow_name, workflow_version, state, now)
 
-    async def run_ended(
-        self,
-        workflow_id: str,
-        status: str,
-        state: str | None,
-        final_state: str | None,
-        error_type: str | None,
-        error: str | None,
-        clear_log: bool,
-    ) -> None:
+    async def run_ended(self, workflow_id: str, end: RunEnd, clear_log: bool) -> None:
         """Records how the run ended; with ``clear_log`` moves its log into the history."""
         self._check_fence(workflow_id)
         now = time.time()
         record = self._records.get(workflow_id)
         if record is None:
-            record = Record(workflow_id, None, 0, RunStatus.RUNNING, state, now, now)
+            record = Record(workflow_id, None, 0, RunStatus.RUNNING, end.state, now, now)
             self._records[workflow_id] = record
-        record.ended(RunStatus(status), state, final_state, error_type, error, now)
+        record.ended(end, now)
         record.owner = None
         self._queued.pop(workflow_id, None)
         if clear_log:
@@ -470,14 +462,7 @@ class InMemoryCheckpointStore:
         """PENDING/WAITING → CANCELLED now; RUNNING → cancellation requested of its owner."""
         record = self._records.get(workflow_id)
         if record is not None and record.status in (RunStatus.PENDING, RunStatus.WAITING):
-            record.ended(
-                RunStatus.CANCELLED,
-                None,
-                None,
-                "WorkflowCancelledError",
-                "cancelled before it started",
-                time.time(),
-            )
+            record.ended(_CANCELLED_BEFORE_START, time.time())
             self._queued.pop(workflow_id, None)
         elif record is not None and record.status is RunStatus.RUNNING:
             q = self._queued.get(workflow_id)
@@ -535,3 +520,8 @@ class _Queued:
     lease_until: float = 0.0
     epoch: int = 0
     cancel_requested: bool = False
+
+
+_CANCELLED_BEFORE_START = RunEnd(
+    RunStatus.CANCELLED, None, None, "WorkflowCancelledError", "cancelled before it started"
+)

@@ -38,7 +38,7 @@ from cano._core import CancellationHandle, CancellationToken
 from cano._registration import state_label
 from cano._values import Duration, count, seconds
 from cano.errors import CanoError, ConfigurationError, LeaseLostError
-from cano.records import FENCE, Claim
+from cano.records import FENCE, Claim, RunEnd, RunStatus
 from cano.runs import Client, RunRegistry
 from cano.workflow import Workflow
 
@@ -352,12 +352,5 @@ class Worker:
     async def _refuse(self, claim: Claim, err: CanoError) -> None:
         """A run that can never start (a bad initial state): FAILED, not retried for ever."""
         with contextlib.suppress(CanoError):
-            await self._store.run_ended(
-                claim.workflow_id,
-                "FAILED",
-                claim.initial,
-                None,
-                type(err).__name__,
-                str(err),
-                False,
-            )
+            end = RunEnd(RunStatus.FAILED, claim.initial, None, type(err).__name__, str(err))
+            await self._store.run_ended(claim.workflow_id, end, False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import enum
 import itertools
 import logging
 import sys
@@ -20,17 +19,7 @@ from typing import Any
 
 import cano
 from child_common import Journal, ready, result
-
-
-class S(enum.Enum):
-    VALIDATE = enum.auto()
-    RESERVE = enum.auto()
-    CHARGE = enum.auto()
-    EMAIL = enum.auto()
-    DONE = enum.auto()
-
-
-ORDER = [S.VALIDATE, S.RESERVE, S.CHARGE, S.EMAIL, S.DONE]
+from child_states import ORDER, S
 
 
 def main() -> None:

@@ -40,7 +40,16 @@ import orjson
 
 from cano._values import seconds
 from cano.errors import CheckpointError, ConfigurationError, LeaseLostError
-from cano.records import FENCE, Claim, Record, RunInfo, RunStatus, StepInfo, build_steps
+from cano.records import (
+    FENCE,
+    Claim,
+    Record,
+    RunEnd,
+    RunInfo,
+    RunStatus,
+    StepInfo,
+    build_steps,
+)
 from cano.store import (
     CheckpointRow,
     RowKind,
@@ -502,7 +511,9 @@ class _Engine:
         )
 
     def _ended(self, args: tuple[Any, ...], now: float) -> None:
-        workflow_id, status, state, final_state, error_type, error, clear_log, fence = args
+        workflow_id, end, clear_log, fence = args
+        status, state, final_state = end.status.value, end.state, end.final_state
+        error_type, error = end.error_type, end.error
         if fence is not None:
             updated = self.conn.execute(
                 "UPDATE cano_runs SET status = ?, state = coalesce(?, state), final_state = ?, "
@@ -968,23 +979,10 @@ class SqliteCheckpointStore:
             _STARTED, (workflow_id, workflow_name, workflow_version, state, resumed, FENCE.get())
         )
 
-    def run_ended(
-        self,
-        workflow_id: str,
-        status: str,
-        state: str | None,
-        final_state: str | None,
-        error_type: str | None,
-        error: str | None,
-        clear_log: bool,
-    ) -> asyncio.Future[None]:
+    def run_ended(self, workflow_id: str, end: RunEnd, clear_log: bool) -> asyncio.Future[None]:
         """Records how the run ended; with ``clear_log`` moves its log into the history in
         the same transaction."""
-        RunStatus(status)  # refuses an unknown status here, not on the writer thread
-        fence = FENCE.get()
-        return self._submit(
-            _ENDED, (workflow_id, status, state, final_state, error_type, error, clear_log, fence)
-        )
+        return self._submit(_ENDED, (workflow_id, end, clear_log, FENCE.get()))
 
     def get_run(self, workflow_id: str) -> asyncio.Future[RunInfo | None]:
         """The run's record, or None."""

@@ -281,7 +281,7 @@ impl Run {
             CLEAR_LATER.import(py, "cano._journal", "clear_in_background").and_then(|f| match self
                 .background_clear_args(py, plan)
             {
-                Some((ended, a)) => f.call1((ended, id, a.0, a.1, a.2, a.3, a.4, a.5)),
+                Some((ended, (end, clear_log))) => f.call1((ended, id, end, clear_log)),
                 None => f.call1((store.clear.bind(py), id)),
             });
         if let Err(e) = started {

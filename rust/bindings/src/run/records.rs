@@ -22,6 +22,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
 static CANCELLED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static RUN_END: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Where the run is with its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,8 +116,16 @@ impl Run {
                 (if cancelled { "CANCELLED" } else { "FAILED" }, None, kind, text)
             }
         };
-        let args = (status, Some(state), final_state, error_type, error, clear_log);
-        Some((journal.workflow_id.bind(py).clone(), args))
+        let end = RUN_END.import(py, "cano.records", "RunEnd").and_then(|c| {
+            c.call_method1("_from_engine", (status, state, final_state, error_type, error))
+        });
+        match end {
+            Ok(end) => Some((journal.workflow_id.bind(py).clone(), (end, clear_log))),
+            Err(e) => {
+                e.write_unraisable(py, None);
+                None
+            }
+        }
     }
 
     /// The outcome is known: record it (when owed) before ending. Returns `Some` when a
@@ -136,11 +145,10 @@ impl Run {
             Ok(v) => Ok(v.clone_ref(py)),
             Err(e) => Err(e.value(py).clone().into_any().unbind()),
         };
-        let (id, a) = self.end_record(py, plan, kept.as_ref(), false)?;
+        let (id, (end, clear_log)) = self.end_record(py, plan, kept.as_ref(), false)?;
         let ended = plan.store.as_ref()?.registry.as_ref()?.1.bind(py).clone();
-        let started = ended
-            .call1((id, a.0, a.1, a.2, a.3, a.4, a.5))
-            .and_then(|aw| self.install(Phase::Recording, aw));
+        let started =
+            ended.call1((id, end, clear_log)).and_then(|aw| self.install(Phase::Recording, aw));
         match started {
             Ok(()) => {
                 self.outcome = Some(kept);
@@ -166,8 +174,8 @@ impl Run {
         }
         self.records = Records::Recorded;
         let ended = plan.store.as_ref()?.registry.as_ref()?.1.bind(py).clone();
-        let (id, a) = self.end_record(py, plan, outcome, true)?;
-        Some(ended.call1((id, a.0, a.1, a.2, a.3, a.4, a.5)))
+        let (id, (end, clear_log)) = self.end_record(py, plan, outcome, true)?;
+        Some(ended.call1((id, end, clear_log)))
     }
 
     /// The arguments `clear_in_background` needs to finish a success's record later.
@@ -189,12 +197,5 @@ impl Run {
 
 use Records::Recorded;
 
-/// `(status, state, final_state, error_type, error, clear_log)` of `run_ended`.
-pub(super) type RecordArgs<'py> = (
-    &'static str,
-    Option<Bound<'py, PyString>>,
-    Option<Bound<'py, PyString>>,
-    Option<String>,
-    Option<String>,
-    bool,
-);
+/// `(end, clear_log)` of `run_ended`: a `cano.records.RunEnd` and whether to clear the log.
+pub(super) type RecordArgs<'py> = (Bound<'py, PyAny>, bool);
