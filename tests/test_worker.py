@@ -238,3 +238,22 @@ async def test_a_run_enqueued_at_an_unknown_state_fails_once(store: Any) -> None
         info = await client.wait("lost", timeout=30)
     assert info.status is RunStatus.FAILED and info.error_type == "ConfigurationError"
     assert info.error is not None and "NOWHERE" in info.error
+
+
+async def test_a_run_a_worker_owns_cannot_be_resumed_by_hand(store: Any) -> None:
+    client = cano.Client(store)
+    started = asyncio.Event()
+
+    async def a(res: cano.Resources) -> S:
+        started.set()
+        await asyncio.sleep(60)
+        return S.B
+
+    await client.enqueue("orders", S.A, workflow_id="owned")
+    async with worker(store, orders(a)):
+        await started.wait()
+        by_hand = orders().with_checkpoint_store(store)
+        with pytest.raises(cano.CheckpointError, match="owned by worker"):
+            await by_hand.resume_from("owned")
+        await client.cancel("owned")
+        assert (await client.wait("owned", timeout=30)).status is RunStatus.CANCELLED

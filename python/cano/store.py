@@ -276,6 +276,19 @@ class InMemoryCheckpointStore:
         self._check_fence(workflow_id)
         now = time.time()
         record = self._records.get(workflow_id)
+        q = self._queued.get(workflow_id)
+        if (
+            FENCE.get() is None
+            and record is not None
+            and record.status is RunStatus.RUNNING
+            and record.owner is not None
+            and q is not None
+            and q.lease_until >= now
+        ):
+            raise CheckpointError(
+                f"run {workflow_id!r} is owned by worker {record.owner!r}, whose lease is "
+                "current: it cannot be started or resumed here"
+            )
         if record is None:
             self._records[workflow_id] = Record(
                 workflow_id, workflow_name, workflow_version, RunStatus.RUNNING, state, now, now

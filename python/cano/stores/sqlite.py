@@ -432,8 +432,8 @@ class _Engine:
                     elif op in _RECORD_OPS:
                         try:
                             outcomes.append((_RECORD_OPS[op](self, argument, now), None))
-                        except LeaseLostError as lost:
-                            outcomes.append((None, lost))
+                        except CheckpointError as refused:  # a lost lease, an owned run
+                            outcomes.append((None, refused))
                     elif op == _LOAD:
                         outcomes.append(self._load(argument))
                     elif op == _CLEAR:
@@ -499,6 +499,13 @@ class _Engine:
             if not updated:
                 raise self._lost(workflow_id)
             return
+        held = self.conn.execute(
+            "SELECT owner FROM cano_runs WHERE workflow_id = ? AND status = 'RUNNING' "
+            "AND owner IS NOT NULL AND lease_until >= ?",
+            (workflow_id, now),
+        ).fetchone()
+        if held is not None:
+            raise _owned_elsewhere(self.label, workflow_id, held[0])
         self.conn.execute(
             "INSERT INTO cano_runs (workflow_id, workflow_name, workflow_version, status, "
             "state, attempts, created_at, updated_at) VALUES (?, ?, ?, 'RUNNING', ?, 1, ?, ?) "
@@ -1133,6 +1140,13 @@ class SqliteCheckpointStore:
             f"SqliteCheckpointStore({self._engine.label!r}, "
             f"durability={self._engine.durability!r}{closed})"
         )
+
+
+def _owned_elsewhere(label: str, workflow_id: str, owner: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint store {_quoted(label)}: run {_quoted(workflow_id)} is owned by worker "
+        f"{_quoted(owner)}, whose lease is current: it cannot be started or resumed here"
+    )
 
 
 _RECORD_OPS: Final[dict[int, Callable[[_Engine, Any, float], Any]]] = {
