@@ -48,7 +48,7 @@ values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(value=values)
 def test_a_persisted_value_comes_back_exactly_or_is_refused(value: Any) -> None:
     try:
@@ -70,7 +70,7 @@ names = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(member_names=names)
 def test_any_state_enum_survives_a_crash_and_a_resume(member_names: list[str]) -> None:
     states = enum.Enum("States", member_names)  # type: ignore[misc]
