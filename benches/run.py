@@ -769,7 +769,9 @@ def setup_w9(n: int) -> Pair:
             await asyncio.gather(*(client.enqueue("Queued", first, workflow_id=i) for i in ids))
             unfinished = [cano.RunStatus.PENDING, cano.RunStatus.RUNNING]
             async with cano.Worker(
-                store, [wf], concurrency=W9_CONCURRENCY, poll_interval=0.05, lease=30
+                store,
+                [wf],
+                concurrency=W9_CONCURRENCY,  # default lease and poll_interval
             ):
                 while await client.list(status=unfinished, limit=1):
                     await asyncio.sleep(0.1)  # the end is read from the records below

@@ -301,9 +301,9 @@ class Worker:
 
     def _finished(self, workflow_id: str, _task: object) -> None:
         self._owned.pop(workflow_id, None)
-        # Claim again now once a quarter of the slots are free (claims then come in batches,
+        # Claim again now once an eighth of the slots are free (claims then come in batches,
         # one store commit for several runs); otherwise at the next poll.
-        if self._concurrency - len(self._owned) >= max(1, self._concurrency // 4):
+        if self._concurrency - len(self._owned) >= max(1, self._concurrency // 8):
             self._wake.set()
 
     async def _execute(self, claim: Claim, token: CancellationToken) -> None:

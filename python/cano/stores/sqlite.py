@@ -566,14 +566,21 @@ class _Engine:
         )
         self.conn.execute(_DELETE_RUN, (workflow_id,))
 
-    def _record_rows(self, where: str, params: tuple[Any, ...]) -> list[RunInfo]:
-        rows = self.conn.execute(
-            f"SELECT {_RECORD_COLUMNS}, "
+    def _record_rows(
+        self, where: str, params: tuple[Any, ...], *, live: bool = True
+    ) -> list[RunInfo]:
+        """Records matching ``where``; with ``live``, a running run's state is its log's last
+        row (without, the record's own column: enough for a run just enqueued)."""
+        last_row = (
             "(SELECT state FROM cano_checkpoints c WHERE c.workflow_id = r.workflow_id "
             " ORDER BY sequence DESC LIMIT 1), "
             "(SELECT at FROM cano_checkpoints c WHERE c.workflow_id = r.workflow_id "
             " ORDER BY sequence DESC LIMIT 1) "
-            f"FROM cano_runs r {where}",
+            if live
+            else "NULL, NULL "
+        )
+        rows = self.conn.execute(
+            f"SELECT {_RECORD_COLUMNS}, {last_row}FROM cano_runs r {where}",
             params,
         ).fetchall()
         infos = []
@@ -654,14 +661,19 @@ class _Engine:
 
     def _enqueue(self, args: tuple[Any, ...], now: float) -> RunInfo | None:
         workflow_id, name, initial, data, queue_name, not_before, priority = args
-        self.conn.execute(
+        inserted = self.conn.execute(
             "INSERT INTO cano_runs (workflow_id, workflow_name, workflow_version, status, "
             "state, input, queue, attempts, created_at, updated_at, initial, priority, "
             "not_before) VALUES (?, ?, 0, 'PENDING', ?, ?, ?, 0, ?, ?, ?, ?, ?) "
             "ON CONFLICT (workflow_id) DO NOTHING",
             (workflow_id, name, initial, data, queue_name, now, now, initial, priority, not_before),
-        )
-        return self._get(workflow_id, now)
+        ).rowcount
+        if inserted:  # the record is what was just written: no need to read it back
+            record = Record(workflow_id, name, 0, RunStatus.PENDING, initial, now, now, attempts=0)
+            record.input = None if data is None else orjson.loads(data)
+            record.queue = queue_name
+            return record.info()
+        return self._get(workflow_id, now)  # it existed: as it stands
 
     def _claim(self, args: tuple[Any, ...], now: float) -> list[Claim]:
         worker, names, queues, limit, lease = args
@@ -669,25 +681,28 @@ class _Engine:
             return []
         name_marks = ", ".join("?" for _ in names)
         queue_marks = ", ".join("?" for _ in queues)
-        columns = "workflow_id, workflow_name, initial, input, queue, lease_epoch, attempts"
+        columns = (
+            "workflow_id, workflow_name, initial, input, queue, lease_epoch, attempts, "
+            "EXISTS (SELECT 1 FROM cano_checkpoints c WHERE c.workflow_id = r.workflow_id)"
+        )
         wanted = f"workflow_name IN ({name_marks}) AND queue IN ({queue_marks})"
         # Two index lookups: due PENDING runs, and RUNNING runs whose lease expired.
         pending = self.conn.execute(
-            f"SELECT {columns}, priority, created_at FROM cano_runs WHERE status = 'PENDING' "
+            f"SELECT {columns}, priority, created_at FROM cano_runs r WHERE status = 'PENDING' "
             f"AND {wanted} AND (not_before IS NULL OR not_before <= ?) "
             "ORDER BY priority, created_at LIMIT ?",
             (*names, *queues, now, limit * 4 + 16),
         ).fetchall()
         orphaned = self.conn.execute(
-            f"SELECT {columns}, priority, created_at FROM cano_runs WHERE status = 'RUNNING' "
+            f"SELECT {columns}, priority, created_at FROM cano_runs r WHERE status = 'RUNNING' "
             f"AND lease_until < ? AND owner IS NOT NULL AND {wanted} LIMIT ?",
             (now, *names, *queues, limit * 4 + 16),
         ).fetchall()
-        candidates = [row[:7] for row in sorted(pending + orphaned, key=lambda r: (r[7], r[8]))]
+        candidates = [row[:8] for row in sorted(pending + orphaned, key=lambda r: (r[8], r[9]))]
         caps = dict(self.conn.execute("SELECT name, concurrency FROM cano_queues").fetchall())
         busy: dict[str, int] = {}
         claims: list[Claim] = []
-        for workflow_id, name, initial, data, queue_name, epoch, attempts in candidates:
+        for workflow_id, name, initial, data, queue_name, epoch, attempts, has_log in candidates:
             if len(claims) >= limit:
                 break
             cap = caps.get(queue_name)
@@ -701,14 +716,6 @@ class _Engine:
                 if busy[queue_name] >= cap:
                     continue
                 busy[queue_name] += 1
-            self.conn.execute(
-                "UPDATE cano_runs SET status = 'RUNNING', owner = ?, lease_until = ?, "
-                "lease_epoch = lease_epoch + 1, updated_at = ? WHERE workflow_id = ?",
-                (worker, now + lease, now, workflow_id),
-            )
-            has_log = self.conn.execute(
-                "SELECT 1 FROM cano_checkpoints WHERE workflow_id = ? LIMIT 1", (workflow_id,)
-            ).fetchone()
             claims.append(
                 Claim(
                     workflow_id=workflow_id,
@@ -716,37 +723,49 @@ class _Engine:
                     initial=initial,
                     input=None if data is None else orjson.loads(data),
                     epoch=epoch + 1,
-                    resume=has_log is not None,
+                    resume=bool(has_log),
                     attempt=attempts + 1,
                 )
+            )
+        if claims:  # one statement for the whole claim
+            self.conn.execute(
+                "UPDATE cano_runs SET status = 'RUNNING', owner = ?, lease_until = ?, "
+                "lease_epoch = lease_epoch + 1, updated_at = ? "
+                f"WHERE workflow_id IN ({', '.join('?' for _ in claims)})",
+                (worker, now + lease, now, *(c.workflow_id for c in claims)),
             )
         return claims
 
     def _renew(self, args: tuple[Any, ...], now: float) -> tuple[list[str], list[str]]:
-        """Extends the leases still held; returns (lost, cancel requested)."""
+        """Extends the leases still held, in one statement; returns (lost, cancel requested).
+        A run that just ended under its lease is neither."""
         worker, held, lease = args
+        if not held:
+            return [], []
+        pairs = ", ".join("(?, ?)" for _ in held)
+        flat = [v for pair in held for v in pair]
+        self.conn.execute(
+            "UPDATE cano_runs SET lease_until = ? WHERE owner = ? AND status = 'RUNNING' "
+            f"AND (workflow_id, lease_epoch) IN (VALUES {pairs})",
+            (now + lease, worker, *flat),
+        )
+        found = {
+            run_id: (epoch, status, owner, flag)
+            for run_id, epoch, status, owner, flag in self.conn.execute(
+                "SELECT workflow_id, lease_epoch, status, owner, cancel_requested FROM cano_runs "
+                f"WHERE workflow_id IN ({', '.join('?' for _ in held)})",
+                [run_id for run_id, _ in held],
+            )
+        }
         lost, cancelled = [], []
-        for workflow_id, epoch in held:
-            updated = self.conn.execute(
-                "UPDATE cano_runs SET lease_until = ? WHERE workflow_id = ? AND owner = ? "
-                "AND lease_epoch = ? AND status = 'RUNNING'",
-                (now + lease, workflow_id, worker, epoch),
-            ).rowcount
-            if not updated:
-                # Refused: lost, unless the run just ended under this very lease.
-                ended = self.conn.execute(
-                    "SELECT 1 FROM cano_runs WHERE workflow_id = ? AND status IN "
-                    "('COMPLETED', 'FAILED', 'CANCELLED') AND lease_epoch = ?",
-                    (workflow_id, epoch),
-                ).fetchone()
-                if ended is None:
-                    lost.append(workflow_id)
-                continue
-            flag = self.conn.execute(
-                "SELECT cancel_requested FROM cano_runs WHERE workflow_id = ?", (workflow_id,)
-            ).fetchone()
-            if flag and flag[0]:
-                cancelled.append(workflow_id)
+        for run_id, epoch in held:
+            current = found.get(run_id)
+            if current is None or current[0] != epoch:
+                lost.append(run_id)  # claimed again by someone (or deleted)
+            elif current[1] == "RUNNING" and current[2] != worker:
+                lost.append(run_id)
+            elif current[1] == "RUNNING" and current[3]:
+                cancelled.append(run_id)
         return lost, cancelled
 
     def _release(self, args: tuple[Any, ...], now: float) -> None:
