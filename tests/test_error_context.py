@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import cano
@@ -152,3 +153,16 @@ async def test_a_lost_lease_abandons_the_run_without_compensating_or_clearing() 
     assert undone == []  # the new owner carries the saga on
     assert store.cleared == []
     assert [r.sequence for r in await store.load_run("w")] == [0, 1, 2]
+
+
+async def test_a_resume_with_no_rows_names_the_file_it_looked_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative (or mistyped) path opens a new, empty store: the error says where it was.
+    monkeypatch.chdir(tmp_path)
+    with cano.RedbCheckpointStore("typo.redb") as store:
+        wf = cano.Workflow[S].bare().register(S.A, to_b).add_exit_state(S.B)
+        wf.with_checkpoint_store(store)
+        with pytest.raises(cano.CheckpointError) as info:
+            await wf.resume_from("order-7")
+    assert f"in 'typo.redb' ({tmp_path / 'typo.redb'})" in str(info.value)

@@ -252,7 +252,18 @@ impl Run {
         if path.is_none() {
             return None;
         }
-        Some(errors::quoted(&path.str().ok()?.to_string()))
+        let given = path.str().ok()?.to_string();
+        // A relative path is named with the directory it was looked up in, too.
+        let absolute = py
+            .import(intern!(py, "os.path"))
+            .and_then(|m| m.call_method1(intern!(py, "abspath"), (&given,)))
+            .and_then(|p| p.extract::<String>())
+            .ok()
+            .filter(|a| *a != given && given != ":memory:");
+        Some(match absolute {
+            Some(a) => format!("{} ({a})", errors::quoted(&given)),
+            None => errors::quoted(&given),
+        })
     }
 }
 
