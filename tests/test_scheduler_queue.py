@@ -39,10 +39,13 @@ async def test_two_schedulers_on_one_store_fire_each_tick_once(tmp_path: Path) -
         await asyncio.sleep(1.1)
         for r in running:
             await r.stop()
-        fired = sum(r.status("sync").run_count for r in running)  # type: ignore[union-attr]
+        fired = [r.status("sync").run_count for r in running]  # type: ignore[union-attr]
         infos = await client.list(limit=1000)
         ids = sorted(i.workflow_id for i in infos)
-        assert len(ids) >= 4 and fired == 2 * len(ids)  # both fired every tick...
+        # Both fired (nearly) every tick — the one stopped first may miss the last — and a
+        # tick fired by both is still one run.
+        assert len(ids) >= 4 and sum(fired) > len(ids)
+        assert all(len(ids) - 1 <= f <= len(ids) for f in fired)
         for run_id in ids:  # ...on the epoch-aligned grid, named by the fire time
             flow_id, _, when = run_id.partition(":")
             assert flow_id == "sync"
