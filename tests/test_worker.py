@@ -129,8 +129,12 @@ async def test_a_queue_cap_holds_across_workers(store: Any) -> None:
         await client.enqueue("orders", S.A, workflow_id=f"q{i}")
     wf = orders(a)
     async with worker(store, wf, concurrency=4), worker(store, wf, concurrency=4):
-        await asyncio.sleep(0.3)
-        assert running == 2  # four slots free, but the queue allows two
+        for _ in range(1000):  # until the workers have claimed what the cap allows
+            if running == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # several more polls of both workers
+        assert running == 2  # four slots free in each, but the queue allows two
         gate.set()
         for i in range(6):
             await client.wait(f"q{i}", timeout=30)
