@@ -57,7 +57,7 @@ def test_a_persisted_value_comes_back_exactly_or_is_refused(value: Any) -> None:
         assert "task 't'" in str(err)
         return
     back = _codec.decode(blob, None, task="t", what="cursor")
-    assert _codec._same(value, back), (value, back)
+    assert _codec.same(value, back), (value, back)
 
 
 names = st.lists(

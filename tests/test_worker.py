@@ -46,6 +46,17 @@ def orders(a: Any = None, b: Any = None, *, name: str = "orders") -> cano.Workfl
     )
 
 
+def parked(started: asyncio.Event) -> Any:
+    """A task that says it started, then waits until it is cancelled."""
+
+    async def a(res: cano.Resources) -> S:
+        started.set()
+        await asyncio.sleep(60)
+        return S.B
+
+    return a
+
+
 def worker(store: Any, *workflows: cano.Workflow[S], **options: Any) -> cano.Worker:
     options.setdefault("poll_interval", 0.02)
     options.setdefault("lease", 5)
@@ -145,11 +156,7 @@ async def test_a_queue_cap_holds_across_workers(store: Any) -> None:
 async def test_cancel_a_pending_run_and_a_running_one(store: Any) -> None:
     client = cano.Client(store)
     started = asyncio.Event()
-
-    async def a(res: cano.Resources) -> S:
-        started.set()
-        await asyncio.sleep(60)
-        return S.B
+    a = parked(started)
 
     await client.enqueue("orders", S.A, workflow_id="never", at=datetime.now(UTC) + timedelta(1))
     info = await client.cancel("never")
@@ -229,6 +236,13 @@ async def test_bad_arguments_are_refused(store: Any, tmp_path: Path) -> None:
             cano.Worker(store, [orders().with_checkpoint_store(redb)])
     with pytest.raises(cano.ConfigurationError, match="input"):
         await client.enqueue("orders", S.A, input={1, 2})
+
+    class Size(enum.IntEnum):
+        BIG = 1
+
+    # Equal to 1, but it would come back an int: refused like a lossy cursor.
+    with pytest.raises(cano.ConfigurationError, match="would not come back unchanged"):
+        await client.enqueue("orders", S.A, input={"size": Size.BIG})
     with pytest.raises(cano.ConfigurationError, match="at"):
         await client.enqueue("orders", S.A, at=datetime.now())
     with pytest.raises(cano.ConfigurationError, match="concurrency"):
@@ -247,11 +261,7 @@ async def test_a_run_enqueued_at_an_unknown_state_fails_once(store: Any) -> None
 async def test_a_run_a_worker_owns_cannot_be_resumed_by_hand(store: Any) -> None:
     client = cano.Client(store)
     started = asyncio.Event()
-
-    async def a(res: cano.Resources) -> S:
-        started.set()
-        await asyncio.sleep(60)
-        return S.B
+    a = parked(started)
 
     await client.enqueue("orders", S.A, workflow_id="owned")
     async with worker(store, orders(a)):

@@ -25,7 +25,7 @@ import orjson
 
 from cano.errors import CheckpointError
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "same"]
 
 
 def _default(value: Any) -> Any:
@@ -35,16 +35,16 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__qualname__}")
 
 
-def _same(a: object, b: object) -> bool:
+def same(a: object, b: object) -> bool:
     """Equal, and of the same types all the way down (``1 != 1.0``, ``(1,) != [1]``)."""
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
         assert isinstance(b, dict)
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list):
         assert isinstance(b, list)
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     try:
         return bool(a == b)
     except Exception:
@@ -64,10 +64,10 @@ def encode(value: object, type_: type[Any] | None = None, *, task: str, what: st
     back = decode(blob, type_, task=task, what=what)
     if type_ is not None and type(back) is type(value) and type(value).__eq__ is object.__eq__:
         # No equality of its own: compare what it writes.
-        same = orjson.dumps(back, default=_default) == blob
+        unchanged = orjson.dumps(back, default=_default) == blob
     else:
-        same = _same(value, back)
-    if not same:
+        unchanged = same(value, back)
+    if not unchanged:
         hint = (
             f"set {'output_type' if 'output' in what else 'cursor_type'} to a pydantic model or "
             "a type that rebuilds it exactly"

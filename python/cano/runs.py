@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from cano._codec import same
 from cano._registration import state_label
 from cano._values import Duration, count, seconds
 from cano.errors import ConfigurationError, WorkflowError
@@ -268,7 +269,7 @@ def _json(value: object) -> bytes:
         blob = orjson.dumps(value)
     except TypeError as err:
         raise ConfigurationError(f"enqueue(input): not JSON-serialisable: {err}") from None
-    if orjson.loads(blob) != value:
+    if not same(value, orjson.loads(blob)):  # the exactness rule of persisted cursors
         raise ConfigurationError(
             f"enqueue(input): {value!r:.80} would not come back unchanged from JSON; "
             "use plain JSON values (dict, list, str, int, float, bool, None)"

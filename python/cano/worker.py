@@ -35,7 +35,6 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from cano._core import CancellationHandle, CancellationToken
-from cano._registration import state_label
 from cano._values import Duration, count, seconds
 from cano.errors import CanoError, ConfigurationError, LeaseLostError
 from cano.records import FENCE, Claim, RunEnd, RunStatus
@@ -168,7 +167,10 @@ class Worker:
         self._lease = seconds(lease, "Worker(lease)")
         self._poll = seconds(poll_interval, "Worker(poll_interval)")
         if self._lease <= 0 or self._poll <= 0:
-            raise ConfigurationError("Worker: lease and poll_interval must be positive")
+            raise ConfigurationError(
+                f"Worker: lease and poll_interval must be positive, got lease={self._lease:g}, "
+                f"poll_interval={self._poll:g}"
+            )
         if self._poll * 2 > self._lease:
             raise ConfigurationError(
                 f"Worker: poll_interval ({self._poll:g} s) must be at most half the lease "
@@ -341,7 +343,7 @@ class Worker:
             _log.warning("run %s raised %r", claim.workflow_id, err, extra=extra)
 
     def _initial(self, wf: Workflow[Any], claim: Claim) -> Any:
-        by_label = {state_label(s): s for s in (*wf.registered_states, *wf.exit_states)}
+        by_label = wf._labels  # label -> state, kept by the workflow as states are claimed
         if claim.initial not in by_label:
             raise ConfigurationError(
                 f"run {claim.workflow_id!r}: initial state {claim.initial!r} is not a state of "

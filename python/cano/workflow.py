@@ -51,15 +51,7 @@ __all__ = ["Workflow", "state_label"]
 
 
 def _workflow_id(value: object, what: str) -> str:
-    """A run id given by a user: a non-empty str without NUL characters."""
-    if not isinstance(value, str) or not value or "\x00" in value:
-        raise ConfigurationError(
-            f"{what}: expected a non-empty str without NUL characters, got {value!r:.80}"
-        )
-    return value
-
-
-def _workflow_name(value: object, what: str) -> str:
+    """A run id or a workflow name given by a user: a non-empty str without NUL."""
     if not isinstance(value, str) or not value or "\x00" in value:
         raise ConfigurationError(
             f"{what}: expected a non-empty str without NUL characters, got {value!r:.80}"
@@ -95,7 +87,7 @@ class Workflow(Generic[S]):
                 f"Workflow(resources): expected a cano.Resources or None, got {resources!r:.80}"
             )
         self._resources: Resources[Any] = resources if resources is not None else Resources()
-        self._name: str | None = None if name is None else _workflow_name(name, "Workflow(name)")
+        self._name: str | None = None if name is None else _workflow_id(name, "Workflow(name)")
         self._entries: dict[Any, _Entry] = {}
         self._exits: list[Any] = []
         self._labels: dict[str, Any] = {}
@@ -269,7 +261,7 @@ class Workflow(Generic[S]):
 
     def with_name(self, name: str) -> Self:
         """The name run records (and workers) know this workflow by."""
-        self._name = _workflow_name(name, "with_name(name)")
+        self._name = _workflow_id(name, "with_name(name)")
         return self._changed()
 
     @property
