@@ -12,11 +12,14 @@ from cano.store import InMemoryCheckpointStore, RedbCheckpointStore
 from stores import DictStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redb"])
 async def record_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     """Each store that keeps run records and serves workers."""
     if request.param == "memory":
         yield InMemoryCheckpointStore()
+    elif request.param == "redb":
+        async with RedbCheckpointStore(tmp_path / "records.redb") as redb:
+            yield redb
     else:
         async with cano.SqliteCheckpointStore(tmp_path / "records.db") as sqlite:
             yield sqlite

@@ -16,6 +16,7 @@ from typing import Any
 import cano
 import pytest
 from cano.cli import main
+from cano.store import CheckpointRow, RowKind
 
 
 class Step(enum.Enum):
@@ -68,10 +69,10 @@ def test_runs_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     store = tmp_path / "s.redb"
     _failing_log(store)
     assert main(["runs", "list", "--store", str(store), "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert listed == [
-        {"workflow_id": "run-7", "rows": 2, "last_state": "PARSE", "last_sequence": 1}
-    ]
+    [listed] = json.loads(capsys.readouterr().out)
+    expected = {"workflow_id": "run-7", "rows": 2, "last_state": "PARSE", "last_sequence": 1}
+    assert {k: listed[k] for k in expected} == expected
+    assert (listed["status"], listed["state"], listed["attempts"]) == ("FAILED", "PARSE", 1)
     assert main(["runs", "show", "run-7", "--store", str(store), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["sequence"], r["state"], r["kind"]) for r in rows] == [
@@ -286,7 +287,8 @@ def test_a_missing_relative_store_is_named_with_its_absolute_path(
 
 
 def _records_store(path: Path) -> None:
-    """A SQLite store with one completed, one failed and one pending run."""
+    """A store (SQLite, or redb by its suffix) with one completed, one failed and one
+    pending run."""
 
     class Flow(enum.Enum):
         A = 1
@@ -299,7 +301,12 @@ def _records_store(path: Path) -> None:
         raise ValueError("no stock")
 
     async def fill() -> None:
-        async with cano.SqliteCheckpointStore(path) as store:
+        opened: Any = (
+            cano.RedbCheckpointStore(path)
+            if path.suffix == ".redb"
+            else cano.SqliteCheckpointStore(path)
+        )
+        async with opened as store:
             base = cano.Workflow[Flow](cano.Resources.empty(), name="shop")
             good = base.register(Flow.A, ok).add_exit_state(Flow.B).with_checkpoint_store(store)
             await good.orchestrate(Flow.A, workflow_id="good")
@@ -316,10 +323,14 @@ def _records_store(path: Path) -> None:
     asyncio.run(fill())
 
 
+@pytest.mark.parametrize("suffix", [".db", ".redb"])
 def test_runs_get_steps_list_cancel_prune_on_records(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    suffix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = tmp_path / "records.db"
+    path = tmp_path / f"records{suffix}"
     _records_store(path)
     monkeypatch.setenv("CANO_STORE", str(path))  # --store defaults to it
     assert main(["runs", "list", "--json"]) == 0
@@ -354,13 +365,25 @@ def test_runs_get_steps_list_cancel_prune_on_records(
     assert main(["runs", "prune", "--older-than", "soon"]) == 2
 
 
-def test_record_commands_on_a_redb_store_say_what_works(
+def test_a_redb_log_without_a_record_is_still_listed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "logs.redb"
-    _failing_log(path)
-    assert main(["runs", "get", "run-7", "--store", str(path)]) == 1
-    assert "keeps no run records" in capsys.readouterr().err
+    path = tmp_path / "old.redb"
+
+    async def old_log() -> None:  # rows appended directly, as an earlier cano left them
+        async with cano.RedbCheckpointStore(path) as store:
+            row = CheckpointRow("old-1", 0, "FETCH", "t", RowKind.STATE_ENTRY, None, 0)
+            await store.append(row)
+
+    asyncio.run(old_log())
+    assert main(["runs", "list", "--store", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"workflow_id": "old-1", "rows": 1, "last_state": "FETCH", "last_sequence": 0}
+    ]
+    assert main(["runs", "list", "--store", str(path)]) == 0
+    assert "old-1" in capsys.readouterr().out
+    assert main(["runs", "get", "old-1", "--store", str(path)]) == 1
+    assert "no run 'old-1'" in capsys.readouterr().err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -265,12 +265,7 @@ async def test_a_saga_that_rolled_back_is_failed_with_its_log_cleared(store: Any
     assert steps[1].output == 42
 
 
-def test_stores_without_records_are_refused_by_the_client(tmp_path: Path) -> None:
-    with (
-        cano.RedbCheckpointStore(tmp_path / "r.redb") as redb,
-        pytest.raises(cano.ConfigurationError, match="RedbCheckpointStore keeps no run"),
-    ):
-        cano.Client(redb)
+def test_stores_without_records_are_refused_by_the_client() -> None:
     with pytest.raises(cano.ConfigurationError, match="DictStore keeps no run records"):
         cano.Client(DictStore())
 

@@ -1,8 +1,8 @@
 """``cano runs …`` and ``cano worker``: what a store knows about its runs, and serving them.
 
 A store is a redb or SQLite file, a ``sqlite:///ABSOLUTE/PATH`` URL, or ``$CANO_STORE``.
-Stores that keep run records (SQLite) answer with records — status, error, times — and step
-timelines; a redb store lists the runs that have a checkpoint log.
+Both keep run records and answer with them — status, error, times — and step timelines; a
+log without a record (written by an earlier cano) is listed with its rows only.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import time
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from cano._cli_common import Failure, UsageError, load_target, table
 from cano._demo import describe_output
 from cano.errors import CheckpointError
 from cano.records import RunInfo, RunStatus, StepInfo
-from cano.runs import Client, RunRegistry
+from cano.runs import Client
 from cano.store import CheckpointRow, RedbCheckpointStore
 from cano.stores import SqliteCheckpointStore
 from cano.worker import Worker
@@ -212,22 +212,14 @@ async def runs(args: argparse.Namespace) -> int:
     """``cano runs ACTION``."""
     writes = args.action in ("clear", "cancel", "prune")
     with _open_store(args.store, write=writes) as store:
-        records = isinstance(store, RunRegistry)
         if args.action == "list":
-            return await (_list_records(store, args) if records else _list_logs(store, args))
-        if args.action in ("get", "steps", "cancel", "prune") and not records:
-            raise Failure(
-                f"{args.store} is a redb store, which keeps no run records yet: `runs list`, "
-                "`runs show` and `runs clear` work on it; records need SQLite"
-            )
-        client = Client(store) if records else None
+            return await _list_records(store, args)
+        client = Client(store)
         if args.action == "prune":
-            assert client is not None
             gone = await client.prune(older_than=_age(args.older_than, "--older-than"))
             print(f"pruned {gone} runs that ended more than {args.older_than} ago")
             return 0
         if args.action == "get":
-            assert client is not None
             info = await client.get(args.workflow_id)
             if info is None:
                 raise Failure(f"no run {args.workflow_id!r} in {args.store}")
@@ -239,7 +231,6 @@ async def runs(args: argparse.Namespace) -> int:
                     print(f"{key + ':':<18}{'' if shown is None else shown}")
             return 0
         if args.action == "steps":
-            assert client is not None
             steps = await client.steps(args.workflow_id)
             if not steps and await client.get(args.workflow_id) is None:
                 raise Failure(f"no run {args.workflow_id!r} in {args.store}")
@@ -252,19 +243,17 @@ async def runs(args: argparse.Namespace) -> int:
                 )
             return 0
         if args.action == "cancel":
-            assert client is not None
             info = await client.cancel(args.workflow_id)
             verb = "cancelled" if info.status is RunStatus.CANCELLED else "asked to stop"
             print(f"{args.workflow_id!r} {verb} (status {info.status.name})")
             return 0
         rows = await store.load_run(args.workflow_id)
         if args.action == "clear":
-            known = client is not None and await client.get(args.workflow_id) is not None
+            known = await client.get(args.workflow_id) is not None
             if not rows and not known:
                 raise Failure(f"no run {args.workflow_id!r} in {args.store}")
             await store.clear(args.workflow_id)
-            if client is not None:
-                await cast(RunRegistry, store).delete_run(args.workflow_id)
+            await store.delete_run(args.workflow_id)
             print(
                 f"cleared {len(rows)} rows of {args.workflow_id!r}"
                 + (" and its record" if known else "")
@@ -281,28 +270,6 @@ async def runs(args: argparse.Namespace) -> int:
         return 0
 
 
-async def _list_logs(store: Any, args: argparse.Namespace) -> int:
-    if args.status or args.name or args.since:
-        raise Failure(
-            f"{args.store} is a redb store, which keeps no run records yet: --status, --name "
-            "and --since need SQLite"
-        )
-    summaries = (await store.runs_summary())[: args.limit]
-    if args.json:
-        print(json.dumps(list(summaries)))
-    elif not summaries:
-        print(f"no runs in {args.store}")
-    else:
-        table(
-            ["WORKFLOW ID", "ROWS", "LAST STATE", "LAST SEQ"],
-            [
-                [s["workflow_id"], str(s["rows"]), s["last_state"], str(s["last_sequence"])]
-                for s in summaries
-            ],
-        )
-    return 0
-
-
 async def _list_records(store: Any, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"cano runs list: --limit must be at least 1, got {args.limit}")
@@ -313,9 +280,15 @@ async def _list_records(store: Any, args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     logs = {s["workflow_id"]: s for s in await store.runs_summary()}
+    # Logs without a record (written by an earlier cano): their rows are all there is.
+    unrecorded = []
+    if not (args.status or args.name or args.since) and len(infos) < args.limit:
+        recorded = {i.workflow_id for i in infos}  # every record, with no filter
+        unrecorded = [s for run_id, s in logs.items() if run_id not in recorded]
+        unrecorded = unrecorded[: args.limit - len(infos)]
     if args.json:
-        print(json.dumps([_info_json(i, logs.get(i.workflow_id)) for i in infos]))
-    elif not infos:
+        print(json.dumps([_info_json(i, logs.get(i.workflow_id)) for i in infos] + unrecorded))
+    elif not infos and not unrecorded:
         print(f"no runs in {args.store}")
     else:
         table(
@@ -331,7 +304,8 @@ async def _list_records(store: Any, args: argparse.Namespace) -> int:
                     _short(i.error or "", 60),
                 ]
                 for i in infos
-            ],
+            ]
+            + [[s["workflow_id"], "", "-", s["last_state"], "", "", ""] for s in unrecorded],
         )
     return 0
 

@@ -32,10 +32,10 @@ from typing import Protocol, TypedDict, runtime_checkable
 
 import orjson
 
-from cano._core import RedbCheckpointStore
-from cano.errors import CheckpointError, LeaseLostError
+from cano._leases import LeaseBook, Queued
+from cano._redb import RedbCheckpointStore
+from cano.errors import CheckpointError
 from cano.records import (
-    FENCE,
     Claim,
     Record,
     RunEnd,
@@ -222,21 +222,20 @@ class InMemoryCheckpointStore:
         wf.with_checkpoint_store(store)
     """
 
-    __slots__ = ("_caps", "_history", "_queued", "_records", "_runs", "_times")
+    __slots__ = ("_history", "_leases", "_records", "_runs", "_times")
 
     def __init__(self) -> None:
         self._runs: dict[str, dict[int, CheckpointRow]] = {}
         self._times: dict[tuple[str, int], float] = {}
         self._records: dict[str, Record] = {}
         self._history: dict[str, list[tuple[CheckpointRow, float | None]]] = {}
-        self._queued: dict[str, _Queued] = {}
-        self._caps: dict[str, int] = {}
+        self._leases = LeaseBook(self._records)
 
     async def append(self, row: CheckpointRow) -> None:
         """Store ``row``; a row already at ``(workflow_id, sequence)`` raises CheckpointError,
         and so does a row the other built-in stores would refuse (see :func:`row_fields`)."""
         workflow_id, sequence, state, task_id, kind, output, version = row_fields(row)
-        self._check_fence(workflow_id)
+        self._leases.check_fence(workflow_id)
         rows = self._runs.setdefault(workflow_id, {})
         if sequence in rows:
             raise CheckpointError(conflict_message(workflow_id, sequence))
@@ -273,22 +272,10 @@ class InMemoryCheckpointStore:
         resumed: bool,
     ) -> None:
         """Records that the run starts (RUNNING), or starts again after a resume."""
-        self._check_fence(workflow_id)
+        self._leases.check_fence(workflow_id)
         now = time.time()
+        self._leases.check_start(workflow_id, now)
         record = self._records.get(workflow_id)
-        q = self._queued.get(workflow_id)
-        if (
-            FENCE.get() is None
-            and record is not None
-            and record.status is RunStatus.RUNNING
-            and record.owner is not None
-            and q is not None
-            and q.lease_until >= now
-        ):
-            raise CheckpointError(
-                f"run {workflow_id!r} is owned by worker {record.owner!r}, whose lease is "
-                "current: it cannot be started or resumed here"
-            )
         if record is None:
             self._records[workflow_id] = Record(
                 workflow_id, workflow_name, workflow_version, RunStatus.RUNNING, state, now, now
@@ -298,7 +285,7 @@ class InMemoryCheckpointStore:
 
     async def run_ended(self, workflow_id: str, end: RunEnd, clear_log: bool) -> None:
         """Records how the run ended; with ``clear_log`` moves its log into the history."""
-        self._check_fence(workflow_id)
+        self._leases.check_fence(workflow_id)
         now = time.time()
         record = self._records.get(workflow_id)
         if record is None:
@@ -306,7 +293,7 @@ class InMemoryCheckpointStore:
             self._records[workflow_id] = record
         record.ended(end, now)
         record.owner = None
-        self._queued.pop(workflow_id, None)
+        self._leases.queued.pop(workflow_id, None)
         if clear_log:
             self._history.setdefault(workflow_id, []).extend(self._drop_log(workflow_id))
 
@@ -344,7 +331,7 @@ class InMemoryCheckpointStore:
         """Forgets the run: its record, its history and its log."""
         self._records.pop(workflow_id, None)
         self._history.pop(workflow_id, None)
-        self._queued.pop(workflow_id, None)
+        self._leases.queued.pop(workflow_id, None)
         self._drop_log(workflow_id)
 
     async def prune_runs(self, finished_before: float, statuses: frozenset[RunStatus]) -> int:
@@ -382,7 +369,7 @@ class InMemoryCheckpointStore:
             record.input = None if input is None else orjson.loads(input)
             record.queue = queue
             self._records[workflow_id] = record
-            self._queued[workflow_id] = _Queued(initial, priority, not_before)
+            self._leases.queued[workflow_id] = Queued(initial, priority, not_before)
         return await self.get_run(workflow_id)
 
     async def claim_runs(
@@ -394,119 +381,38 @@ class InMemoryCheckpointStore:
         lease: float,
     ) -> list[Claim]:
         """Claims up to ``limit`` due PENDING runs and RUNNING runs whose lease expired."""
-        now = time.time()
-        candidates = []
-        for workflow_id, q in self._queued.items():
-            record = self._records[workflow_id]
-            if record.workflow_name not in workflow_names or record.queue not in queues:
-                continue
-            due = record.status is RunStatus.PENDING and (
-                q.not_before is None or q.not_before <= now
+        chosen = self._leases.claim(worker_id, workflow_names, queues, limit, lease, time.time())
+        return [
+            Claim(
+                workflow_id=record.workflow_id,
+                workflow_name=record.workflow_name or "",
+                initial=q.initial,
+                input=record.input,
+                epoch=q.epoch,
+                resume=bool(self._runs.get(record.workflow_id)),
+                attempt=record.attempts + 1,
             )
-            orphaned = (
-                record.status is RunStatus.RUNNING
-                and record.owner is not None
-                and q.lease_until < now
-            )
-            if due or orphaned:
-                candidates.append((q.priority, record.created_at, workflow_id))
-        candidates.sort()
-        busy: dict[str, int] = {}
-        claims: list[Claim] = []
-        for _, _, workflow_id in candidates:
-            if len(claims) >= limit:
-                break
-            record, q = self._records[workflow_id], self._queued[workflow_id]
-            queue_name = record.queue or "default"
-            cap = self._caps.get(queue_name)
-            if cap is not None:
-                if queue_name not in busy:
-                    busy[queue_name] = sum(
-                        1
-                        for other, oq in self._queued.items()
-                        if self._records[other].queue == queue_name
-                        and self._records[other].status is RunStatus.RUNNING
-                        and oq.lease_until >= now
-                    )
-                if busy[queue_name] >= cap:
-                    continue
-                busy[queue_name] += 1
-            record.status, record.owner, record.updated_at = RunStatus.RUNNING, worker_id, now
-            q.lease_until, q.epoch = now + lease, q.epoch + 1
-            claims.append(
-                Claim(
-                    workflow_id=workflow_id,
-                    workflow_name=record.workflow_name or "",
-                    initial=q.initial,
-                    input=record.input,
-                    epoch=q.epoch,
-                    resume=bool(self._runs.get(workflow_id)),
-                    attempt=record.attempts + 1,
-                )
-            )
-        return claims
+            for record, q, _ in chosen
+        ]
 
     async def renew_leases(
         self, worker_id: str, held: list[tuple[str, int]], lease: float
     ) -> tuple[list[str], list[str]]:
         """Extends the leases of ``held`` (id, epoch); returns (lost, cancel requested)."""
-        now = time.time()
-        lost, cancelled = [], []
-        for workflow_id, epoch in held:
-            q = self._queued.get(workflow_id)
-            record = self._records.get(workflow_id)
-            if record is not None and record.status.terminal:
-                continue  # it just ended: nothing to renew, nothing lost
-            if q is None or record is None or not self._owns(workflow_id, (worker_id, epoch)):
-                lost.append(workflow_id)
-                continue
-            q.lease_until = now + lease
-            if q.cancel_requested:
-                cancelled.append(workflow_id)
-        return lost, cancelled
+        return self._leases.renew(worker_id, held, lease, time.time())
 
     async def release_leases(self, worker_id: str, held: list[tuple[str, int]]) -> None:
         """Ends the leases of ``held`` now, so that another worker may take the runs over."""
-        for workflow_id, epoch in held:
-            if self._owns(workflow_id, (worker_id, epoch)):
-                self._queued[workflow_id].lease_until = time.time() - 1
+        self._leases.release(worker_id, held, time.time())
 
     async def cancel_run(self, workflow_id: str) -> RunInfo | None:
         """PENDING/WAITING → CANCELLED now; RUNNING → cancellation requested of its owner."""
-        record = self._records.get(workflow_id)
-        if record is not None and record.status in (RunStatus.PENDING, RunStatus.WAITING):
-            record.ended(_CANCELLED_BEFORE_START, time.time())
-            self._queued.pop(workflow_id, None)
-        elif record is not None and record.status is RunStatus.RUNNING:
-            q = self._queued.get(workflow_id)
-            if q is not None:
-                q.cancel_requested = True
+        self._leases.cancel(workflow_id, time.time())
         return await self.get_run(workflow_id)
 
     async def set_queue_cap(self, name: str, concurrency: int | None) -> None:
         """Caps the runs of queue ``name`` RUNNING at once (None: no cap)."""
-        if concurrency is None:
-            self._caps.pop(name, None)
-        else:
-            self._caps[name] = concurrency
-
-    def _owns(self, workflow_id: str, fence: tuple[str, int]) -> bool:
-        record, q = self._records.get(workflow_id), self._queued.get(workflow_id)
-        return (
-            record is not None
-            and q is not None
-            and record.status is RunStatus.RUNNING
-            and record.owner == fence[0]
-            and q.epoch == fence[1]
-        )
-
-    def _check_fence(self, workflow_id: str) -> None:
-        fence = FENCE.get()
-        if fence is not None and not self._owns(workflow_id, fence):
-            raise LeaseLostError(
-                f"the lease on run {workflow_id!r} is no longer this worker's (another worker "
-                "took the run over)"
-            )
+        self._leases.set_cap(name, concurrency)
 
     def _last_row(self, workflow_id: str) -> tuple[str, float] | None:
         rows = self._runs.get(workflow_id)
@@ -521,20 +427,3 @@ class InMemoryCheckpointStore:
 
     def __repr__(self) -> str:
         return f"InMemoryCheckpointStore(runs={len(self._runs)}, rows={len(self)})"
-
-
-@dataclass(slots=True)
-class _Queued:
-    """The queue side of a run of the in-memory store: how to start it and its lease."""
-
-    initial: str | None
-    priority: int
-    not_before: float | None
-    lease_until: float = 0.0
-    epoch: int = 0
-    cancel_requested: bool = False
-
-
-_CANCELLED_BEFORE_START = RunEnd(
-    RunStatus.CANCELLED, None, None, "WorkflowCancelledError", "cancelled before it started"
-)

@@ -169,6 +169,18 @@ pub fn is_lease_lost_value(py: Python<'_>, value: &Bound<'_, PyAny>) -> bool {
         .is_ok_and(|c| value.is_instance(c).unwrap_or(false))
 }
 
+/// A `cano.errors.LeaseLostError`: a write of a run whose lease went to another worker.
+pub fn lease_lost(py: Python<'_>, workflow_id: &str) -> PyErr {
+    let message = format!(
+        "the lease on run {} is no longer this worker's (another worker took the run over)",
+        quoted(workflow_id)
+    );
+    match LEASE_LOST.import(py, "cano.errors", "LeaseLostError").and_then(|c| c.call1((message,))) {
+        Ok(value) => PyErr::from_value(value),
+        Err(e) => e,
+    }
+}
+
 /// A `ConfigurationError` with no run context.
 pub fn configuration(py: Python<'_>, message: String) -> PyErr {
     EngineError::Configuration.into_py(py, message, Context::none(), None)

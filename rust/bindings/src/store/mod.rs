@@ -33,12 +33,12 @@ mod wake;
 use std::sync::Arc;
 
 use cano_core::checkpoint::{
-    codec, Completion, Durability, Entry, OpenOptions, RedbStore, Row, StoreError,
+    codec, Completion, Durability, Entry, Namespace, OpenOptions, RedbStore, Row, StoreError,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::errors;
 use rows::{checkpoint_error, row_kind, store_path};
@@ -49,6 +49,22 @@ pub(crate) static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ATEXIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ROW_FIELDS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static CHECK_WORKFLOW_ID: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FENCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `cano.records.FENCE` in the current context: the `(owner, epoch)` of the lease a Worker
+/// runs the current task under, if any.
+fn current_fence(py: Python<'_>) -> PyResult<Option<(String, u64)>> {
+    FENCE.import(py, "cano.records", "FENCE")?.call_method0(intern!(py, "get"))?.extract()
+}
+
+/// A namespace of the store's own values, by the name the Python side uses.
+fn namespace(py: Python<'_>, name: &str) -> PyResult<Namespace> {
+    match name {
+        "record" => Ok(Namespace::Record),
+        "queue" => Ok(Namespace::Queue),
+        other => Err(errors::configuration(py, format!("unknown store namespace {other:?}"))),
+    }
+}
 
 /// A workflow id given to a store method, checked by `cano.store.check_workflow_id`.
 fn checked_id(value: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
@@ -73,7 +89,7 @@ fn checked_id(value: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
 /// The file is opened, and locked, at construction: a second store on the same file, in
 /// this process or another, raises `CheckpointError`. Copy or move the file only while no
 /// store has it open (a closed store leaves no log behind).
-#[pyclass(frozen, module = "cano._core", name = "RedbCheckpointStore")]
+#[pyclass(frozen, subclass, module = "cano._core", name = "RedbCheckpointStore")]
 pub struct RedbCheckpointStore {
     store: Arc<RedbStore>,
     shared: Arc<Shared>,
@@ -92,6 +108,9 @@ pub struct RunLog {
     channel: u64,
     event_loop: Py<PyAny>,
     workflow_id: String,
+    /// The lease the run is held under (`cano.records.FENCE` when the run's log was
+    /// resolved): every append checks it still holds.
+    fence: Option<(String, u64)>,
 }
 
 crate::gc_traverse!(RunLog { event_loop });
@@ -110,7 +129,12 @@ impl RunLog {
         output: Option<&[u8]>,
         version: u32,
     ) -> PyResult<Bound<'py, Waiter>> {
-        let mut envelope = Vec::with_capacity(16 + state.len() + task_id.len());
+        if let Some((owner, epoch)) = &self.fence {
+            if !self.store.fence_holds(&self.workflow_id, owner, *epoch) {
+                return Err(errors::lease_lost(py, &self.workflow_id));
+            }
+        }
+        let mut envelope = Vec::with_capacity(24 + state.len() + task_id.len());
         codec::encode_fields(
             &self.workflow_id,
             sequence,
@@ -119,6 +143,7 @@ impl RunLog {
             state,
             task_id,
             output,
+            codec::now_micros(),
             &mut envelope,
         );
         let entry = Entry { workflow_id: self.workflow_id.clone(), sequence, envelope };
@@ -155,7 +180,19 @@ impl RedbCheckpointStore {
             channel,
             event_loop: event_loop.unbind(),
             workflow_id: workflow_id.to_owned(),
+            fence: current_fence(py)?,
         })
+    }
+
+    /// Refuses a write of `workflow_id` made under a lease (`cano.records.FENCE`) that is no
+    /// longer current.
+    fn check_fence(&self, py: Python<'_>, workflow_id: &str) -> PyResult<()> {
+        match current_fence(py)? {
+            Some((owner, epoch)) if !self.store.fence_holds(workflow_id, &owner, epoch) => {
+                Err(errors::lease_lost(py, workflow_id))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A future of the running loop, and the completion that will resolve it.
@@ -320,6 +357,7 @@ impl RedbCheckpointStore {
             u32,
         ) = fields.extract()?;
         let kind = row_kind(py, kind)?;
+        self.check_fence(py, &workflow_id)?;
         let row = Row { workflow_id, sequence, state, task_id, kind, output, workflow_version };
         self.append_row(py, row)
     }
@@ -339,6 +377,7 @@ impl RedbCheckpointStore {
         output: Option<&[u8]>,
         version: u32,
     ) -> PyResult<Bound<'py, Waiter>> {
+        self.check_fence(py, &workflow_id)?;
         // Encoded here, straight from the Python strings: one buffer instead of a `Row`.
         let mut envelope = Vec::new();
         codec::encode_fields(
@@ -349,6 +388,7 @@ impl RedbCheckpointStore {
             state,
             task_id,
             output,
+            codec::now_micros(),
             &mut envelope,
         );
         let entry = Entry { workflow_id, sequence, envelope };
@@ -399,6 +439,95 @@ impl RedbCheckpointStore {
         let (future, done) = self.waiter(py, Outcome::Summaries)?;
         self.store.list_runs(done).map_err(|e| checkpoint_error(py, &e))?;
         Ok(future)
+    }
+
+    // ----- run records, step histories and queue settings (`cano.stores.redb`) ----------
+
+    /// Stores `json` as the value of `name` in namespace `"record"` or `"queue"`.
+    fn _put_value<'py>(
+        &self,
+        py: Python<'py>,
+        namespace_name: &str,
+        name: &str,
+        json: &[u8],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ns = namespace(py, namespace_name)?;
+        let (future, done) = self.waiter(py, |()| Outcome::Done)?;
+        self.store.put_value(ns, name, json, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// Stores a run's final record and, with `archive`, moves its log into its history.
+    fn _end_run<'py>(
+        &self,
+        py: Python<'py>,
+        workflow_id: &str,
+        record: &[u8],
+        archive: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, |()| Outcome::Done)?;
+        self.store
+            .end_run(workflow_id, record, archive, done)
+            .map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// Forgets a run's record, history and log.
+    fn _delete_run<'py>(&self, py: Python<'py>, workflow_id: &str) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, |()| Outcome::Done)?;
+        self.store.delete_run(workflow_id, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// `[(name, json)]` of a namespace, ordered by name.
+    fn _values<'py>(&self, py: Python<'py>, namespace_name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let ns = namespace(py, namespace_name)?;
+        let (future, done) = self.waiter(py, Outcome::Values)?;
+        self.store.values(ns, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// `_values`, blocking (for opening: no loop is needed).
+    fn _values_now<'py>(
+        &self,
+        py: Python<'py>,
+        namespace_name: &str,
+    ) -> PyResult<Vec<(String, Bound<'py, PyBytes>)>> {
+        let ns = namespace(py, namespace_name)?;
+        let values =
+            py.detach(|| self.store.values_blocking(ns)).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(values.into_iter().map(|(name, json)| (name, PyBytes::new(py, &json))).collect())
+    }
+
+    /// The json of `name` in a namespace, or None.
+    fn _value<'py>(
+        &self,
+        py: Python<'py>,
+        namespace_name: &str,
+        name: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ns = namespace(py, namespace_name)?;
+        let (future, done) = self.waiter(py, Outcome::Value)?;
+        self.store.value(ns, name, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// A run's log (or its history) as `(sequence, state, task_id, kind, output, at)`.
+    fn _timed_rows<'py>(
+        &self,
+        py: Python<'py>,
+        workflow_id: &str,
+        history: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (future, done) = self.waiter(py, Outcome::Timed)?;
+        self.store.timed_rows(workflow_id, history, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
+    /// Records the lease `workflow_id` is held under in this process (`owner=None`: none).
+    #[pyo3(signature = (workflow_id, owner, epoch))]
+    fn _set_fence(&self, workflow_id: &str, owner: Option<String>, epoch: u64) {
+        self.store.set_fence(workflow_id, owner.map(|o| (o, epoch)));
     }
 
     /// Blocks until every row appended so far is on disk (a no-op cost with "immediate").

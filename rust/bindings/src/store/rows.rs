@@ -1,6 +1,6 @@
 //! Rows and summaries between Python and the core store, and the store's errors.
 
-use cano_core::checkpoint::{Row, RowKind, RunSummary, StoreError};
+use cano_core::checkpoint::{Row, RowKind, RunSummary, StoreError, Timed};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -27,6 +27,19 @@ pub(super) fn rows_to_python(py: Python<'_>, rows: Vec<Row>) -> PyResult<Bound<'
             output,
             r.workflow_version,
         ))?)?;
+    }
+    Ok(list)
+}
+
+/// Rows with their times as `(sequence, state, task_id, kind value, output, at)` tuples, `at`
+/// in UNIX seconds (`None` for rows of earlier builds, which did not record it): what
+/// `cano.records.build_steps` takes.
+pub(super) fn timed_to_python(py: Python<'_>, rows: Vec<Timed>) -> PyResult<Bound<'_, PyList>> {
+    let list = PyList::empty(py);
+    for (r, at) in rows {
+        let output = r.output.map(|b| PyBytes::new(py, &b));
+        let at = (at > 0).then(|| at as f64 / 1e6);
+        list.append((r.sequence, r.state, r.task_id, r.kind as u8, output, at))?;
     }
     Ok(list)
 }

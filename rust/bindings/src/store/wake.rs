@@ -4,17 +4,17 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use cano_core::checkpoint::{RedbStore, Row, RunSummary, StoreError};
+use cano_core::checkpoint::{RedbStore, Row, RunSummary, StoreError, Timed};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyBytes, PyList};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gc::PyGcTraverse;
 
-use super::rows::{checkpoint_error, rows_to_python, summaries_to_python};
+use super::rows::{checkpoint_error, rows_to_python, summaries_to_python, timed_to_python};
 use super::waiter::Waiter;
 use super::GET_RUNNING_LOOP;
 
@@ -22,6 +22,11 @@ use super::GET_RUNNING_LOOP;
 pub(super) enum Outcome {
     Done,
     Rows(Vec<Row>),
+    /// Rows with their times, as `(sequence, state, task_id, kind, output, at)` tuples.
+    Timed(Vec<Timed>),
+    /// `(name, json)` values of a namespace.
+    Values(Vec<(String, Vec<u8>)>),
+    Value(Option<Vec<u8>>),
     RunIds(Vec<RunSummary>),
     Summaries(Vec<RunSummary>),
     Failed(StoreError),
@@ -386,6 +391,14 @@ pub(super) fn resolve(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcom
     let value = match outcome {
         Outcome::Done => Ok(py.None().into_bound(py)),
         Outcome::Rows(rows) => rows_to_python(py, rows).map(Bound::into_any),
+        Outcome::Timed(rows) => timed_to_python(py, rows).map(Bound::into_any),
+        Outcome::Values(values) => {
+            PyList::new(py, values.into_iter().map(|(name, json)| (name, PyBytes::new(py, &json))))
+                .map(Bound::into_any)
+        }
+        Outcome::Value(value) => {
+            Ok(value.map_or_else(|| py.None().into_bound(py), |v| PyBytes::new(py, &v).into_any()))
+        }
         Outcome::RunIds(runs) => {
             PyList::new(py, runs.into_iter().map(|r| r.workflow_id)).map(Bound::into_any)
         }

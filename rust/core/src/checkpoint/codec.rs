@@ -1,15 +1,16 @@
 //! The stored value of a row: a small versioned binary envelope.
 //!
-//! The key `(workflow_id, sequence)` carries the rest of the row. Layout of version 2:
+//! The key `(workflow_id, sequence)` carries the rest of the row. Layout of version 3:
 //!
 //! ```text
-//! u8      envelope version (2)
+//! u8      envelope version (3)
 //! u8      row kind (0 state entry, 1 compensation, 2 step cursor)
 //! varint  workflow version
 //! varint  length of the state label, then its UTF-8 bytes
 //! varint  length of the task id, then its UTF-8 bytes
 //! u8      0 = no output, 1 = output follows
 //! varint  length of the output, then its bytes (only when the flag is 1)
+//! u64 LE  when the row was written: microseconds since the UNIX epoch (0: unknown)
 //! u32 LE  CRC-32 of: varint length of the workflow id ‖ its bytes ‖ sequence (u64 LE) ‖
 //!         every byte of the envelope before this field
 //! ```
@@ -17,16 +18,26 @@
 //! Varints are unsigned LEB128. Nothing may follow the checksum. The checksum covers the key
 //! too: a damaged byte anywhere — in the value, or in the key that says which run and which
 //! sequence a row belongs to — is a decode error, never a different row (redb itself does
-//! not checksum values). Version 1 (the same fields without the checksum, written by earlier
-//! builds) is still read. A reader refuses an envelope version it does not know.
+//! not checksum values). Versions 2 (no time) and 1 (no time, no checksum), written by earlier
+//! builds, are still read, with an unknown time. A reader refuses an envelope version it does
+//! not know.
 
 use super::error::StoreError;
 use super::row::{Row, RowKind};
 
 /// The envelope version this build writes.
-pub const ENVELOPE_VERSION: u8 = 2;
+pub const ENVELOPE_VERSION: u8 = 3;
+/// The version without a time, written by earlier builds (still read).
+const UNTIMED_VERSION: u8 = 2;
 /// The version without a checksum, written by earlier builds (still read).
 const LEGACY_VERSION: u8 = 1;
+
+/// Now, in microseconds since the UNIX epoch: the time [`encode`] stamps a row with.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
 
 fn checksum(workflow_id: &str, sequence: u64, body: &[u8]) -> u32 {
     let mut len = [0u8; 10];
@@ -46,7 +57,8 @@ fn checksum(workflow_id: &str, sequence: u64, body: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Encodes everything of `row` except its key (which its checksum covers).
+/// Encodes everything of `row` except its key (which its checksum covers), stamped with the
+/// time now.
 pub fn encode(row: &Row) -> Vec<u8> {
     let output_len = row.output.as_ref().map_or(0, Vec::len);
     let mut out = Vec::with_capacity(2 + 5 + row.state.len() + row.task_id.len() + output_len + 21);
@@ -65,12 +77,14 @@ pub fn encode_into(row: &Row, out: &mut Vec<u8>) {
         &row.state,
         &row.task_id,
         row.output.as_deref(),
+        now_micros(),
         out,
     );
 }
 
 /// Appends the envelope of a row with these fields to `out`: what [`encode`] does, for a
-/// caller that has the fields but not a [`Row`].
+/// caller that has the fields but not a [`Row`]. `at_micros` is when the row was written
+/// (see [`now_micros`]).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_fields(
     workflow_id: &str,
@@ -80,9 +94,10 @@ pub fn encode_fields(
     state: &str,
     task_id: &str,
     output: Option<&[u8]>,
+    at_micros: u64,
     out: &mut Vec<u8>,
 ) {
-    out.reserve(16 + state.len() + task_id.len() + output.map_or(0, <[u8]>::len));
+    out.reserve(24 + state.len() + task_id.len() + output.map_or(0, <[u8]>::len));
     let start = out.len();
     out.push(ENVELOPE_VERSION);
     out.push(kind as u8);
@@ -96,12 +111,23 @@ pub fn encode_fields(
             put_bytes(out, bytes);
         }
     }
+    out.extend_from_slice(&at_micros.to_le_bytes());
     let sum = checksum(workflow_id, sequence, &out[start..]);
     out.extend_from_slice(&sum.to_le_bytes());
 }
 
 /// Decodes the value stored under `(workflow_id, sequence)`.
 pub fn decode(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, StoreError> {
+    decode_timed(workflow_id, sequence, value).map(|(row, _)| row)
+}
+
+/// [`decode`], with when the row was written (microseconds since the UNIX epoch; 0 for rows
+/// of earlier builds, which did not record it).
+pub fn decode_timed(
+    workflow_id: &str,
+    sequence: u64,
+    value: &[u8],
+) -> Result<(Row, u64), StoreError> {
     decode_fields(workflow_id, sequence, value).map_err(|reason| StoreError::Decode {
         workflow_id: workflow_id.to_owned(),
         sequence,
@@ -114,10 +140,11 @@ pub fn decode_state(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<St
     decode(workflow_id, sequence, value).map(|row| row.state)
 }
 
-fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, String> {
+fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<(Row, u64), String> {
     let version = *value.first().ok_or("truncated before the envelope version")?;
+    let mut at = 0;
     let body = match version {
-        ENVELOPE_VERSION => {
+        ENVELOPE_VERSION | UNTIMED_VERSION => {
             let Some(split) = value.len().checked_sub(4) else {
                 return Err("truncated before the checksum".into());
             };
@@ -126,12 +153,21 @@ fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, 
             if checksum(workflow_id, sequence, body) != stored {
                 return Err("checksum mismatch: the row or its key was damaged".into());
             }
-            body
+            if version == ENVELOPE_VERSION {
+                let Some(split) = body.len().checked_sub(8) else {
+                    return Err("truncated before the time".into());
+                };
+                let (fields, time) = body.split_at(split);
+                at = u64::from_le_bytes(time.try_into().expect("8 bytes"));
+                fields
+            } else {
+                body
+            }
         }
         LEGACY_VERSION => value,
         _ => {
             return Err(format!(
-                "unknown envelope version {version} (this cano reads versions 1 and \
+                "unknown envelope version {version} (this cano reads versions 1 to \
                  {ENVELOPE_VERSION}; damaged, or written by a newer cano?)"
             ))
         }
@@ -153,7 +189,7 @@ fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, 
     if r.at != value.len() {
         return Err(format!("{} unexpected trailing bytes", value.len() - r.at));
     }
-    Ok(Row {
+    let row = Row {
         workflow_id: workflow_id.to_owned(),
         sequence,
         state,
@@ -161,7 +197,8 @@ fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<Row, 
         kind,
         output,
         workflow_version,
-    })
+    };
+    Ok((row, at))
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -261,17 +298,35 @@ mod tests {
 
     #[test]
     fn layout_is_compact_and_stable() {
-        let r = Row::state_entry("w", 0, "A", "t");
-        let v = encode(&r);
-        assert_eq!(v[..8], [2, 0, 0, 1, b'A', 1, b't', 0]);
-        assert_eq!(v.len(), 12);
-        assert_eq!(v[8..], checksum("w", 0, &v[..8]).to_le_bytes());
+        let mut v = Vec::new();
+        encode_fields("w", 0, RowKind::StateEntry, 0, "A", "t", None, 1_234_567, &mut v);
+        assert_eq!(v[..8], [3, 0, 0, 1, b'A', 1, b't', 0]);
+        assert_eq!(v[8..16], 1_234_567u64.to_le_bytes());
+        assert_eq!(v.len(), 20);
+        assert_eq!(v[16..], checksum("w", 0, &v[..16]).to_le_bytes());
+        let (row, at) = decode_timed("w", 0, &v).unwrap();
+        assert_eq!((row, at), (Row::state_entry("w", 0, "A", "t"), 1_234_567));
     }
 
     #[test]
-    fn rows_written_before_checksums_are_still_read() {
+    fn rows_are_stamped_with_the_time_they_were_encoded() {
+        let before = now_micros();
+        let v = encode(&Row::state_entry("w", 0, "A", "t"));
+        let (_, at) = decode_timed("w", 0, &v).unwrap();
+        assert!(before <= at && at <= now_micros());
+    }
+
+    #[test]
+    fn rows_written_by_earlier_builds_are_still_read_without_a_time() {
         let legacy = [1, 0, 0, 1, b'A', 1, b't', 0];
-        assert_eq!(decode("w", 0, &legacy).unwrap(), Row::state_entry("w", 0, "A", "t"));
+        assert_eq!(decode_timed("w", 0, &legacy).unwrap(), (Row::state_entry("w", 0, "A", "t"), 0));
+        let mut untimed = vec![2, 0, 0, 1, b'A', 1, b't', 0];
+        let sum = checksum("w", 0, &untimed);
+        untimed.extend_from_slice(&sum.to_le_bytes());
+        assert_eq!(
+            decode_timed("w", 0, &untimed).unwrap(),
+            (Row::state_entry("w", 0, "A", "t"), 0)
+        );
     }
 
     #[test]
@@ -355,8 +410,8 @@ mod tests {
     #[test]
     fn refuses_unknown_versions_kinds_and_trailing_bytes() {
         let mut v = encode(&row(RowKind::StateEntry, None));
-        v[0] = 3;
-        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("envelope version 3"));
+        v[0] = 4;
+        assert!(decode("w", 0, &v).unwrap_err().to_string().contains("envelope version 4"));
         let legacy_bad_kind = [1, 9, 0, 1, b'A', 1, b't', 0];
         assert!(decode("w", 0, &legacy_bad_kind).unwrap_err().to_string().contains("row kind 9"));
         let legacy_trailing = [1, 0, 0, 1, b'A', 1, b't', 0, 0];

@@ -7,7 +7,8 @@
 //! - [`wal`]: the write-ahead log that makes an immediate group commit one sequential sync;
 //! - `overlay`: the rows the log holds and redb does not yet, merged into every read;
 //! - `replay`: replaying the log when a store is opened after a crash;
-//! - `schema`, `reads`: the tables, and reading runs from them;
+//! - `schema`, `reads`: the tables (and the store's own keys in them: run records, step
+//!   histories, queue settings, see [`Namespace`]), and reading runs from them;
 //! - [`StoreError`] (`error`): what a store can refuse; `contain`: redb panics as errors.
 
 pub mod codec;
@@ -23,7 +24,9 @@ mod schema;
 pub mod wal;
 
 pub use error::StoreError;
+pub use reads::Timed;
 pub use redb_store::{BatchHook, Completion, Durability, OpenOptions, RedbStore};
 pub use replay::RepairReport;
 pub use resume::{resume_point, ResumeError, ResumePoint};
 pub use row::{Entry, Row, RowKind, RunSummary};
+pub use schema::{is_hidden, Namespace};

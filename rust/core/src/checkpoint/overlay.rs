@@ -13,13 +13,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase};
 
 use super::codec;
 use super::error::StoreError;
-use super::reads::load_run;
+use super::reads::{load_run_timed, scan, Timed, FIRST_RUN};
 use super::row::{Entry, Row, RunSummary};
-use super::schema::TABLE;
+use super::schema::{is_hidden, Namespace, TABLE};
 
 /// What redb holds for a run, as far as the overlay knows (redb only changes at checkpoints,
 /// which empty the overlay, so what was learnt stays true until then).
@@ -235,22 +235,85 @@ pub(super) fn load_run_logged(
     base: &mut Base<'_>,
     workflow_id: &str,
 ) -> Result<Vec<Row>, StoreError> {
+    Ok(load_run_timed_logged(overlay, base, workflow_id)?.into_iter().map(|(row, _)| row).collect())
+}
+
+/// [`load_run_logged`], with each row's time.
+pub(super) fn load_run_timed_logged(
+    overlay: &Overlay,
+    base: &mut Base<'_>,
+    workflow_id: &str,
+) -> Result<Vec<Timed>, StoreError> {
     let changes = overlay.run(workflow_id);
     let mut rows = match changes {
         Some(run) if run.in_redb == InRedb::Nothing => Vec::new(),
         _ => {
             let path = base.path;
-            load_run(base.table()?, workflow_id, path)?
+            load_run_timed(base.table()?, workflow_id, path)?
         }
     };
     if let Some(run) = changes {
         for (sequence, envelope) in &run.rows {
-            rows.push(codec::decode(workflow_id, *sequence, envelope)?);
+            rows.push(codec::decode_timed(workflow_id, *sequence, envelope)?);
         }
-        // Overlay keys never collide with redb's (appends check both), but may sort before.
-        rows.sort_by_key(|r| r.sequence);
+        // Overlay keys never collide with redb's (appends check both, and the store's own
+        // keys are cleared before they are written again), but may sort before.
+        rows.sort_by_key(|(r, _)| r.sequence);
     }
     Ok(rows)
+}
+
+/// How many bytes a run's rows take, redb's and the overlay's (to size a log record that
+/// moves them).
+pub(super) fn run_bytes_logged(
+    overlay: &Overlay,
+    base: &mut Base<'_>,
+    workflow_id: &str,
+) -> Result<(u64, u64), StoreError> {
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    let changes = overlay.run(workflow_id);
+    if !changes.is_some_and(|run| run.in_redb == InRedb::Nothing) {
+        let path = base.path;
+        let range = base
+            .table()?
+            .range((workflow_id, 0u64)..=(workflow_id, u64::MAX))
+            .map_err(|e| StoreError::from_redb(path, e))?;
+        for entry in range {
+            let (_, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
+            rows += 1;
+            bytes += value.value().len() as u64;
+        }
+    }
+    if let Some(run) = changes {
+        rows += run.rows.len() as u64;
+        bytes += run.rows.values().map(|e| e.len() as u64).sum::<u64>();
+    }
+    Ok((rows, bytes))
+}
+
+/// Every row of every key of `namespace`, redb's and the overlay's merged, ordered by key.
+pub(super) fn scan_logged(
+    overlay: &Overlay,
+    base: &mut Base<'_>,
+    namespace: Namespace,
+) -> Result<Vec<Timed>, StoreError> {
+    let path = base.path;
+    let mut rows: BTreeMap<(String, u64), Timed> = BTreeMap::new();
+    for (row, at) in scan(base.table()?, namespace, path)? {
+        if overlay.run(&row.workflow_id).is_some_and(|run| run.in_redb == InRedb::Nothing) {
+            continue; // cleared since the checkpoint
+        }
+        rows.insert((row.workflow_id.clone(), row.sequence), (row, at));
+    }
+    for (id, changes) in overlay.runs() {
+        if !id.starts_with(namespace.prefix()) {
+            continue;
+        }
+        for (sequence, envelope) in &changes.rows {
+            rows.insert((id.clone(), *sequence), codec::decode_timed(id, *sequence, envelope)?);
+        }
+    }
+    Ok(rows.into_values().collect())
 }
 
 /// Every run's summary, redb's and the overlay's merged.
@@ -261,7 +324,7 @@ pub(super) fn list_runs_logged(
     let path = base.path;
     // Per run: row count, and the last row (sequence, envelope).
     let mut runs: BTreeMap<String, (u64, u64, Vec<u8>)> = BTreeMap::new();
-    for entry in base.table()?.iter().map_err(|e| StoreError::from_redb(path, e))? {
+    for entry in base.table()?.range(FIRST_RUN..).map_err(|e| StoreError::from_redb(path, e))? {
         let (key, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
         let (id, sequence) = key.value();
         if overlay.run(id).is_some_and(|run| run.cleared) {
@@ -282,6 +345,9 @@ pub(super) fn list_runs_logged(
         }
     }
     for (id, changes) in overlay.runs() {
+        if is_hidden(id) {
+            continue;
+        }
         let Some((&sequence, envelope)) = changes.rows.last_key_value() else { continue };
         let run = runs.entry(id.clone()).or_insert_with(|| (0, 0, Vec::new()));
         if run.0 == 0 || sequence > run.1 {

@@ -1,4 +1,5 @@
-//! Reading a run, or a summary of every run, from the rows redb holds.
+//! Reading a run, or a summary of every run, from the rows redb holds; and the store's own
+//! keys of a namespace (see [`Namespace`]).
 
 use std::path::Path;
 
@@ -7,12 +8,27 @@ use redb::ReadableTable;
 use super::codec;
 use super::error::StoreError;
 use super::row::{Row, RunSummary};
+use super::schema::{Namespace, HIDDEN};
+
+/// A row and when it was written (microseconds since the UNIX epoch; 0: unknown).
+pub type Timed = (Row, u64);
+
+/// The first key of runs' logs: every id that sorts before it starts with NUL (is hidden).
+pub(super) const FIRST_RUN: (&str, u64) = ("\u{1}", 0);
 
 pub(super) fn load_run(
     table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     workflow_id: &str,
     path: &Path,
 ) -> Result<Vec<Row>, StoreError> {
+    Ok(load_run_timed(table, workflow_id, path)?.into_iter().map(|(row, _)| row).collect())
+}
+
+pub(super) fn load_run_timed(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    workflow_id: &str,
+    path: &Path,
+) -> Result<Vec<Timed>, StoreError> {
     let range = table
         .range((workflow_id, 0u64)..=(workflow_id, u64::MAX))
         .map_err(|e| StoreError::from_redb(path, e))?;
@@ -21,7 +37,28 @@ pub(super) fn load_run(
         let (key, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
         let (_, sequence) = key.value();
         rows.push(
-            codec::decode(workflow_id, sequence, value.value()).map_err(|e| e.damaged_in(path))?,
+            codec::decode_timed(workflow_id, sequence, value.value())
+                .map_err(|e| e.damaged_in(path))?,
+        );
+    }
+    Ok(rows)
+}
+
+/// Every row of every key in `namespace`, ordered by key.
+pub(super) fn scan(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    namespace: Namespace,
+    path: &Path,
+) -> Result<Vec<Timed>, StoreError> {
+    let range = table
+        .range((namespace.prefix(), 0u64)..(namespace.end(), 0u64))
+        .map_err(|e| StoreError::from_redb(path, e))?;
+    let mut rows = Vec::new();
+    for entry in range {
+        let (key, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
+        let (id, sequence) = key.value();
+        rows.push(
+            codec::decode_timed(id, sequence, value.value()).map_err(|e| e.damaged_in(path))?,
         );
     }
     Ok(rows)
@@ -42,9 +79,10 @@ pub(super) fn list_runs(
         }
         Ok(())
     };
-    for entry in table.iter().map_err(|e| StoreError::from_redb(path, e))? {
+    for entry in table.range(FIRST_RUN..).map_err(|e| StoreError::from_redb(path, e))? {
         let (key, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
         let (id, sequence) = key.value();
+        debug_assert!(!id.starts_with(HIDDEN));
         // Every row is verified, not only the last of each run.
         codec::decode(id, sequence, value.value()).map_err(|e| e.damaged_in(path))?;
         match runs.last_mut() {

@@ -17,3 +17,54 @@ pub const META_GENERATION: &str = "wal_generation";
 pub const META_WAL_ALLOCATED: &str = "wal_allocated";
 /// The record format of the log (absent: 1, written by earlier builds).
 pub const META_WAL_FORMAT: &str = "wal_format";
+
+/// Keys of [`TABLE`] whose workflow id starts with NUL belong to the store itself, not to a
+/// run's log (a run's id never holds NUL, see `cano.store.check_workflow_id`): a run's record,
+/// its step history, a queue's settings. They sort before every run's rows, and every read
+/// of runs' logs skips them. Each is a run-like key: `(NUL, letter, name)` and a sequence.
+pub const HIDDEN: char = '\0';
+
+/// What a hidden key holds (the letter after the NUL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    /// A run's step history: its log's rows, moved here (with their times) when it completed.
+    History,
+    /// A run's record (sequence 0): JSON the bindings write and read (`cano.records`).
+    Record,
+    /// A queue's settings (sequence 0): JSON, as for records.
+    Queue,
+}
+
+impl Namespace {
+    /// The id prefix of the namespace's keys.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Namespace::History => "\0h",
+            Namespace::Record => "\0r",
+            Namespace::Queue => "\0q",
+        }
+    }
+
+    /// The key id of `name` in this namespace.
+    pub fn key(self, name: &str) -> String {
+        let prefix = self.prefix();
+        let mut id = String::with_capacity(prefix.len() + name.len());
+        id.push_str(prefix);
+        id.push_str(name);
+        id
+    }
+
+    /// The first id past the namespace (an exclusive upper bound of its keys).
+    pub(super) const fn end(self) -> &'static str {
+        match self {
+            Namespace::History => "\0i",
+            Namespace::Record => "\0s",
+            Namespace::Queue => "\0r",
+        }
+    }
+}
+
+/// True for the ids of rows that belong to the store, not to a run's log.
+pub fn is_hidden(workflow_id: &str) -> bool {
+    workflow_id.starts_with(HIDDEN)
+}

@@ -36,11 +36,16 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use redb::{Database, ReadOnlyDatabase};
 
+use std::collections::HashMap;
+
+use super::codec;
 use super::contain::contain;
 use super::error::{path_text, StoreError};
 use super::overlay::Overlay;
+use super::reads::Timed;
 use super::replay::{pending_records, recover, repair, RepairReport};
-use super::row::{Entry, Row, RunSummary};
+use super::row::{Entry, Row, RowKind, RunSummary};
+use super::schema::Namespace;
 use super::wal::{self, Wal, WalOp};
 use fork::fork_generation;
 use writer::{Db, Writer};
@@ -82,16 +87,35 @@ impl Durability {
 enum Request {
     Append(Entry, Completion<()>),
     Clear(String, Completion<()>),
+    /// Changes to the store's own keys (see [`Namespace`]), applied together, in order.
+    Write(Vec<Op>, Completion<()>),
     LoadRun(String, Completion<Vec<Row>>),
+    Read(Source, Completion<Vec<Timed>>),
     ListRuns(Completion<Vec<RunSummary>>),
     Flush(Completion<()>),
     Close(Completion<()>),
+}
+
+/// One change of a [`Request::Write`].
+enum Op {
+    /// Stores a row whose key an earlier `Clear` of the same write freed.
+    Put(Entry),
+    Clear(String),
+    /// Moves a run's log into its step history (replacing an earlier history of the id).
+    Archive(String),
+}
+
+/// What a [`Request::Read`] reads, with each row's time.
+enum Source {
+    Run(String),
+    Namespace(Namespace),
 }
 
 /// What a request gets back, before its completion is called.
 enum Answer {
     Unit(Result<(), StoreError>),
     Rows(Result<Vec<Row>, StoreError>),
+    Timed(Result<Vec<Timed>, StoreError>),
     Runs(Result<Vec<RunSummary>, StoreError>),
 }
 
@@ -100,6 +124,7 @@ impl Answer {
         match self {
             Answer::Unit(r) => r.is_ok(),
             Answer::Rows(r) => r.is_ok(),
+            Answer::Timed(r) => r.is_ok(),
             Answer::Runs(r) => r.is_ok(),
         }
     }
@@ -107,10 +132,28 @@ impl Answer {
     fn failed(request: &Request, err: StoreError) -> Answer {
         match request {
             Request::LoadRun(..) => Answer::Rows(Err(err)),
+            Request::Read(..) => Answer::Timed(Err(err)),
             Request::ListRuns(..) => Answer::Runs(Err(err)),
             _ => Answer::Unit(Err(err)),
         }
     }
+}
+
+/// The row a value of the store's own (a record, a queue's settings) is kept in.
+fn value_entry(key: String, json: &[u8]) -> Entry {
+    let mut envelope = Vec::with_capacity(24 + json.len());
+    codec::encode_fields(
+        &key,
+        0,
+        RowKind::StepCursor,
+        0,
+        "",
+        "",
+        Some(json),
+        codec::now_micros(),
+        &mut envelope,
+    );
+    Entry { workflow_id: key, sequence: 0, envelope }
 }
 
 #[derive(Default)]
@@ -137,6 +180,9 @@ pub struct RedbStore {
     replayed: usize,
     read_only: bool,
     repair: Option<RepairReport>,
+    /// `workflow id → (owner, lease epoch)` of the runs workers of this process hold (see
+    /// [`set_fence`](Self::set_fence)).
+    fences: Mutex<HashMap<String, (String, u64)>>,
 }
 
 /// How to open a store.
@@ -278,6 +324,7 @@ impl RedbStore {
             stats,
             replayed,
             repair,
+            fences: Mutex::new(HashMap::new()),
         })
     }
 
@@ -436,6 +483,115 @@ impl RedbStore {
         outcome
     }
 
+    /// Stores `json` as the value of `name` in `namespace` ([`Namespace::Record`] or
+    /// [`Namespace::Queue`]), replacing any earlier one; rides the group commit like a row.
+    pub fn put_value(
+        &self,
+        namespace: Namespace,
+        name: &str,
+        json: &[u8],
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        debug_assert!(namespace != Namespace::History, "histories are written by end_run");
+        let key = namespace.key(name);
+        let ops = vec![Op::Clear(key.clone()), Op::Put(value_entry(key, json))];
+        self.submit(Request::Write(ops, Box::new(done)))
+    }
+
+    /// A run ended: stores its record, and with `archive` moves its log into its step history
+    /// (the log is cleared), all in one commit.
+    pub fn end_run(
+        &self,
+        workflow_id: &str,
+        record: &[u8],
+        archive: bool,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let key = Namespace::Record.key(workflow_id);
+        let mut ops = vec![Op::Clear(key.clone()), Op::Put(value_entry(key, record))];
+        if archive {
+            ops.push(Op::Archive(workflow_id.to_owned()));
+        }
+        self.submit(Request::Write(ops, Box::new(done)))
+    }
+
+    /// Forgets a run: its record, its step history and its log.
+    pub fn delete_run(
+        &self,
+        workflow_id: &str,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let ops = vec![
+            Op::Clear(Namespace::Record.key(workflow_id)),
+            Op::Clear(Namespace::History.key(workflow_id)),
+            Op::Clear(workflow_id.to_owned()),
+        ];
+        self.submit(Request::Write(ops, Box::new(done)))
+    }
+
+    /// Every value of `namespace` as `(name, json)`, ordered by name.
+    pub fn values(
+        &self,
+        namespace: Namespace,
+        done: impl FnOnce(Result<Vec<(String, Vec<u8>)>, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let strip = namespace.prefix().len();
+        let mapped = move |rows: Result<Vec<Timed>, StoreError>| {
+            done(rows.map(|rows| {
+                rows.into_iter()
+                    .map(|(row, _)| {
+                        (row.workflow_id[strip..].to_owned(), row.output.unwrap_or_default())
+                    })
+                    .collect()
+            }))
+        };
+        self.submit(Request::Read(Source::Namespace(namespace), Box::new(mapped)))
+    }
+
+    /// The value of `name` in `namespace`, if any.
+    pub fn value(
+        &self,
+        namespace: Namespace,
+        name: &str,
+        done: impl FnOnce(Result<Option<Vec<u8>>, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let mapped = move |rows: Result<Vec<Timed>, StoreError>| {
+            done(rows.map(|rows| rows.into_iter().next().and_then(|(row, _)| row.output)))
+        };
+        self.submit(Request::Read(Source::Run(namespace.key(name)), Box::new(mapped)))
+    }
+
+    /// A run's log (or, with `history`, its step history) with each row's time.
+    pub fn timed_rows(
+        &self,
+        workflow_id: &str,
+        history: bool,
+        done: impl FnOnce(Result<Vec<Timed>, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let id = if history { Namespace::History.key(workflow_id) } else { workflow_id.to_owned() };
+        self.submit(Request::Read(Source::Run(id), Box::new(done)))
+    }
+
+    /// Records that a worker of this process holds `workflow_id` under lease `(owner, epoch)`
+    /// (`None`: nobody does any more). [`fence_holds`](Self::fence_holds) checks a write
+    /// against it.
+    pub fn set_fence(&self, workflow_id: &str, fence: Option<(String, u64)>) {
+        let mut fences = self.fences.lock();
+        match fence {
+            Some(f) => {
+                fences.insert(workflow_id.to_owned(), f);
+            }
+            None => {
+                fences.remove(workflow_id);
+            }
+        }
+    }
+
+    /// True while `(owner, epoch)` is the lease `workflow_id` is held under.
+    pub fn fence_holds(&self, workflow_id: &str, owner: &str, epoch: u64) -> bool {
+        self.fences.lock().get(workflow_id).is_some_and(|(o, e)| o == owner && *e == epoch)
+    }
+
     /// [`append`](Self::append), waiting for the outcome.
     pub fn append_blocking(&self, row: Row) -> Result<(), StoreError> {
         self.wait(|done| self.append(row, done))
@@ -452,6 +608,14 @@ impl RedbStore {
         workflow_id: impl Into<String>,
     ) -> Result<Vec<Row>, StoreError> {
         self.wait(|done| self.load_run(workflow_id, done))
+    }
+
+    /// [`values`](Self::values), waiting for them.
+    pub fn values_blocking(
+        &self,
+        namespace: Namespace,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.wait(|done| self.values(namespace, done))
     }
 
     /// [`list_runs`](Self::list_runs), waiting for the summaries.

@@ -840,3 +840,137 @@ fn a_log_that_is_not_a_file_is_an_io_error() {
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains(".wal"), "{err}");
 }
+
+fn wait<T: Send + 'static>(
+    submit: impl FnOnce(Completion<T>) -> Result<(), StoreError>,
+) -> Result<T, StoreError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    submit(Box::new(move |r| {
+        let _ = tx.send(r);
+    }))?;
+    rx.recv().unwrap()
+}
+
+fn states(rows: &[Timed]) -> Vec<(u64, String)> {
+    rows.iter().map(|(r, _)| (r.sequence, r.state.clone())).collect()
+}
+
+/// Records, histories and queue settings: kept apart from runs' logs, replaced whole, moved
+/// with their times, forgotten together, and all of it through a crash (the log) and a close.
+#[test]
+fn records_and_histories_live_beside_the_logs() {
+    for durability in [Durability::Immediate, Durability::Eventual] {
+        let dir = TempDir::new("records");
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        wait(|d| store.put_value(Namespace::Record, "r1", b"{\"s\":\"RUNNING\"}", d)).unwrap();
+        wait(|d| store.put_value(Namespace::Record, "r1", b"{\"s\":\"RUNNING\",\"a\":2}", d))
+            .unwrap();
+        wait(|d| store.put_value(Namespace::Queue, "slow", b"{\"cap\":1}", d)).unwrap();
+        for (seq, state) in [(0, "A"), (1, "B")] {
+            store.append_blocking(row("r1", seq, state)).unwrap();
+        }
+        let live = wait(|d| store.timed_rows("r1", false, d)).unwrap();
+        assert!(live.iter().all(|(_, at)| *at > 0));
+        // Only runs' logs are runs.
+        let ids: Vec<String> =
+            store.list_runs_blocking().unwrap().into_iter().map(|s| s.workflow_id).collect();
+        assert_eq!(ids, ["r1"]);
+        wait(|d| store.end_run("r1", b"{\"s\":\"COMPLETED\"}", true, d)).unwrap();
+        assert!(store.load_run_blocking("r1").unwrap().is_empty());
+        let history = wait(|d| store.timed_rows("r1", true, d)).unwrap();
+        assert_eq!(states(&history), [(0, "A".into()), (1, "B".into())]);
+        assert_eq!(
+            history.iter().map(|h| h.1).collect::<Vec<_>>(),
+            live.iter().map(|l| l.1).collect::<Vec<_>>(),
+            "the rows keep the time they were written"
+        );
+        assert!(store.list_runs_blocking().unwrap().is_empty());
+        let records = store.values_blocking(Namespace::Record).unwrap();
+        assert_eq!(records, [("r1".to_owned(), b"{\"s\":\"COMPLETED\"}".to_vec())]);
+        wait(|d| store.put_value(Namespace::Record, "r2", b"{}", d)).unwrap();
+        store.close().unwrap();
+
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        let names: Vec<String> = store
+            .values_blocking(Namespace::Record)
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["r1", "r2"]);
+        assert_eq!(
+            store.values_blocking(Namespace::Queue).unwrap(),
+            [("slow".to_owned(), b"{\"cap\":1}".to_vec())]
+        );
+        assert_eq!(wait(|d| store.timed_rows("r1", true, d)).unwrap().len(), 2);
+        wait(|d| store.delete_run("r1", d)).unwrap();
+        assert_eq!(wait(|d| store.value(Namespace::Record, "r1", d)).unwrap(), None);
+        assert_eq!(
+            wait(|d| store.value(Namespace::Record, "r2", d)).unwrap(),
+            Some(b"{}".to_vec())
+        );
+        assert!(wait(|d| store.timed_rows("r1", true, d)).unwrap().is_empty());
+        store.close().unwrap();
+    }
+}
+
+/// A run archived in the same batch as its last append keeps that row; records survive a
+/// crash that left them only in the write-ahead log, and checkpoints in between.
+#[test]
+fn archives_see_their_batch_and_records_replay_from_the_log() {
+    let dir = TempDir::new("archive-batch");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    let release = hold_writer(&store);
+    let (tx, rx) = mpsc::channel();
+    for seq in 0..3 {
+        let tx = tx.clone();
+        store.append(row("x", seq, "S"), move |r| tx.send(r).unwrap()).unwrap();
+    }
+    let t = tx.clone();
+    store.end_run("x", b"{\"done\":1}", true, move |r| t.send(r).unwrap()).unwrap();
+    release();
+    for _ in 0..4 {
+        rx.recv().unwrap().unwrap();
+    }
+    assert_eq!(wait(|d| store.timed_rows("x", true, d)).unwrap().len(), 3);
+    // Many runs, past several checkpoints (every 16 batches in tests).
+    for i in 0..40 {
+        let id = format!("run-{i}");
+        store.append_blocking(row(&id, 0, "A")).unwrap();
+        wait(|d| store.put_value(Namespace::Record, &id, b"{}", d)).unwrap();
+        if i % 2 == 0 {
+            wait(|d| store.end_run(&id, b"{\"ok\":1}", true, d)).unwrap();
+        }
+    }
+    assert!(store.checkpoint_count() > 0);
+    // A crash: the process "dies" with the log holding the last batches.
+    let path = dir.file();
+    std::mem::forget(store);
+    // (The writer thread still holds the file lock: copy the files, as a dead process would
+    // leave them.)
+    let crashed = dir.0.join("crashed.redb");
+    std::fs::copy(&path, &crashed).unwrap();
+    std::fs::copy(wal::wal_path(&path), wal::wal_path(&crashed)).unwrap();
+    let store = RedbStore::open(&crashed, Durability::Immediate).unwrap();
+    let records = store.values_blocking(Namespace::Record).unwrap();
+    assert_eq!(records.len(), 41);
+    let ended = records.iter().filter(|(_, json)| json == b"{\"ok\":1}").count();
+    assert_eq!(ended, 20);
+    let runs = store.list_runs_blocking().unwrap();
+    assert_eq!(runs.len(), 20, "the runs not ended keep their logs");
+    assert_eq!(wait(|d| store.timed_rows("run-38", true, d)).unwrap().len(), 1);
+    store.close().unwrap();
+}
+
+#[test]
+fn fences_hold_until_replaced_or_dropped() {
+    let dir = TempDir::new("fences");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    assert!(!store.fence_holds("r", "w1", 1));
+    store.set_fence("r", Some(("w1".into(), 1)));
+    assert!(store.fence_holds("r", "w1", 1));
+    store.set_fence("r", Some(("w2".into(), 2)));
+    assert!(!store.fence_holds("r", "w1", 1) && store.fence_holds("r", "w2", 2));
+    store.set_fence("r", None);
+    assert!(!store.fence_holds("r", "w2", 2));
+}

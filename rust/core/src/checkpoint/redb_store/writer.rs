@@ -14,16 +14,20 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadOnlyDatabase, WriteTransaction};
 
-use super::{Answer, BatchHook, Request, Stats, CHECKPOINT_ROWS, MAX_BATCH};
+use super::{Answer, BatchHook, Op, Request, Source, Stats, CHECKPOINT_ROWS, MAX_BATCH};
+use crate::checkpoint::codec;
 use crate::checkpoint::contain::contain;
 use crate::checkpoint::error::{path_text, StoreError};
 use crate::checkpoint::overlay::{
-    append_logged, list_runs_logged, load_run_logged, Base, Overlay, ReadSource,
+    append_logged, list_runs_logged, load_run_logged, load_run_timed_logged, run_bytes_logged,
+    scan_logged, Base, Overlay, ReadSource,
 };
-use crate::checkpoint::reads::{list_runs, load_run};
+use crate::checkpoint::reads::{list_runs, load_run, load_run_timed, scan, Timed};
 use crate::checkpoint::row::Entry;
-use crate::checkpoint::schema::{META, META_GENERATION, META_WAL_ALLOCATED, TABLE};
+use crate::checkpoint::schema::{Namespace, META, META_GENERATION, META_WAL_ALLOCATED, TABLE};
 use crate::checkpoint::wal::Wal;
+
+type RedbTable<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
 
 /// `Durability::Eventual`: commits made without fsync are made durable at the latest this
 /// long after the first of them...
@@ -101,7 +105,54 @@ fn fail_succeeded(answers: &mut [Answer], requests: &[Request], err: &StoreError
 }
 
 fn mutates(request: &Request) -> bool {
-    matches!(request, Request::Append(..) | Request::Clear(..))
+    matches!(request, Request::Append(..) | Request::Clear(..) | Request::Write(..))
+}
+
+/// The rows of `rows` (a run's log) as rows of its step history, with their times.
+fn history_entries(workflow_id: &str, rows: Vec<Timed>) -> Vec<Entry> {
+    let key = Namespace::History.key(workflow_id);
+    rows.into_iter()
+        .map(|(row, at)| {
+            let mut envelope = Vec::new();
+            codec::encode_fields(
+                &key,
+                row.sequence,
+                row.kind,
+                row.workflow_version,
+                &row.state,
+                &row.task_id,
+                row.output.as_deref(),
+                at,
+                &mut envelope,
+            );
+            Entry { workflow_id: key.clone(), sequence: row.sequence, envelope }
+        })
+        .collect()
+}
+
+/// A write's changes with every `Archive` spelled out as the clears and puts it makes:
+/// `load` reads a run's log (only reads can fail, so nothing is applied before they are done).
+fn expand(
+    ops: &mut Vec<Op>,
+    mut load: impl FnMut(&str) -> Result<Vec<Timed>, StoreError>,
+) -> Result<(), StoreError> {
+    if !ops.iter().any(|op| matches!(op, Op::Archive(_))) {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(ops.len() + 8);
+    for op in ops.drain(..) {
+        match op {
+            Op::Archive(id) => {
+                let rows = load(&id)?;
+                out.push(Op::Clear(Namespace::History.key(&id)));
+                out.extend(history_entries(&id, rows).into_iter().map(Op::Put));
+                out.push(Op::Clear(id));
+            }
+            other => out.push(other),
+        }
+    }
+    *ops = out;
+    Ok(())
 }
 
 impl Writer {
@@ -266,6 +317,7 @@ impl Writer {
             let err = match answer {
                 Answer::Unit(Err(e)) => e,
                 Answer::Rows(Err(e)) => e,
+                Answer::Timed(Err(e)) => e,
                 Answer::Runs(Err(e)) => e,
                 _ => continue,
             };
@@ -313,7 +365,9 @@ impl Writer {
             .map(|request| match request {
                 Request::Append(..) => Answer::Unit(Err(refuse("append"))),
                 Request::Clear(..) => Answer::Unit(Err(refuse("clear"))),
+                Request::Write(..) => Answer::Unit(Err(refuse("run records"))),
                 Request::LoadRun(id, _) => Answer::Rows(load_run_logged(overlay, &mut base, id)),
+                Request::Read(source, _) => Answer::Timed(read_logged(overlay, &mut base, source)),
                 Request::ListRuns(_) => Answer::Runs(list_runs_logged(overlay, &mut base)),
                 Request::Flush(_) | Request::Close(_) => Answer::Unit(Ok(())),
             })
@@ -334,7 +388,7 @@ impl Writer {
     /// unless the batch flushes or closes (the loss window bounds the rest).
     fn apply_eventual(
         &mut self,
-        requests: &[Request],
+        requests: &mut [Request],
         closing: bool,
     ) -> Result<(Vec<Answer>, Durable), StoreError> {
         if let Some(err) = &self.first_io {
@@ -346,7 +400,10 @@ impl Writer {
         let path = self.path.clone();
         let redb_err = |e: redb::Error| StoreError::from_redb(&path, e);
         let db = self.write_db()?;
-        let appended = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
+        let appended = requests
+            .iter()
+            .filter(|r| matches!(r, Request::Append(..) | Request::Write(..)))
+            .count();
         let mutating = requests.iter().any(mutates);
         let durable = closing || requests.iter().any(|r| matches!(r, Request::Flush(_)));
 
@@ -354,7 +411,7 @@ impl Writer {
         let mut answers = Vec::with_capacity(requests.len());
         {
             let mut table = tx.open_table(TABLE).map_err(|e| redb_err(e.into()))?;
-            for request in requests {
+            for request in requests.iter_mut() {
                 answers.push(match request {
                     Request::Append(entry, _) => Answer::Unit(append(&mut table, entry, &path)),
                     Request::Clear(id, _) => {
@@ -365,7 +422,14 @@ impl Writer {
                                 .map_err(|e| redb_err(e.into())),
                         )
                     }
+                    Request::Write(ops, _) => Answer::Unit(write_eventual(&mut table, ops, &path)),
                     Request::LoadRun(id, _) => Answer::Rows(load_run(&table, id, &path)),
+                    Request::Read(Source::Run(id), _) => {
+                        Answer::Timed(load_run_timed(&table, id, &path))
+                    }
+                    Request::Read(Source::Namespace(ns), _) => {
+                        Answer::Timed(scan(&table, *ns, &path))
+                    }
                     Request::ListRuns(_) => Answer::Runs(list_runs(&table, &path)),
                     Request::Flush(_) | Request::Close(_) => Answer::Unit(Ok(())),
                 });
@@ -404,7 +468,8 @@ impl Writer {
             // Room for the record first (a read never needs any): a batch in the overlay that
             // cannot be logged would be rows nobody acknowledged. A log that grew has its new
             // size recorded durably before any record lands in the new space.
-            let bound = requests.iter().map(record_bound).sum();
+            let mut bound: u64 = requests.iter().map(record_bound).sum();
+            bound += self.archive_bound(requests)?;
             let wal = self.wal.as_mut().expect("checked by apply");
             if let Some(allocated) = wal.reserve(bound)? {
                 self.record_log_size(allocated)?;
@@ -436,7 +501,35 @@ impl Writer {
                     overlay.clear(id);
                     Answer::Unit(Ok(()))
                 }
+                Request::Write(ops, _) => {
+                    let expanded = expand(ops, |id| load_run_timed_logged(overlay, &mut base, id));
+                    if expanded.is_ok() {
+                        for op in ops.drain(..) {
+                            match op {
+                                Op::Put(entry) => {
+                                    wal.push_append(
+                                        &entry.workflow_id,
+                                        entry.sequence,
+                                        &entry.envelope,
+                                    );
+                                    overlay.insert(
+                                        &entry.workflow_id,
+                                        entry.sequence,
+                                        entry.envelope,
+                                    );
+                                }
+                                Op::Clear(id) => {
+                                    wal.push_clear(&id);
+                                    overlay.clear(&id);
+                                }
+                                Op::Archive(_) => unreachable!("expanded above"),
+                            }
+                        }
+                    }
+                    Answer::Unit(expanded)
+                }
                 Request::LoadRun(id, _) => Answer::Rows(load_run_logged(overlay, &mut base, id)),
+                Request::Read(source, _) => Answer::Timed(read_logged(overlay, &mut base, source)),
                 Request::ListRuns(_) => Answer::Runs(list_runs_logged(overlay, &mut base)),
                 Request::Flush(_) | Request::Close(_) => Answer::Unit(Ok(())),
             });
@@ -484,6 +577,40 @@ impl Writer {
         // One group commit: the batch is durable once the log is synced.
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok((answers, Durable::AfterSync))
+    }
+
+    /// At most the bytes the `Archive`s of a batch add to its log record: the rows each run
+    /// has now, and those the batch appends to it before.
+    fn archive_bound(&self, requests: &[Request]) -> Result<u64, StoreError> {
+        let archived: Vec<&str> = requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::Write(ops, _) => Some(ops),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|op| match op {
+                Op::Archive(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if archived.is_empty() {
+            return Ok(0);
+        }
+        let Some(db) = &self.db else { return Ok(0) };
+        let mut base = Base { db: db.source(), path: &self.path, table: None };
+        let mut bound = 0;
+        for id in archived {
+            let (rows, bytes) = run_bytes_logged(&self.overlay, &mut base, id)?;
+            let batch: u64 = requests
+                .iter()
+                .filter(|r| matches!(r, Request::Append(e, _) if e.workflow_id == id))
+                .map(record_bound)
+                .sum();
+            // Each row again under the history's key, plus the two clears.
+            bound += 2 * (bytes + batch) + (rows + 1) * (32 + 2 * id.len() as u64) + 64;
+        }
+        Ok(bound)
     }
 
     /// Records durably how large the log has been grown (see `replay`): a log found shorter
@@ -612,16 +739,61 @@ impl Writer {
     }
 }
 
-/// At most the bytes `request` adds to a log record.
+/// At most the bytes `request` adds to a log record (an `Archive`'s rows aside, see
+/// `archive_bound`).
 fn record_bound(request: &Request) -> u64 {
+    let append = |entry: &Entry| 1 + 10 + entry.workflow_id.len() + 10 + 10 + entry.envelope.len();
     let bytes = match request {
-        Request::Append(entry, _) => {
-            1 + 10 + entry.workflow_id.len() + 10 + 10 + entry.envelope.len()
-        }
+        Request::Append(entry, _) => append(entry),
         Request::Clear(id, _) => 1 + 10 + id.len(),
+        Request::Write(ops, _) => ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(entry) => append(entry),
+                Op::Clear(id) | Op::Archive(id) => 1 + 10 + id.len(),
+            })
+            .sum(),
         _ => 0,
     };
     bytes as u64
+}
+
+/// A [`Request::Read`] through the overlay.
+fn read_logged(
+    overlay: &Overlay,
+    base: &mut Base<'_>,
+    source: &Source,
+) -> Result<Vec<Timed>, StoreError> {
+    match source {
+        Source::Run(id) => load_run_timed_logged(overlay, base, id),
+        Source::Namespace(ns) => scan_logged(overlay, base, *ns),
+    }
+}
+
+/// A [`Request::Write`] in one redb transaction (`Durability::Eventual`).
+fn write_eventual(
+    table: &mut RedbTable<'_>,
+    ops: &mut Vec<Op>,
+    path: &Path,
+) -> Result<(), StoreError> {
+    expand(ops, |id| load_run_timed(&*table, id, path))?;
+    for op in ops.drain(..) {
+        match op {
+            Op::Put(entry) => {
+                table
+                    .insert((entry.workflow_id.as_str(), entry.sequence), entry.envelope.as_slice())
+                    .map_err(|e| StoreError::from_redb(path, e))?;
+            }
+            Op::Clear(id) => {
+                let id = id.as_str();
+                table
+                    .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)
+                    .map_err(|e| StoreError::from_redb(path, e))?;
+            }
+            Op::Archive(_) => unreachable!("expanded above"),
+        }
+    }
+    Ok(())
 }
 
 /// Inserts `entry` unless its key is taken.
@@ -651,9 +823,11 @@ fn complete(request: Request, answer: Answer) {
     match (request, answer) {
         (Request::Append(_, done), Answer::Unit(r))
         | (Request::Clear(_, done), Answer::Unit(r))
+        | (Request::Write(_, done), Answer::Unit(r))
         | (Request::Flush(done), Answer::Unit(r))
         | (Request::Close(done), Answer::Unit(r)) => done(r),
         (Request::LoadRun(_, done), Answer::Rows(r)) => done(r),
+        (Request::Read(_, done), Answer::Timed(r)) => done(r),
         (Request::ListRuns(done), Answer::Runs(r)) => done(r),
         // `apply` answers each request with its own variant.
         _ => unreachable!("checkpoint writer answered a request with the wrong kind"),
