@@ -738,7 +738,8 @@ def setup_w7(n: int) -> Pair:
 
 # --------------------------------------------------------------------------------------------
 # W9: N runs of 3 durable states through Client.enqueue + Worker, against the same runs
-# started with orchestrate directly (same store kind, same concurrency), both on SQLite
+# started with orchestrate directly (same store kind, same concurrency); W9 on SQLite, W9r on
+# redb
 # --------------------------------------------------------------------------------------------
 
 W9_CONCURRENCY = 16
@@ -752,14 +753,19 @@ def w9_workflow(name: str) -> cano.Workflow[enum.Enum]:
     return wf.with_name(name)
 
 
-def setup_w9(n: int) -> Pair:
+def setup_w9(n: int, kind: str = "sqlite") -> Pair:
     tmp = bench_dir()
     reps = itertools.count()
     loop = Loop()
 
+    def open_store(name: str) -> Any:
+        if kind == "redb":
+            return cano.RedbCheckpointStore(os.path.join(tmp, f"{name}.redb"))
+        return cano.SqliteCheckpointStore(os.path.join(tmp, f"{name}.db"))
+
     async def run_cano() -> float:
         k = next(reps)
-        async with cano.SqliteCheckpointStore(os.path.join(tmp, f"w9-cano-{k}.db")) as store:
+        async with open_store(f"w9-cano-{k}") as store:
             wf = w9_workflow("Queued")
             first = min(wf.registered_states, key=lambda s: s.value)
             client = cano.Client(store)
@@ -783,7 +789,7 @@ def setup_w9(n: int) -> Pair:
 
     async def run_floor() -> float:
         k = next(reps)
-        async with cano.SqliteCheckpointStore(os.path.join(tmp, f"w9-direct-{k}.db")) as store:
+        async with open_store(f"w9-direct-{k}") as store:
             wf = w9_workflow("Direct").with_checkpoint_store(store)
             first = min(wf.registered_states, key=lambda s: s.value)
             gate = asyncio.Semaphore(W9_CONCURRENCY)
@@ -806,12 +812,16 @@ def setup_w9(n: int) -> Pair:
         lambda: loop.run(run_floor()),
         close,
         note=(
-            f"W9: {n:,} runs of 3 durable states on SQLite (immediate): enqueue all, then one "
-            f"Worker (concurrency {W9_CONCURRENCY}) until the last completes; floor = the same "
-            f"runs through orchestrate, {W9_CONCURRENCY} at a time, on a SQLite store. redb "
-            "serves no workers yet."
+            f"{n:,} runs of 3 durable states on {kind} "
+            f"(immediate): enqueue all, then one Worker (concurrency {W9_CONCURRENCY}) until "
+            f"the last completes; floor = the same runs through orchestrate, {W9_CONCURRENCY} "
+            f"at a time, on a {kind} store (which keeps their records too)."
         ),
     )
+
+
+def setup_w9_redb(n: int) -> Pair:
+    return setup_w9(n, "redb")
 
 
 # --------------------------------------------------------------------------------------------
@@ -918,6 +928,16 @@ WORKLOADS: dict[str, Workload] = {
             "higher",
             0.7,
             setup_w9,
+            n=1_000,
+            n_quick=200,
+        ),
+        Workload(
+            "W9r",
+            "{n:,} runs of 3 durable states via enqueue + Worker (redb)",
+            "runs/s",
+            "higher",
+            0.7,
+            setup_w9_redb,
             n=1_000,
             n_quick=200,
         ),

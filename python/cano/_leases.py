@@ -6,6 +6,7 @@ restarted process holds none, so every run a dead worker held can be taken over 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,16 +33,55 @@ CANCELLED_BEFORE_START = RunEnd(
 )
 
 
+_Bucket = tuple[str | None, str | None]
+"""``(workflow name, queue)``: the runs one claim may take are in the buckets it serves."""
+
+
 class LeaseBook:
     """Queued runs and their leases, over ``records`` (every record the store keeps in
-    memory: at least those of runs not ended)."""
+    memory: at least those of runs not ended).
 
-    __slots__ = ("caps", "queued", "records")
+    A claim costs what it takes, not the size of the queue: due PENDING runs wait in one heap
+    per bucket (by priority, then age), runs enqueued for later in a heap by due time, and
+    the runs RUNNING under a lease in a set (as many as the workers run at once). Entries are
+    dropped lazily: a heap entry whose run is no longer PENDING is skipped when met.
+    """
+
+    __slots__ = ("_delayed", "_ready", "_running", "caps", "queued", "records")
 
     def __init__(self, records: dict[str, Record]) -> None:
         self.records = records
         self.queued: dict[str, Queued] = {}
         self.caps: dict[str, int] = {}
+        self._ready: dict[_Bucket, list[tuple[int, float, str]]] = {}
+        self._delayed: list[tuple[float, str]] = []
+        self._running: set[str] = set()
+
+    def add(self, record: Record, q: Queued) -> None:
+        """Queues a run (enqueued, or loaded when the store opened)."""
+        workflow_id = record.workflow_id
+        self.queued[workflow_id] = q
+        if record.status is RunStatus.RUNNING:
+            self._running.add(workflow_id)
+        elif record.status is RunStatus.PENDING:
+            if q.not_before is None:
+                self._push_ready(record, q)
+            else:
+                heapq.heappush(self._delayed, (q.not_before, workflow_id))
+
+    def forget(self, workflow_id: str) -> None:
+        """The run ended or was deleted: it leaves the queue."""
+        self.queued.pop(workflow_id, None)
+        self._running.discard(workflow_id)
+
+    def _push_ready(self, record: Record, q: Queued) -> None:
+        bucket = self._ready.setdefault((record.workflow_name, record.queue), [])
+        heapq.heappush(bucket, (q.priority, record.created_at, record.workflow_id))
+
+    def _pending(self, workflow_id: str) -> Record | None:
+        record = self.records.get(workflow_id)
+        ok = record is not None and record.status is RunStatus.PENDING
+        return record if ok and workflow_id in self.queued else None
 
     def owns(self, workflow_id: str, fence: tuple[str, int]) -> bool:
         """True while ``fence`` (owner, epoch) is the lease the run is held under."""
@@ -91,49 +131,84 @@ class LeaseBook:
         """Claims up to ``limit`` due PENDING runs and RUNNING runs whose lease expired, by
         priority then age, within the queues' caps: each becomes RUNNING, owned by
         ``worker_id`` under a new epoch. Returns ``(record, queued, taken over)`` of each."""
-        candidates = []
-        for workflow_id, q in self.queued.items():
-            record = self.records[workflow_id]
-            if record.workflow_name not in workflow_names or record.queue not in queues:
-                continue
-            due = record.status is RunStatus.PENDING and (
-                q.not_before is None or q.not_before <= now
-            )
-            orphaned = (
-                record.status is RunStatus.RUNNING
-                and record.owner is not None
-                and q.lease_until < now
-            )
-            if due or orphaned:
-                candidates.append((q.priority, record.created_at, workflow_id))
-        candidates.sort()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, workflow_id = heapq.heappop(self._delayed)
+            record = self._pending(workflow_id)
+            if record is not None:
+                self._push_ready(record, self.queued[workflow_id])
+        names, wanted = set(workflow_names), set(queues)
+        # Runs whose worker's lease expired, ordered like the rest.
+        orphans = sorted(
+            (q.priority, record.created_at, workflow_id)
+            for workflow_id in self._running
+            for record, q in [(self.records[workflow_id], self.queued[workflow_id])]
+            if record.workflow_name in names
+            and record.queue in wanted
+            and record.owner is not None
+            and q.lease_until < now
+        )
+        stack = orphans[::-1]  # taken from its end
+        sources: list[list[tuple[int, float, str]]] = [stack]
+        heads: list[tuple[tuple[int, float, str], int]] = [(stack[-1], 0)] if stack else []
+        for (name, queue_name), bucket in self._ready.items():
+            if name in names and queue_name in wanted and bucket:
+                sources.append(bucket)
+                heads.append((bucket[0], len(sources) - 1))
+        heapq.heapify(heads)
         busy: dict[str, int] = {}
         chosen: list[tuple[Record, Queued, bool]] = []
-        for _, _, workflow_id in candidates:
-            if len(chosen) >= limit:
-                break
-            record, q = self.records[workflow_id], self.queued[workflow_id]
-            queue_name = record.queue or "default"
-            cap = self.caps.get(queue_name)
-            if cap is not None:
-                if queue_name not in busy:
-                    busy[queue_name] = self._running(queue_name, now)
-                if busy[queue_name] >= cap:
-                    continue
-                busy[queue_name] += 1
-            taken_over = record.status is RunStatus.RUNNING
+        while heads and len(chosen) < limit:
+            entry, source = heads[0]
+            workflow_id = entry[2]
+            taken_over = source == 0
+            record = self.records[workflow_id] if taken_over else self._pending(workflow_id)
+            if record is not None:
+                queue_name = record.queue or "default"
+                cap = self.caps.get(queue_name)
+                if cap is not None:
+                    if queue_name not in busy:
+                        busy[queue_name] = self._busy(queue_name, now)
+                    if busy[queue_name] >= cap:
+                        if taken_over:
+                            self._next(heads, sources, source)
+                        else:  # every run of this bucket is in that queue
+                            heapq.heappop(heads)
+                        continue
+                    busy[queue_name] += 1
+            self._next(heads, sources, source)
+            if record is None:
+                continue  # claimed, cancelled or deleted since it was queued
+            q = self.queued[workflow_id]
             record.status, record.owner, record.updated_at = RunStatus.RUNNING, worker_id, now
             q.lease_until, q.epoch = now + lease, q.epoch + 1
+            self._running.add(workflow_id)
             chosen.append((record, q, taken_over))
         return chosen
 
-    def _running(self, queue_name: str, now: float) -> int:
+    @staticmethod
+    def _next(
+        heads: list[tuple[tuple[int, float, str], int]],
+        sources: list[list[tuple[int, float, str]]],
+        source: int,
+    ) -> None:
+        """Takes the head of ``source`` off it and puts its next entry among the heads."""
+        items = sources[source]
+        if source == 0:
+            items.pop()
+            following = items[-1] if items else None
+        else:
+            heapq.heappop(items)
+            following = items[0] if items else None
+        if following is None:
+            heapq.heappop(heads)
+        else:
+            heapq.heapreplace(heads, (following, source))
+
+    def _busy(self, queue_name: str, now: float) -> int:
         return sum(
             1
-            for other, q in self.queued.items()
-            if self.records[other].queue == queue_name
-            and self.records[other].status is RunStatus.RUNNING
-            and q.lease_until >= now
+            for other in self._running
+            if self.records[other].queue == queue_name and self.queued[other].lease_until >= now
         )
 
     def renew(
@@ -167,7 +242,7 @@ class LeaseBook:
         record = self.records.get(workflow_id)
         if record is not None and record.status in (RunStatus.PENDING, RunStatus.WAITING):
             record.ended(CANCELLED_BEFORE_START, now)
-            self.queued.pop(workflow_id, None)
+            self.forget(workflow_id)
             return True
         if record is not None and record.status is RunStatus.RUNNING:
             q = self.queued.get(workflow_id)

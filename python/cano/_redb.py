@@ -33,6 +33,7 @@ from cano.records import (
     StepInfo,
     build_steps,
     matches,
+    write_behind,
 )
 
 __all__ = ["RedbCheckpointStore"]
@@ -122,7 +123,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
             if not record.status.terminal:
                 self._active[workflow_id] = record
                 if q is not None:
-                    self._leases.queued[workflow_id] = q
+                    self._leases.add(record, q)
         for name, data in self._values_now("queue"):
             self._leases.set_cap(name, orjson.loads(data)["concurrency"])
 
@@ -152,7 +153,10 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
             self._active[workflow_id] = record
         else:
             record.started(workflow_name, workflow_version, state, now)
-        await self._put_value("record", workflow_id, self._dump(record))
+        # Not waited for: it reaches the disk in order, with or before the run's first row
+        # (which the run does wait for), in the same group commit; a failure to write it
+        # fails that row too.
+        write_behind(self._put_value("record", workflow_id, self._dump(record)))
 
     async def run_ended(self, workflow_id: str, end: RunEnd, clear_log: bool) -> None:
         """Records how the run ended; with ``clear_log`` moves its log into the history, in
@@ -164,7 +168,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
             record = Record(workflow_id, None, 0, RunStatus.RUNNING, end.state, now, now)
         record.ended(end, now)
         record.owner = None
-        self._leases.queued.pop(workflow_id, None)
+        self._leases.forget(workflow_id)
         self._set_fence(workflow_id, None, 0)
         await self._end_run(workflow_id, _dump(record, None), clear_log)
 
@@ -187,8 +191,12 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
         limit: int,
         offset: int,
     ) -> list[RunInfo]:
-        """Records passing the filters, newest first."""
-        records = await self._all_records()
+        """Records passing the filters, newest first (runs not ended are in memory: asking
+        only for them reads nothing)."""
+        if statuses is not None and not any(s.terminal for s in statuses):
+            records = self._active
+        else:
+            records = await self._all_records()
         chosen = [r for r in records.values() if matches(r, statuses, workflow_name, since)]
         chosen.sort(key=lambda r: (r.created_at, r.workflow_id), reverse=True)
         page = chosen[offset : offset + limit]
@@ -255,7 +263,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
         record.input = None if input is None else orjson.loads(input)
         record.queue = queue
         self._active[workflow_id] = record
-        self._leases.queued[workflow_id] = Queued(initial, priority, not_before)
+        self._leases.add(record, Queued(initial, priority, not_before))
         await self._put_value("record", workflow_id, self._dump(record))
         return record.info()
 
@@ -285,9 +293,9 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
                     attempt=record.attempts + 1,
                 )
             )
-        await asyncio.gather(
-            *(self._put_value("record", r.workflow_id, _dump(r, q)) for r, q, _ in chosen)
-        )
+        # Nothing is written: a claim lives in this process (no other process can open the
+        # file), and the run's start, written next, records it. A crash before that leaves
+        # the run PENDING, claimed again when the store is opened.
         return claims
 
     async def renew_leases(
@@ -324,7 +332,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
 
     def _forget(self, workflow_id: str) -> None:
         self._active.pop(workflow_id, None)
-        self._leases.queued.pop(workflow_id, None)
+        self._leases.forget(workflow_id)
         self._set_fence(workflow_id, None, 0)
 
     async def _stored(self, workflow_id: str) -> Record | None:

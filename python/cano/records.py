@@ -7,7 +7,9 @@ side is :class:`cano.runs.RunRegistry`.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ __all__ = [
     "build_steps",
     "matches",
     "utc",
+    "write_behind",
 ]
 
 FENCE: ContextVar[tuple[str, int] | None] = ContextVar("cano_fence", default=None)
@@ -139,6 +142,18 @@ class StepInfo:
     finished_at: datetime | None
     output: Any
     """The decoded JSON of a cursor or saga output; ``None`` for a state entry."""
+
+
+def write_behind(write: asyncio.Future[None]) -> None:
+    """Lets a record write complete without anyone waiting for it, logging a failure (at
+    WARNING, on ``cano``). For a write that reaches the disk with or before a later one that
+    is waited for and fails with it (a run's start, before its first row)."""
+    write.add_done_callback(_report_failure)
+
+
+def _report_failure(write: asyncio.Future[None]) -> None:
+    if not write.cancelled() and (err := write.exception()) is not None:
+        logging.getLogger("cano").warning("a run record could not be written: %s", err)
 
 
 def utc(ts: float) -> datetime:

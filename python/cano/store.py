@@ -293,7 +293,7 @@ class InMemoryCheckpointStore:
             self._records[workflow_id] = record
         record.ended(end, now)
         record.owner = None
-        self._leases.queued.pop(workflow_id, None)
+        self._leases.forget(workflow_id)
         if clear_log:
             self._history.setdefault(workflow_id, []).extend(self._drop_log(workflow_id))
 
@@ -331,7 +331,7 @@ class InMemoryCheckpointStore:
         """Forgets the run: its record, its history and its log."""
         self._records.pop(workflow_id, None)
         self._history.pop(workflow_id, None)
-        self._leases.queued.pop(workflow_id, None)
+        self._leases.forget(workflow_id)
         self._drop_log(workflow_id)
 
     async def prune_runs(self, finished_before: float, statuses: frozenset[RunStatus]) -> int:
@@ -369,7 +369,7 @@ class InMemoryCheckpointStore:
             record.input = None if input is None else orjson.loads(input)
             record.queue = queue
             self._records[workflow_id] = record
-            self._leases.queued[workflow_id] = Queued(initial, priority, not_before)
+            self._leases.add(record, Queued(initial, priority, not_before))
         return await self.get_run(workflow_id)
 
     async def claim_runs(

@@ -49,6 +49,7 @@ from cano.records import (
     RunStatus,
     StepInfo,
     build_steps,
+    write_behind,
 )
 from cano.store import (
     CheckpointRow,
@@ -1001,9 +1002,18 @@ class SqliteCheckpointStore:
         resumed: bool,
     ) -> asyncio.Future[None]:
         """Records that the run starts (RUNNING), or starts again after a resume."""
-        return self._submit(
-            _STARTED, (workflow_id, workflow_name, workflow_version, state, resumed, FENCE.get())
+        fence = FENCE.get()
+        written = self._submit(
+            _STARTED, (workflow_id, workflow_name, workflow_version, state, resumed, fence)
         )
+        if fence is None:
+            return written  # may be refused (a run a worker holds): the run waits for it
+        # A worker's run: its first row, fenced too, is written after this record and waited
+        # for; a refused or failed start fails that row the same way.
+        write_behind(written)
+        done = written.get_loop().create_future()
+        done.set_result(None)
+        return done
 
     def run_ended(self, workflow_id: str, end: RunEnd, clear_log: bool) -> asyncio.Future[None]:
         """Records how the run ended; with ``clear_log`` moves its log into the history in
