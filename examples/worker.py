@@ -7,6 +7,10 @@ the lease of that run has expired, takes the run over and resumes it from its lo
 states that finished are not run again, the payment that was in flight is. Afterwards the
 run's record and step history say exactly that.
 
+The same again on redb, whose file belongs to one process: the process is killed, started
+again, and its worker takes the run over at once (no lease to wait out: leases live in the
+process that holds the file); a Client in that process waits for the run to finish.
+
 Run it with ``python examples/worker.py``; ``cano runs list --store <file>`` shows the same.
 """
 
@@ -64,21 +68,33 @@ def orders(journal: Path, *, die_in_payment: bool) -> cano.Workflow[Order]:
     )
 
 
+def open_store(path: str | Path) -> Any:
+    """SQLite for ``.db`` files (shared by processes), redb for ``.redb`` (one process)."""
+    if str(path).endswith(".redb"):
+        return cano.RedbCheckpointStore(path)
+    return cano.SqliteCheckpointStore(path)
+
+
 def serve(store_path: str, journal: str, die: bool) -> None:
-    """A worker process: serves the store until it is stopped (or dies)."""
+    """A worker process: serves the store until it is stopped (or dies). On redb nobody else
+    can open the file meanwhile, so it stops by itself once order-7 has finished."""
 
     async def run() -> None:
-        async with cano.SqliteCheckpointStore(store_path) as store:
+        async with open_store(store_path) as store:
             worker = cano.Worker(
                 store, [orders(Path(journal), die_in_payment=die)], lease=2, poll_interval=0.2
             )
-            await worker.run()
+            if not store_path.endswith(".redb"):
+                await worker.run()
+                return
+            async with worker:
+                await cano.Client(store).wait("order-7", timeout=60)
 
     asyncio.run(run())
 
 
 async def enqueue(store_path: Path) -> None:
-    async with cano.SqliteCheckpointStore(store_path) as store:
+    async with open_store(store_path) as store:
         info = await cano.Client(store).enqueue(
             "orders", Order.RESERVE, workflow_id="order-7", input={"items": 3}
         )
@@ -86,12 +102,12 @@ async def enqueue(store_path: Path) -> None:
 
 
 async def record(store_path: Path) -> cano.RunInfo | None:
-    async with cano.SqliteCheckpointStore(store_path) as store:
+    async with open_store(store_path) as store:
         return await cano.Client(store).get("order-7")
 
 
 async def wait_and_report(store_path: Path) -> cano.RunInfo:
-    async with cano.SqliteCheckpointStore(store_path) as store:
+    async with open_store(store_path) as store:
         client = cano.Client(store)
         info = await client.wait("order-7", timeout=60)
         print(f"\nrecord: {info.status.name}, final state {info.final_state}", end="")
@@ -103,8 +119,10 @@ async def wait_and_report(store_path: Path) -> cano.RunInfo:
         return info
 
 
-def main(tmp: Path) -> None:
-    store_path, journal = tmp / "runs.db", tmp / "journal.txt"
+def main(tmp: Path, store_name: str) -> None:
+    store_path, journal = tmp / store_name, tmp / f"{store_name}.journal.txt"
+    redb = store_name.endswith(".redb")
+    print(f"\n=== {'redb: one process per file' if redb else 'SQLite: shared by processes'}")
     asyncio.run(enqueue(store_path))
     worker = [sys.executable, __file__, "--serve", str(store_path), str(journal)]
 
@@ -115,13 +133,18 @@ def main(tmp: Path) -> None:
     assert crashed is not None
     print(f"the record says {crashed.status.name}, in state {crashed.state}, owner {crashed.owner}")
 
-    print("worker 2 starts; once worker 1's lease expires it takes the run over")
-    second = subprocess.Popen(worker)
-    try:
+    if redb:
+        print("the process starts again; its worker takes the run over at once")
+        subprocess.run(worker, timeout=60, check=True)
         info = asyncio.run(wait_and_report(store_path))
-    finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=60)
+    else:
+        print("worker 2 starts; once worker 1's lease expires it takes the run over")
+        second = subprocess.Popen(worker)
+        try:
+            info = asyncio.run(wait_and_report(store_path))
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=60)
     print("\nwhat each process did:")
     for line in journal.read_text().splitlines():
         print(f"  {line}")
@@ -134,4 +157,5 @@ if __name__ == "__main__":
         serve(sys.argv[2], sys.argv[3], die="--die" in sys.argv)
     else:
         with tempfile.TemporaryDirectory() as directory:
-            main(Path(directory))
+            main(Path(directory), "runs.db")
+            main(Path(directory), "runs.redb")

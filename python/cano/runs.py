@@ -42,8 +42,8 @@ __all__ = ["Client", "RunInfo", "RunRegistry", "RunStatus", "StepInfo"]
 
 @runtime_checkable
 class RunRegistry(Protocol):
-    """What a checkpoint store implements to keep run records (the built-in stores but redb
-    do). Times are UNIX seconds (UTC); statuses are :class:`RunStatus` values.
+    """What a checkpoint store implements to keep run records (every built-in store does).
+    Times are UNIX seconds (UTC); statuses are :class:`RunStatus` values.
 
     The engine calls ``run_started`` before a run (or a resumed run) sets its resources up,
     and ``run_ended`` once it ends — with ``clear_log=True`` instead of ``clear`` when the
@@ -90,9 +90,9 @@ class Client:
     def __init__(self, store: object) -> None:
         if not isinstance(store, RunRegistry):
             raise ConfigurationError(
-                f"Client(store): {type(store).__name__} keeps no run records; use "
-                "SqliteCheckpointStore or InMemoryCheckpointStore (RedbCheckpointStore and "
-                "custom stores keep records once they implement cano.RunRegistry)"
+                f"Client(store): {type(store).__name__} keeps no run records; use a built-in "
+                "store (RedbCheckpointStore, SqliteCheckpointStore, InMemoryCheckpointStore) "
+                "or implement cano.runs.RunRegistry"
             )
         self._store: RunRegistry = store
 
@@ -167,8 +167,8 @@ class Client:
         store = self._store
         if not callable(getattr(store, "enqueue_run", None)):
             raise ConfigurationError(
-                f"Client.{what}: {type(store).__name__} has no run queue; use "
-                "SqliteCheckpointStore or InMemoryCheckpointStore"
+                f"Client.{what}: {type(store).__name__} has no run queue; use a built-in "
+                "store or implement cano.worker.RunQueue"
             )
         return store
 

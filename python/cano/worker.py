@@ -132,8 +132,9 @@ class Worker:
         store = store_or_client.store if isinstance(store_or_client, Client) else store_or_client
         if not isinstance(store, RunQueue) or not isinstance(store, RunRegistry):
             raise ConfigurationError(
-                f"Worker(store): {type(store).__name__} has no run queue; use "
-                "SqliteCheckpointStore (several processes) or InMemoryCheckpointStore"
+                f"Worker(store): {type(store).__name__} has no run queue; use a built-in store "
+                "(SqliteCheckpointStore for workers in several processes, RedbCheckpointStore "
+                "or InMemoryCheckpointStore in one) or implement cano.worker.RunQueue"
             )
         self._store: Any = store
         self._workflows: dict[str, Workflow[Any]] = {}

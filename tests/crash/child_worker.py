@@ -1,4 +1,5 @@
-"""Child process: a cano Worker serving the "orders" workflow from a SQLite store.
+"""Child process: a cano Worker serving the "orders" workflow from a SQLite store (a redb
+store when STORE ends in ``.redb``).
 
 Usage: ``child_worker.py STORE JOURNAL WORKER_ID [--hang STATE] [--lease S] [--poll S]
 [--concurrency N] [--sleep S]``. Each state's task notes ``start``/``end`` in the journal;
@@ -56,7 +57,12 @@ def main() -> None:
     wf.add_exit_state(S.DONE)
 
     async def serve() -> None:
-        async with cano.SqliteCheckpointStore(args.store) as store:
+        opened: Any = (
+            cano.RedbCheckpointStore(args.store)
+            if args.store.endswith(".redb")
+            else cano.SqliteCheckpointStore(args.store)
+        )
+        async with opened as store:
             worker = cano.Worker(
                 store,
                 [wf],

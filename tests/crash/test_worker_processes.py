@@ -1,4 +1,5 @@
-"""Workers in real processes on one SQLite store: killed with SIGKILL, frozen with SIGSTOP.
+"""Workers in real processes on one SQLite store: killed with SIGKILL, frozen with SIGSTOP;
+and a redb store's process killed and started again.
 
 Each worker process (``child_worker.py``) notes in a shared journal when each state's task
 starts and ends, so the tests can prove what ran where: no completed state runs twice, and
@@ -38,7 +39,12 @@ def ask(store: Path, *calls: tuple[str, tuple[Any, ...], dict[str, Any]]) -> lis
     """Runs Client calls against the store in a fresh event loop."""
 
     async def go() -> list[Any]:
-        async with cano.SqliteCheckpointStore(store) as s:
+        opened: Any = (
+            cano.RedbCheckpointStore(store)
+            if store.suffix == ".redb"
+            else cano.SqliteCheckpointStore(store)
+        )
+        async with opened as s:
             client = cano.Client(s)
             return [await getattr(client, name)(*a, **kw) for name, a, kw in calls]
 
@@ -171,3 +177,46 @@ def test_a_queue_cap_holds_across_worker_processes(tmp_path: Path, children: lis
         running += step
         peak = max(peak, running)
     assert peak == 2  # each process alone had three free slots
+
+
+def test_a_redb_process_restarted_after_sigkill_finishes_its_runs_at_once(
+    tmp_path: Path, children: list[Child]
+) -> None:
+    """redb serves the Workers of one process: the process started again after a SIGKILL
+    takes over the runs the dead one held at once — no lease to wait out (it holds 60 s) —
+    from their logs, and no completed state runs twice."""
+    store, log = tmp_path / "queue.redb", tmp_path / "journal"
+    enqueue(store, "order-1", "order-2")
+    lease = ("--lease", "60", "--poll", "0.1")
+    first = spawn(children, "child_worker.py", store, log, "w1", "--hang", "CHARGE", *lease)
+    assert first.wait_for("READY") == "READY serving w1"
+    hung = {first.wait_for("READY").split()[1] for _ in range(2)}
+    assert hung == {"order-1", "order-2"}
+    first.sigkill()
+
+    infos = ask(store, ("get", ("order-1",), {}), ("get", ("order-2",), {}))
+    assert [(i.status, i.owner, i.attempts) for i in infos] == [
+        (cano.RunStatus.RUNNING, "w1", 1)
+    ] * 2
+
+    second = spawn(children, "child_worker.py", store, log, "w2", *lease)
+    assert second.wait_for("READY") == "READY serving w2"
+    for _ in range(400):  # well inside the 60 s lease
+        finished = {e[2] for e in events(log) if e[1:4:2] == ("end", "EMAIL")}
+        if finished == {"order-1", "order-2"}:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    os.kill(second.proc.pid, signal.SIGTERM)
+    assert second.finish() == "stopped"  # the file is free again
+
+    for run_id in ("order-1", "order-2"):
+        mine = [(e[0], f"{e[1]} {e[3]}") for e in events(log) if e[2] == run_id]
+        killed = [what for pid, what in mine if pid == str(first.proc.pid)]
+        survivor = [what for pid, what in mine if pid == str(second.proc.pid)]
+        assert killed == [f"{e} {s}" for s in STATES[:2] for e in ("start", "end")] + [
+            "start CHARGE"
+        ]
+        assert survivor == [f"{e} {s}" for s in STATES[2:] for e in ("start", "end")]
+        [info, steps] = ask(store, ("get", (run_id,), {}), ("steps", (run_id,), {}))
+        assert (info.status, info.attempts, info.owner) == (cano.RunStatus.COMPLETED, 2, None)
+        assert [s.state for s in steps] == [*STATES, "DONE"]
