@@ -254,17 +254,24 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
         """Stores a PENDING run unless ``workflow_id`` exists; returns the record."""
         if workflow_id in self._active:
             return await self.get_run(workflow_id)
-        stored = await self._stored(workflow_id)
-        if stored is not None or workflow_id in self._active:
-            return await self.get_run(workflow_id)
         now = time.time()
         record = Record(workflow_id, workflow_name, 0, RunStatus.PENDING, initial, now, now)
         record.attempts = 0
         record.input = None if input is None else orjson.loads(input)
         record.queue = queue
+        q = Queued(initial, priority, not_before)
+        # Known here at once (an enqueue of the same id meanwhile finds it), claimable once
+        # stored: the file may hold an ended run of that id, which the insert finds instead.
         self._active[workflow_id] = record
-        self._leases.add(record, Queued(initial, priority, not_before))
-        await self._put_value("record", workflow_id, self._dump(record))
+        try:
+            found = await self._insert_value("record", workflow_id, _dump(record, q))
+        except BaseException:
+            self._active.pop(workflow_id, None)
+            raise
+        if found is not None:
+            self._active.pop(workflow_id, None)
+            return _load(workflow_id, found)[0].info()
+        self._leases.add(record, q)
         return record.info()
 
     async def claim_runs(

@@ -261,8 +261,13 @@ class Worker:
             except CanoError:
                 _log.warning("worker %s: store error", self.worker_id, exc_info=True)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+            # Until a run ends (or stop), at most one poll_interval: a timer, not a task per
+            # wait as asyncio.wait_for would make.
+            timer = asyncio.get_running_loop().call_later(self._poll, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     async def _tick(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -304,10 +309,9 @@ class Worker:
 
     def _finished(self, workflow_id: str, _task: object) -> None:
         self._owned.pop(workflow_id, None)
-        # Claim again now once an eighth of the slots are free (claims then come in batches,
-        # one store commit for several runs); otherwise at the next poll.
-        if self._concurrency - len(self._owned) >= max(1, self._concurrency // 8):
-            self._wake.set()
+        # Claim again at once. Claims still come in batches: while one is with the store, the
+        # runs that end meanwhile only set the event, and the next tick claims for them all.
+        self._wake.set()
 
     async def _execute(self, claim: Claim, token: CancellationToken) -> None:
         FENCE.set((self.worker_id, claim.epoch))

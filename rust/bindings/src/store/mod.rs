@@ -457,6 +457,21 @@ impl RedbCheckpointStore {
         Ok(future)
     }
 
+    /// Stores `json` as the value of `name` unless it has one; the future gets the value
+    /// found (`None`: stored).
+    fn _insert_value<'py>(
+        &self,
+        py: Python<'py>,
+        namespace_name: &str,
+        name: &str,
+        json: &[u8],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ns = namespace(py, namespace_name)?;
+        let (future, done) = self.waiter(py, Outcome::Value)?;
+        self.store.insert_value(ns, name, json, done).map_err(|e| checkpoint_error(py, &e))?;
+        Ok(future)
+    }
+
     /// Stores a run's final record and, with `archive`, moves its log into its history.
     fn _end_run<'py>(
         &self,

@@ -89,6 +89,8 @@ enum Request {
     Clear(String, Completion<()>),
     /// Changes to the store's own keys (see [`Namespace`]), applied together, in order.
     Write(Vec<Op>, Completion<()>),
+    /// Stores a value of the store's own unless its key holds one; answers the value found.
+    Insert(Entry, Completion<Option<Vec<u8>>>),
     LoadRun(String, Completion<Vec<Row>>),
     Read(Source, Completion<Vec<Timed>>),
     ListRuns(Completion<Vec<RunSummary>>),
@@ -116,6 +118,7 @@ enum Answer {
     Unit(Result<(), StoreError>),
     Rows(Result<Vec<Row>, StoreError>),
     Timed(Result<Vec<Timed>, StoreError>),
+    Found(Result<Option<Vec<u8>>, StoreError>),
     Runs(Result<Vec<RunSummary>, StoreError>),
 }
 
@@ -125,6 +128,7 @@ impl Answer {
             Answer::Unit(r) => r.is_ok(),
             Answer::Rows(r) => r.is_ok(),
             Answer::Timed(r) => r.is_ok(),
+            Answer::Found(r) => r.is_ok(),
             Answer::Runs(r) => r.is_ok(),
         }
     }
@@ -133,6 +137,7 @@ impl Answer {
         match request {
             Request::LoadRun(..) => Answer::Rows(Err(err)),
             Request::Read(..) => Answer::Timed(Err(err)),
+            Request::Insert(..) => Answer::Found(Err(err)),
             Request::ListRuns(..) => Answer::Runs(Err(err)),
             _ => Answer::Unit(Err(err)),
         }
@@ -496,6 +501,20 @@ impl RedbStore {
         let key = namespace.key(name);
         let ops = vec![Op::Clear(key.clone()), Op::Put(value_entry(key, json))];
         self.submit(Request::Write(ops, Box::new(done)))
+    }
+
+    /// Stores `json` as the value of `name` in `namespace` unless it already has one; `done`
+    /// gets the value found (`None`: stored). One request: check and write are atomic.
+    pub fn insert_value(
+        &self,
+        namespace: Namespace,
+        name: &str,
+        json: &[u8],
+        done: impl FnOnce(Result<Option<Vec<u8>>, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        debug_assert!(namespace != Namespace::History, "histories are written by end_run");
+        let entry = value_entry(namespace.key(name), json);
+        self.submit(Request::Insert(entry, Box::new(done)))
     }
 
     /// A run ended: stores its record, and with `archive` moves its log into its step history

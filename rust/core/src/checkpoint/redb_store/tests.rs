@@ -962,6 +962,34 @@ fn archives_see_their_batch_and_records_replay_from_the_log() {
     store.close().unwrap();
 }
 
+/// `insert_value` stores a value only where there is none, and says what it found — in the
+/// overlay, in redb after a checkpoint, and without a log.
+#[test]
+fn inserting_a_value_keeps_the_one_already_there() {
+    for durability in [Durability::Immediate, Durability::Eventual] {
+        let dir = TempDir::new("insert");
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        let insert = |name: &str, json: &[u8]| {
+            let json = json.to_vec();
+            wait(|d| store.insert_value(Namespace::Record, name, &json, d)).unwrap()
+        };
+        assert_eq!(insert("a", b"1"), None);
+        assert_eq!(insert("a", b"2"), Some(b"1".to_vec()));
+        store.close().unwrap();
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        let again = wait(|d| store.insert_value(Namespace::Record, "a", b"3", d)).unwrap();
+        assert_eq!(again, Some(b"1".to_vec()));
+        wait(|d| store.delete_run("a", d)).unwrap();
+        let fresh = wait(|d| store.insert_value(Namespace::Record, "a", b"4", d)).unwrap();
+        assert_eq!(fresh, None);
+        assert_eq!(
+            store.values_blocking(Namespace::Record).unwrap(),
+            [("a".into(), b"4".to_vec())]
+        );
+        store.close().unwrap();
+    }
+}
+
 #[test]
 fn fences_hold_until_replaced_or_dropped() {
     let dir = TempDir::new("fences");

@@ -20,7 +20,7 @@ use crate::checkpoint::contain::contain;
 use crate::checkpoint::error::{path_text, StoreError};
 use crate::checkpoint::overlay::{
     append_logged, list_runs_logged, load_run_logged, load_run_timed_logged, run_bytes_logged,
-    scan_logged, Base, Overlay, ReadSource,
+    scan_logged, Base, InRedb, Overlay, ReadSource,
 };
 use crate::checkpoint::reads::{list_runs, load_run, load_run_timed, scan, Timed};
 use crate::checkpoint::row::Entry;
@@ -105,7 +105,15 @@ fn fail_succeeded(answers: &mut [Answer], requests: &[Request], err: &StoreError
 }
 
 fn mutates(request: &Request) -> bool {
-    matches!(request, Request::Append(..) | Request::Clear(..) | Request::Write(..))
+    matches!(
+        request,
+        Request::Append(..) | Request::Clear(..) | Request::Write(..) | Request::Insert(..)
+    )
+}
+
+/// The output (a value of the store's own) of the first of `rows`.
+fn found(rows: Vec<Timed>) -> Option<Vec<u8>> {
+    rows.into_iter().next().map(|(row, _)| row.output.unwrap_or_default())
 }
 
 /// The rows of `rows` (a run's log) as rows of its step history, with their times.
@@ -318,6 +326,7 @@ impl Writer {
                 Answer::Unit(Err(e)) => e,
                 Answer::Rows(Err(e)) => e,
                 Answer::Timed(Err(e)) => e,
+                Answer::Found(Err(e)) => e,
                 Answer::Runs(Err(e)) => e,
                 _ => continue,
             };
@@ -366,6 +375,7 @@ impl Writer {
                 Request::Append(..) => Answer::Unit(Err(refuse("append"))),
                 Request::Clear(..) => Answer::Unit(Err(refuse("clear"))),
                 Request::Write(..) => Answer::Unit(Err(refuse("run records"))),
+                Request::Insert(..) => Answer::Found(Err(refuse("run records"))),
                 Request::LoadRun(id, _) => Answer::Rows(load_run_logged(overlay, &mut base, id)),
                 Request::Read(source, _) => Answer::Timed(read_logged(overlay, &mut base, source)),
                 Request::ListRuns(_) => Answer::Runs(list_runs_logged(overlay, &mut base)),
@@ -402,7 +412,7 @@ impl Writer {
         let db = self.write_db()?;
         let appended = requests
             .iter()
-            .filter(|r| matches!(r, Request::Append(..) | Request::Write(..)))
+            .filter(|r| matches!(r, Request::Append(..) | Request::Write(..) | Request::Insert(..)))
             .count();
         let mutating = requests.iter().any(mutates);
         let durable = closing || requests.iter().any(|r| matches!(r, Request::Flush(_)));
@@ -423,6 +433,9 @@ impl Writer {
                         )
                     }
                     Request::Write(ops, _) => Answer::Unit(write_eventual(&mut table, ops, &path)),
+                    Request::Insert(entry, _) => {
+                        Answer::Found(insert_eventual(&mut table, entry, &path))
+                    }
                     Request::LoadRun(id, _) => Answer::Rows(load_run(&table, id, &path)),
                     Request::Read(Source::Run(id), _) => {
                         Answer::Timed(load_run_timed(&table, id, &path))
@@ -527,6 +540,18 @@ impl Writer {
                         }
                     }
                     Answer::Unit(expanded)
+                }
+                Request::Insert(entry, _) => {
+                    let key = entry.workflow_id.as_str();
+                    let existing = load_run_timed_logged(overlay, &mut base, key).map(found);
+                    if let Ok(None) = existing {
+                        wal.push_append(key, entry.sequence, &entry.envelope);
+                        // Nothing in redb either (just read): later lookups need not ask.
+                        overlay.learn(key, InRedb::Nothing);
+                        let envelope = std::mem::take(&mut entry.envelope);
+                        overlay.insert(key, entry.sequence, envelope);
+                    }
+                    Answer::Found(existing)
                 }
                 Request::LoadRun(id, _) => Answer::Rows(load_run_logged(overlay, &mut base, id)),
                 Request::Read(source, _) => Answer::Timed(read_logged(overlay, &mut base, source)),
@@ -744,7 +769,7 @@ impl Writer {
 fn record_bound(request: &Request) -> u64 {
     let append = |entry: &Entry| 1 + 10 + entry.workflow_id.len() + 10 + 10 + entry.envelope.len();
     let bytes = match request {
-        Request::Append(entry, _) => append(entry),
+        Request::Append(entry, _) | Request::Insert(entry, _) => append(entry),
         Request::Clear(id, _) => 1 + 10 + id.len(),
         Request::Write(ops, _) => ops
             .iter()
@@ -768,6 +793,21 @@ fn read_logged(
         Source::Run(id) => load_run_timed_logged(overlay, base, id),
         Source::Namespace(ns) => scan_logged(overlay, base, *ns),
     }
+}
+
+/// A [`Request::Insert`] in a redb transaction (`Durability::Eventual`).
+fn insert_eventual(
+    table: &mut RedbTable<'_>,
+    entry: &Entry,
+    path: &Path,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let existing = found(load_run_timed(&*table, &entry.workflow_id, path)?);
+    if existing.is_none() {
+        table
+            .insert((entry.workflow_id.as_str(), entry.sequence), entry.envelope.as_slice())
+            .map_err(|e| StoreError::from_redb(path, e))?;
+    }
+    Ok(existing)
 }
 
 /// A [`Request::Write`] in one redb transaction (`Durability::Eventual`).
@@ -828,6 +868,7 @@ fn complete(request: Request, answer: Answer) {
         | (Request::Close(done), Answer::Unit(r)) => done(r),
         (Request::LoadRun(_, done), Answer::Rows(r)) => done(r),
         (Request::Read(_, done), Answer::Timed(r)) => done(r),
+        (Request::Insert(_, done), Answer::Found(r)) => done(r),
         (Request::ListRuns(done), Answer::Runs(r)) => done(r),
         // `apply` answers each request with its own variant.
         _ => unreachable!("checkpoint writer answered a request with the wrong kind"),
