@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cano.errors import CheckpointError, LeaseLostError
-from cano.records import FENCE, Record, RunEnd, RunStatus
+from cano.records import FENCE, Claim, Record, RunEnd, RunStatus
 
-__all__ = ["CANCELLED_BEFORE_START", "LeaseBook", "Queued"]
+__all__ = ["CANCELLED_BEFORE_START", "LeaseBook", "Queued", "claim_of"]
 
 
 @dataclass(slots=True)
@@ -26,6 +26,19 @@ class Queued:
     lease_until: float = 0.0
     epoch: int = 0
     cancel_requested: bool = False
+
+
+def claim_of(record: Record, q: Queued, resume: bool) -> Claim:
+    """What a Worker gets for a run it just claimed (``resume``: it has a log)."""
+    return Claim(
+        workflow_id=record.workflow_id,
+        workflow_name=record.workflow_name or "",
+        initial=q.initial,
+        input=record.input,
+        epoch=q.epoch,
+        resume=resume,
+        attempt=record.attempts + 1,
+    )
 
 
 CANCELLED_BEFORE_START = RunEnd(

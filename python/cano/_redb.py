@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from cano import _core
-from cano._leases import LeaseBook, Queued
+from cano._leases import LeaseBook, Queued, claim_of
 from cano.records import (
     Claim,
     Record,
@@ -289,17 +289,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
             self._set_fence(record.workflow_id, worker_id, q.epoch)
             # A run taken over resumes from its log, if its process got as far as writing one.
             resume = taken_over and bool(await self._timed_rows(record.workflow_id, False))
-            claims.append(
-                Claim(
-                    workflow_id=record.workflow_id,
-                    workflow_name=record.workflow_name or "",
-                    initial=q.initial,
-                    input=record.input,
-                    epoch=q.epoch,
-                    resume=resume,
-                    attempt=record.attempts + 1,
-                )
-            )
+            claims.append(claim_of(record, q, resume))
         # Nothing is written: a claim lives in this process (no other process can open the
         # file), and the run's start, written next, records it. A crash before that leaves
         # the run PENDING, claimed again when the store is opened.

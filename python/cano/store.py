@@ -32,7 +32,7 @@ from typing import Protocol, TypedDict, runtime_checkable
 
 import orjson
 
-from cano._leases import LeaseBook, Queued
+from cano._leases import LeaseBook, Queued, claim_of
 from cano._redb import RedbCheckpointStore
 from cano.errors import CheckpointError
 from cano.records import (
@@ -383,16 +383,7 @@ class InMemoryCheckpointStore:
         """Claims up to ``limit`` due PENDING runs and RUNNING runs whose lease expired."""
         chosen = self._leases.claim(worker_id, workflow_names, queues, limit, lease, time.time())
         return [
-            Claim(
-                workflow_id=record.workflow_id,
-                workflow_name=record.workflow_name or "",
-                initial=q.initial,
-                input=record.input,
-                epoch=q.epoch,
-                resume=bool(self._runs.get(record.workflow_id)),
-                attempt=record.attempts + 1,
-            )
-            for record, q, _ in chosen
+            claim_of(record, q, bool(self._runs.get(record.workflow_id))) for record, q, _ in chosen
         ]
 
     async def renew_leases(
