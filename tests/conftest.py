@@ -9,10 +9,11 @@ from typing import Any
 import cano
 import pytest
 from cano.store import InMemoryCheckpointStore, RedbCheckpointStore
+from pg_server import postgres_store
 from stores import DictStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "redb"])
+@pytest.fixture(params=["memory", "sqlite", "redb", "postgres"])
 async def record_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     """Each store that keeps run records and serves workers."""
     if request.param == "memory":
@@ -20,6 +21,9 @@ async def record_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     elif request.param == "redb":
         async with RedbCheckpointStore(tmp_path / "records.redb") as redb:
             yield redb
+    elif request.param == "postgres":
+        async with postgres_store() as pg:
+            yield pg
     else:
         async with cano.SqliteCheckpointStore(tmp_path / "records.db") as sqlite:
             yield sqlite

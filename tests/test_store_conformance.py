@@ -25,6 +25,7 @@ from cano.store import (
     RowKind,
     conflict_message,
 )
+from pg_server import postgres_store
 from stores import DictStore
 
 # --------------------------------------------------------------------------------------------
@@ -57,6 +58,7 @@ FACTORIES: dict[str, StoreFactory] = {
     "sqlite": lambda tmp: plain_closing(cano.SqliteCheckpointStore(tmp / "checkpoints.db")),
     "memory": lambda _tmp: plain(InMemoryCheckpointStore()),
     "dict": lambda _tmp: plain(DictStore()),
+    "postgres": lambda _tmp: postgres_store(),
 }
 
 # --------------------------------------------------------------------------------------------
