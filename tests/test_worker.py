@@ -219,6 +219,57 @@ async def test_a_write_under_a_lost_lease_is_refused_and_the_run_abandoned(store
     assert info is not None and info.status is RunStatus.RUNNING and info.owner == "new"
 
 
+async def test_a_worker_that_lost_its_run_compensates_nothing(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = cano.Client(store)
+    undone: list[Any] = []
+    started, fail_now = asyncio.Event(), asyncio.Event()
+
+    class Reserve(cano.CompensatableTask[S, dict[str, int]]):
+        def name(self) -> str:
+            return "reserve"
+
+        def config(self) -> cano.TaskConfig:
+            return cano.TaskConfig.minimal()
+
+        async def run(self, res: cano.Resources[Any]) -> tuple[S, dict[str, int]]:
+            return S.B, {"hold": 1}
+
+        async def compensate(self, res: cano.Resources[Any], output: dict[str, int]) -> None:
+            undone.append(output)
+
+    async def charge(res: cano.Resources) -> S:
+        started.set()
+        await fail_now.wait()
+        raise RuntimeError("card declined")  # a failure that would compensate the hold
+
+    wf = (
+        cano.Workflow[S](cano.Resources.empty(), name="orders")
+        .register_with_compensation(S.A, Reserve())
+        .register(S.B, cano.task(name="charge", config=cano.TaskConfig.minimal())(charge))
+        .add_exit_state(S.DONE)
+    )
+    await client.enqueue("orders", S.A, workflow_id="saga")
+    old = worker(store, wf, worker_id="old", poll_interval=1)  # no renewal meanwhile
+    old.start()
+    await started.wait()
+    [(_, epoch)] = [(i, o.claim.epoch) for i, o in old._owned.items()]
+    # The lease runs out (given back here, as if the worker had been frozen past it) and
+    # another worker takes the run over.
+    await store.release_leases("old", [("saga", epoch)])
+    [taken] = await store.claim_runs("thief", ("orders",), ("default",), 1, 30)
+    assert taken.epoch == epoch + 1
+    fail_now.set()
+    while old.running:
+        await asyncio.sleep(0.01)
+    await old.stop()
+    assert undone == []  # the hold is the new owner's to keep or undo
+    info = await client.get("saga")
+    assert info is not None and (info.status, info.owner) == (RunStatus.RUNNING, "thief")
+    assert "abandoned run saga" in caplog.text
+
+
 async def test_bad_arguments_are_refused(store: Any, tmp_path: Path) -> None:
     client = cano.Client(store)
     with pytest.raises(cano.ConfigurationError, match="name"):

@@ -16,6 +16,7 @@ from typing import Any
 
 from cano._codec import decode
 from cano.errors import CheckpointError, OrphanedCompensationError, TaskTimeoutError
+from cano.records import LEASE_CHECK
 
 __all__ = ["drain"]
 
@@ -28,6 +29,9 @@ async def drain(
 ) -> list[BaseException]:
     """Runs the compensations of ``stack`` (``(task name, output JSON)``) in LIFO order and
     returns the errors met, in drain order (empty when everything was undone)."""
+    check = LEASE_CHECK.get()
+    if check is not None:
+        await check()  # a worker that lost the run undoes nothing (LeaseLostError)
     loop = asyncio.get_running_loop()
     deadline = None if budget is None else loop.time() + budget
     errors: list[BaseException] = []

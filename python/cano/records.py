@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FENCE",
+    "LEASE_CHECK",
     "Claim",
     "Record",
     "RunEnd",
@@ -34,6 +35,13 @@ __all__ = [
     "utc",
     "write_behind",
 ]
+
+LEASE_CHECK: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "cano_lease_check", default=None
+)
+"""Set by a Worker around each run it owns: confirms with the store that the run's lease is
+still this worker's (raising :class:`cano.LeaseLostError` otherwise). The compensation drain
+awaits it before undoing anything, so that a worker that lost a run never compensates it."""
 
 FENCE: ContextVar[tuple[str, int] | None] = ContextVar("cano_fence", default=None)
 """``(owner, lease epoch)`` of the lease the current run is held under, set by a Worker

@@ -37,7 +37,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from cano._core import CancellationHandle, CancellationToken
 from cano._values import Duration, count, seconds
 from cano.errors import CanoError, ConfigurationError, LeaseLostError
-from cano.records import FENCE, Claim, RunEnd, RunStatus
+from cano.records import FENCE, LEASE_CHECK, Claim, RunEnd, RunStatus
 from cano.runs import Client, RunRegistry
 from cano.workflow import Workflow
 
@@ -315,6 +315,7 @@ class Worker:
 
     async def _execute(self, claim: Claim, token: CancellationToken) -> None:
         FENCE.set((self.worker_id, claim.epoch))
+        LEASE_CHECK.set(functools.partial(self._confirm_lease, claim))
         _CURRENT.set(RunContext(claim.workflow_id, claim.input, claim.attempt, self.worker_id))
         wf = self._workflows[claim.workflow_name]
         extra = {"workflow_id": claim.workflow_id, "attempt": claim.attempt}
@@ -346,6 +347,16 @@ class Worker:
                 await self._refuse(claim, err)
         except Exception as err:  # not the engine's: log it, never kill the worker
             _log.warning("run %s raised %r", claim.workflow_id, err, extra=extra)
+
+    async def _confirm_lease(self, claim: Claim) -> None:
+        """Renews the run's lease now, or raises LeaseLostError: before compensating."""
+        held = [(claim.workflow_id, claim.epoch)]
+        lost, _ = await self._store.renew_leases(self.worker_id, held, self._lease)
+        if lost:
+            raise LeaseLostError(
+                f"the lease on run {claim.workflow_id!r} is no longer this worker's (another "
+                "worker took the run over): it compensates nothing"
+            )
 
     def _initial(self, wf: Workflow[Any], claim: Claim) -> Any:
         by_label = wf._labels  # label -> state, kept by the workflow as states are claimed

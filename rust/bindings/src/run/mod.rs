@@ -479,6 +479,12 @@ impl Run {
                 }
                 self.cleared(py);
             }
+            Phase::Draining if crate::errors::is_lease_lost(py, &err) => {
+                // The lease was lost before anything was undone: the new owner carries the
+                // saga on; this worker compensates nothing.
+                let plan_ref = self.plan.bind(py).clone();
+                self.abandon(py, plan_ref.get(), err);
+            }
             Phase::Draining => {
                 // The drain itself failed (cancelled from outside, or an engine bug).
                 self.stack.clear();
