@@ -75,8 +75,7 @@ def start(directory: Path) -> str:
         capture_output=True,
     )
     options = (
-        f"-c listen_addresses=127.0.0.1 -p {port} -k {directory} -c fsync=on "
-        "-c max_connections=200"
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {directory} -c fsync=on -c max_connections=200"
     )
     subprocess.run(
         _as_owner(
@@ -146,7 +145,7 @@ def fresh_schema() -> str:
 
 
 async def drop_schema(dsn: str, schema: str) -> None:
-    import psycopg  # noqa: PLC0415 - only where PostgreSQL is used
+    import psycopg
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -156,12 +155,12 @@ async def drop_schema(dsn: str, schema: str) -> None:
 async def postgres_store(schema: str | None = None, **options: Any) -> AsyncIterator[Any]:
     """An open ``PostgresCheckpointStore`` in a fresh schema, dropped afterwards; the test
     is skipped when there is no server."""
-    import pytest  # noqa: PLC0415
+    import pytest
 
     dsn = test_dsn()
     if dsn is None:
         pytest.skip("no PostgreSQL: apt-get install -y postgresql, or set CANO_PG_DSN")
-    from cano.stores.postgres import PostgresCheckpointStore  # noqa: PLC0415
+    from cano.stores.postgres import PostgresCheckpointStore
 
     schema = schema or fresh_schema()
     try:
