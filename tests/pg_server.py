@@ -101,11 +101,9 @@ def pg_ctl(directory: Path, *args: str) -> None:
     """Runs ``pg_ctl`` on the cluster in ``directory`` (``restart -m immediate``, say)."""
     bin_dir = binaries()
     assert bin_dir is not None
-    subprocess.run(
-        _as_owner([str(bin_dir / "pg_ctl"), "-D", str(directory / "data"), "-w", *args]),
-        check=True,
-        capture_output=True,
-    )
+    # -l: a restarted server writes to the log, not to this pipe (which it would keep open).
+    command = [str(bin_dir / "pg_ctl"), "-D", str(directory / "data"), "-l", str(directory / "log")]
+    subprocess.run(_as_owner([*command, "-w", *args]), check=True, capture_output=True, timeout=60)
 
 
 def stop(directory: Path) -> None:

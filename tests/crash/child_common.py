@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 
 class Journal:
@@ -31,3 +32,18 @@ def ready(tag: str = "") -> None:
 def result(text: str) -> None:
     sys.stdout.write(f"RESULT {text}\n")
     sys.stdout.flush()
+
+
+def open_store(spec: str) -> Any:
+    """The store a child serves: ``postgresql://…#SCHEMA`` (PostgreSQL, in that schema), a
+    ``.redb`` file, or a SQLite file."""
+    import cano  # noqa: PLC0415 - after the journal helpers, which need nothing
+
+    if spec.startswith("postgresql://"):
+        from cano.stores.postgres import PostgresCheckpointStore  # noqa: PLC0415
+
+        dsn, _, schema = spec.partition("#")
+        return PostgresCheckpointStore(dsn, schema=schema or "cano")
+    if spec.endswith(".redb"):
+        return cano.RedbCheckpointStore(spec)
+    return cano.SqliteCheckpointStore(spec)

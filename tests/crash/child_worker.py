@@ -1,5 +1,5 @@
-"""Child process: a cano Worker serving the "orders" workflow from a SQLite store (a redb
-store when STORE ends in ``.redb``).
+"""Child process: a cano Worker serving the "orders" workflow from a store: a SQLite file, a
+``.redb`` file, or ``postgresql://…#SCHEMA``.
 
 Usage: ``child_worker.py STORE JOURNAL WORKER_ID [--hang STATE] [--lease S] [--poll S]
 [--concurrency N] [--sleep S]``. Each state's task notes ``start``/``end`` in the journal;
@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import cano
-from child_common import Journal, ready, result
+from child_common import Journal, open_store, ready, result
 from child_states import ORDER, S
 
 
@@ -57,12 +57,7 @@ def main() -> None:
     wf.add_exit_state(S.DONE)
 
     async def serve() -> None:
-        opened: Any = (
-            cano.RedbCheckpointStore(args.store)
-            if args.store.endswith(".redb")
-            else cano.SqliteCheckpointStore(args.store)
-        )
-        async with opened as store:
+        async with open_store(args.store) as store:
             worker = cano.Worker(
                 store,
                 [wf],

@@ -16,6 +16,7 @@ from typing import Any
 
 import cano
 import pytest
+from child_common import open_store
 from test_sigkill import Child, spawn
 
 pytestmark = [
@@ -35,23 +36,19 @@ def events(path: Path) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def ask(store: Path, *calls: tuple[str, tuple[Any, ...], dict[str, Any]]) -> list[Any]:
-    """Runs Client calls against the store in a fresh event loop."""
+def ask(store: Path | str, *calls: tuple[str, tuple[Any, ...], dict[str, Any]]) -> list[Any]:
+    """Runs Client calls against the store (a path, or ``postgresql://…#SCHEMA``) in a fresh
+    event loop."""
 
     async def go() -> list[Any]:
-        opened: Any = (
-            cano.RedbCheckpointStore(store)
-            if store.suffix == ".redb"
-            else cano.SqliteCheckpointStore(store)
-        )
-        async with opened as s:
+        async with open_store(str(store)) as s:
             client = cano.Client(s)
             return [await getattr(client, name)(*a, **kw) for name, a, kw in calls]
 
     return asyncio.run(go())
 
 
-def enqueue(store: Path, *ids: str) -> None:
+def enqueue(store: Path | str, *ids: str) -> None:
     ask(store, *[("enqueue", ("orders", "VALIDATE"), {"workflow_id": i}) for i in ids])
 
 

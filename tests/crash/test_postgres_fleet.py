@@ -1,0 +1,160 @@
+"""A fleet of Worker processes on one PostgreSQL database: killed with SIGKILL, frozen with
+SIGSTOP, and the database itself restarted under them.
+
+Needs a PostgreSQL server: the tests start a throwaway one (``tests/pg_server.py``, from
+Debian's ``postgresql`` package) or use ``CANO_PG_DSN``; without either they are skipped.
+Each test works in a schema of its own. Every worker process notes in a shared journal when
+each state's task starts and ends, so the tests prove what ran where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import cano
+import pg_server
+import pytest
+from test_sigkill import Child, spawn
+from test_worker_processes import STATES, ask, enqueue, events
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGKILL and SIGSTOP"),
+    pytest.mark.timeout(120),
+]
+
+FAST = ("--lease", "2", "--poll", "0.1")
+
+
+@pytest.fixture
+def pg() -> Iterator[str]:
+    """``postgresql://…#SCHEMA``: the test's own schema, dropped afterwards."""
+    dsn = pg_server.test_dsn()
+    if dsn is None:
+        pytest.skip("no PostgreSQL: apt-get install -y postgresql, or set CANO_PG_DSN")
+    schema = pg_server.fresh_schema()
+    yield f"{dsn}#{schema}"
+    asyncio.run(pg_server.drop_schema(dsn, schema))
+
+
+def serving(children: list[Child], pg: str, log: Path, name: str, *options: str) -> Child:
+    child = spawn(children, "child_worker.py", pg, log, name, *options)
+    assert child.wait_for("READY serving") == f"READY serving {name}"
+    return child
+
+
+def stop(*workers: Child) -> None:
+    for w in workers:
+        os.kill(w.proc.pid, signal.SIGTERM)
+    for w in workers:
+        assert w.finish() == "stopped"
+
+
+def per_run(log: Path, run_id: str) -> list[str]:
+    return [f"{e[1]} {e[3]}" for e in events(log) if e[2] == run_id]
+
+
+def test_three_workers_finish_thirty_runs_exactly_once(
+    pg: str, tmp_path: Path, children: list[Child]
+) -> None:
+    log = tmp_path / "journal"
+    ids = [f"run-{i}" for i in range(30)]
+    workers = [serving(children, pg, log, f"w{n}", "--concurrency", "4", *FAST) for n in range(3)]
+    enqueue(pg, *ids)  # once the whole fleet is there
+    infos = ask(pg, *[("wait", (i,), {"timeout": 60}) for i in ids])
+    stop(*workers)
+    assert {(i.status, i.attempts) for i in infos} == {(cano.RunStatus.COMPLETED, 1)}
+    done = Counter((run, state, event) for _pid, event, run, state in events(log))
+    assert len(done) == 30 * len(STATES) * 2 and set(done.values()) == {1}  # exactly once
+    assert len({pid for pid, *_ in events(log)}) >= 2  # the fleet shared the work
+
+
+def test_a_killed_worker_s_runs_are_finished_by_the_others(
+    pg: str, tmp_path: Path, children: list[Child]
+) -> None:
+    log = tmp_path / "journal"
+    ids = [f"order-{i}" for i in range(4)]
+    enqueue(pg, *ids)
+    victim = serving(children, pg, log, "w0", "--hang", "CHARGE", "--concurrency", "4", *FAST)
+    hung = {victim.wait_for("READY").split()[1] for _ in ids}
+    assert hung == set(ids)  # all four in flight in the victim
+    victim.sigkill()
+
+    others = [serving(children, pg, log, f"w{n}", *FAST) for n in (1, 2)]
+    infos = ask(pg, *[("wait", (i,), {"timeout": 60}) for i in ids])
+    stop(*others)
+    assert {(i.status, i.attempts) for i in infos} == {(cano.RunStatus.COMPLETED, 2)}
+    for run_id in ids:
+        # Only CHARGE, in flight at the kill, ran twice; every finished state once.
+        assert per_run(log, run_id) == [
+            "start VALIDATE",
+            "end VALIDATE",
+            "start RESERVE",
+            "end RESERVE",
+            "start CHARGE",
+            "start CHARGE",
+            "end CHARGE",
+            "start EMAIL",
+            "end EMAIL",
+        ]
+        [steps] = ask(pg, ("steps", (run_id,), {}))
+        assert [s.state for s in steps] == [*STATES, "DONE"]
+
+
+def test_a_frozen_worker_writes_nothing_after_the_takeover(
+    pg: str, tmp_path: Path, children: list[Child]
+) -> None:
+    log = tmp_path / "journal"
+    enqueue(pg, "order-9")
+    # CHARGE ends 2 s after it starts: by then the worker is frozen past its 1 s lease; when
+    # it thaws it tries to go on to EMAIL, a write its lost lease must refuse.
+    options = ("--hang", "CHARGE", "--sleep", "2", "--lease", "1", "--poll", "0.1")
+    frozen = serving(children, pg, log, "w1", *options)
+    assert frozen.wait_for("READY") == "READY order-9 CHARGE"
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        taker = serving(children, pg, log, "w2", "--lease", "1", "--poll", "0.1")
+        [done] = ask(pg, ("wait", ("order-9",), {"timeout": 60}))
+        assert done.status is cano.RunStatus.COMPLETED and done.attempts == 2
+        [before] = ask(pg, ("steps", ("order-9",), {}))
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+    for _ in range(200):  # until the thawed worker has finished CHARGE and tried to go on
+        mine = [e for e in events(log) if e[0] == str(frozen.proc.pid)]
+        if ("end", "CHARGE") in [(e[1], e[3]) for e in mine]:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    asyncio.run(asyncio.sleep(0.5))
+    stop(frozen, taker)
+    frozen_events = [(e[1], e[3]) for e in events(log) if e[0] == str(frozen.proc.pid)]
+    assert frozen_events[-1] == ("end", "CHARGE")  # its task code ran to its end...
+    assert ("start", "EMAIL") not in frozen_events  # ...and it moved on to nothing
+    [info, after] = ask(pg, ("get", ("order-9",), {}), ("steps", ("order-9",), {}))
+    assert info.status is cano.RunStatus.COMPLETED and info.attempts == 2
+    assert [(s.sequence, s.state) for s in after] == [(s.sequence, s.state) for s in before]
+    assert "abandoned run order-9" in frozen.stderr
+
+
+def test_a_database_restart_strands_no_run(pg: str, tmp_path: Path, children: list[Child]) -> None:
+    cluster = pg_server.test_cluster()
+    if cluster is None:
+        pytest.skip("restarts only the server the tests started (CANO_PG_DSN is outside)")
+    log = tmp_path / "journal"
+    ids = [f"r-{i}" for i in range(8)]
+    enqueue(pg, *ids)
+    options = ("--hang", "CHARGE", "--sleep", "1", "--concurrency", "4", *FAST)
+    workers = [serving(children, pg, log, f"w{n}", *options) for n in (1, 2)]
+    workers[0].wait_for("READY")  # runs are in flight...
+    pg_server.pg_ctl(cluster, "restart", "-m", "immediate")  # ...when the server dies
+    infos = ask(pg, *[("wait", (i,), {"timeout": 90}) for i in ids])
+    stop(*workers)
+    assert {i.status for i in infos} == {cano.RunStatus.COMPLETED}
+    for run_id in ids:
+        finished = [line for line in per_run(log, run_id) if line.startswith("end")]
+        assert finished[-1] == "end EMAIL"
+        # A state may run again only if it was in flight when its connection broke.
+        assert finished.count("end VALIDATE") <= 2
