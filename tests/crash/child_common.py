@@ -37,10 +37,10 @@ def result(text: str) -> None:
 def open_store(spec: str) -> Any:
     """The store a child serves: ``postgresql://…#SCHEMA`` (PostgreSQL, in that schema), a
     ``.redb`` file, or a SQLite file."""
-    import cano  # noqa: PLC0415 - after the journal helpers, which need nothing
+    import cano
 
     if spec.startswith("postgresql://"):
-        from cano.stores.postgres import PostgresCheckpointStore  # noqa: PLC0415
+        from cano.stores.postgres import PostgresCheckpointStore
 
         dsn, _, schema = spec.partition("#")
         return PostgresCheckpointStore(dsn, schema=schema or "cano")
