@@ -133,8 +133,12 @@ def test_dsn() -> str | None:
 
 
 def test_cluster() -> Path | None:
-    """The data directory of the server started here (None with an outside server)."""
-    return _started[0][0] if _started else None
+    """The directory of the tests' server, when it is a throwaway one they may restart: the
+    one started here, or ``$CANO_PG_CLUSTER`` (what ``.ci/run`` started); None otherwise."""
+    if _started:
+        return _started[0][0]
+    env = os.environ.get("CANO_PG_CLUSTER")
+    return Path(env) if env else None
 
 
 def fresh_schema() -> str:
