@@ -29,7 +29,10 @@ from cano.workflow import Workflow
 
 __all__ = ["add_commands", "row_cells", "runs", "worker"]
 
-STORE_HELP = "the store: a redb or SQLite file, or sqlite:///PATH (default: $CANO_STORE)"
+STORE_HELP = (
+    "the store: a redb or SQLite file, sqlite:///PATH, or postgresql://…[#SCHEMA] "
+    "(default: $CANO_STORE)"
+)
 
 
 def add_commands(commands: Any) -> None:
@@ -88,14 +91,19 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _REDB_MAGIC = b"redb"
 
 
-def _open_store(spec: str, *, write: bool = False) -> RedbCheckpointStore | SqliteCheckpointStore:
-    """The store named by ``--store``: ``sqlite:///ABS/PATH`` or ``sqlite:REL/PATH``, a
-    ``postgresql://`` URL (not available yet), or a file path: a SQLite file (by its header,
-    or by a .db/.sqlite/.sqlite3 name) or a redb file. Never creates anything; a redb file is
-    opened read-only unless the command writes (so a full disk can still be inspected)."""
+def _open_store(spec: str, *, write: bool = False) -> Any:
+    """The store named by ``--store`` (to be entered with ``async with``): a
+    ``postgresql://…`` URL (``#SCHEMA`` picks the schema, default ``cano``),
+    ``sqlite:///ABS/PATH`` or ``sqlite:REL/PATH``, or a file path: a SQLite file (by its
+    header, or by a .db/.sqlite/.sqlite3 name) or a redb file. Never creates a file; a redb
+    file is opened read-only unless the command writes (so a full disk can be inspected)."""
     if spec.startswith(("postgresql:", "postgres:")):
-        scheme = spec.split(":", 1)[0]
-        raise Failure(f"{scheme} checkpoint stores are not available in this version of cano")
+        try:
+            from cano.stores.postgres import PostgresCheckpointStore  # noqa: PLC0415
+        except ImportError as err:
+            raise Failure(str(err)) from None
+        dsn, _, schema = spec.partition("#")
+        return PostgresCheckpointStore(dsn, schema=schema or "cano")
     sqlite = spec.startswith("sqlite:")
     path = _sqlite_url_path(spec) if sqlite else spec
     if not Path(path).is_file():
@@ -211,7 +219,7 @@ def _statuses(values: list[str] | None) -> list[RunStatus] | None:
 async def runs(args: argparse.Namespace) -> int:
     """``cano runs ACTION``."""
     writes = args.action in ("clear", "cancel", "prune")
-    with _open_store(args.store, write=writes) as store:
+    async with _open_store(args.store, write=writes) as store:
         if args.action == "list":
             return await _list_records(store, args)
         client = Client(store)
@@ -414,7 +422,7 @@ async def worker(args: argparse.Namespace) -> int:
         raise Failure(f"{args.target} is not a cano.Workflow or a list of them")
     if args.concurrency < 1:
         raise UsageError(f"cano worker: --concurrency must be at least 1, got {args.concurrency}")
-    with _open_store(args.store, write=True) as store:
+    async with _open_store(args.store, write=True) as store:
         serving = Worker(
             store, flows, concurrency=args.concurrency, queues=args.queue or ["default"]
         )

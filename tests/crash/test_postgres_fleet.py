@@ -10,6 +10,7 @@ each state's task starts and ends, so the tests prove what ran where.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections import Counter
@@ -158,3 +159,26 @@ def test_a_database_restart_strands_no_run(pg: str, tmp_path: Path, children: li
         assert finished[-1] == "end EMAIL"
         # A state may run again only if it was in flight when its connection broke.
         assert finished.count("end VALIDATE") <= 2
+
+
+def test_cano_runs_reads_a_live_fleet(
+    pg: str, tmp_path: Path, children: list[Child], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cano.cli import main
+
+    log = tmp_path / "journal"
+    enqueue(pg, "live-1")
+    busy = serving(children, pg, log, "w1", "--hang", "CHARGE", *FAST)
+    assert busy.wait_for("READY") == "READY live-1 CHARGE"
+    assert main(["runs", "list", "--store", pg, "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert (listed["workflow_id"], listed["status"], listed["owner"]) == ("live-1", "RUNNING", "w1")
+    assert listed["state"] == "CHARGE" and listed["rows"] == 3
+    assert main(["runs", "cancel", "live-1", "--store", pg]) == 0  # its worker stops it
+    assert "asked to stop" in capsys.readouterr().out
+    [info] = ask(pg, ("wait", ("live-1",), {"timeout": 30}))
+    stop(busy)
+    assert info.status is cano.RunStatus.CANCELLED
+    assert main(["runs", "steps", "live-1", "--store", pg, "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)
+    assert [s["state"] for s in steps] == ["VALIDATE", "RESERVE", "CHARGE"]

@@ -204,6 +204,13 @@ class PostgresCheckpointStore:
         """Connects, and creates (or checks) the schema and its tables."""
         if self._pool is not None:
             return self
+        try:  # one connection first: a refused or failed login is said at once, as it is
+            probe = await psycopg.AsyncConnection.connect(self._dsn, connect_timeout=10)
+        except (psycopg.Error, OSError) as e:
+            raise CheckpointError(
+                f"PostgreSQL store {self._label()}: cannot connect: {_reason(e)}"
+            ) from None
+        await probe.close()
         pool = AsyncConnectionPool(
             self._dsn,
             min_size=1,
