@@ -16,6 +16,7 @@ import cano
 import pytest
 from cano import RunStatus
 from cano.records import FENCE
+from pg_server import postgres_store
 
 
 class S(enum.Enum):
@@ -268,6 +269,17 @@ async def test_a_worker_that_lost_its_run_compensates_nothing(
     info = await client.get("saga")
     assert info is not None and (info.status, info.owner) == (RunStatus.RUNNING, "thief")
     assert "abandoned run saga" in caplog.text
+
+
+async def test_an_enqueue_wakes_an_idle_postgres_worker_before_its_next_poll() -> None:
+    async with postgres_store() as store:
+        client = cano.Client(store)
+        # Polling every 30 s: only the NOTIFY of the enqueue can start the run in time.
+        async with worker(store, orders(), poll_interval=30, lease=90):
+            await asyncio.sleep(0.3)  # idle: its first poll found nothing
+            await client.enqueue("orders", S.A, workflow_id="woken")
+            info = await client.wait("woken", timeout=10)
+        assert info.status is RunStatus.COMPLETED
 
 
 async def test_bad_arguments_are_refused(store: Any, tmp_path: Path) -> None:

@@ -255,6 +255,21 @@ class Worker:
     # ----- the loop ---------------------------------------------------------------------
 
     async def _serve(self) -> None:
+        # A store that can say when runs are enqueued (PostgreSQL: LISTEN) wakes the idle
+        # wait below at once; polling stays the safety net.
+        watch = getattr(self._store, "watch_enqueues", None)
+        watcher = None
+        if callable(watch):
+            watcher = asyncio.get_running_loop().create_task(watch(self._wake.set))
+        try:
+            await self._serve_until_stopped()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+
+    async def _serve_until_stopped(self) -> None:
         while not self._stopping:
             try:
                 await self._tick()

@@ -938,6 +938,22 @@ class PostgresCheckpointStore:
         await self._with(go)
         return await self.get_run(workflow_id)
 
+    async def watch_enqueues(self, wake: Callable[[], None]) -> None:
+        """Calls ``wake()`` whenever a run is enqueued anywhere in the database (``LISTEN
+        cano_wake``), until cancelled: a Worker's idle wait ends at once instead of at its
+        next poll. A lost connection is opened again (and ``wake()`` called, in case
+        something was enqueued meanwhile); notifications are only a hint — Workers poll."""
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+                async with conn:
+                    await conn.execute("LISTEN cano_wake")
+                    wake()
+                    async for _ in conn.notifies():
+                        wake()
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(1.0)
+
     async def set_queue_cap(self, name: str, concurrency: int | None) -> None:
         """Caps the runs of queue ``name`` RUNNING at once, fleet-wide (None: no cap)."""
         await self._fetch(
