@@ -460,7 +460,7 @@ def sqlite_floor(path: str, count: int) -> tuple[Callable[[], float], Callable[[
     return run, conn.close
 
 
-def durable_chain(name: str, n: int, store: cano.RedbCheckpointStore) -> cano.Workflow[enum.Enum]:
+def durable_chain(name: str, n: int, store: Any) -> cano.Workflow[enum.Enum]:
     """N no-op states (default TaskConfig) plus an exit state, checkpointed in ``store``."""
     states = enum.Enum(name, [f"S{i}" for i in range(n + 1)])  # type: ignore[misc]
     members: list[enum.Enum] = list(states)
@@ -825,6 +825,126 @@ def setup_w9_redb(n: int) -> Pair:
 
 
 # --------------------------------------------------------------------------------------------
+# W10: PostgreSQL. Durable transitions of one run against one committed INSERT on the same
+# server; and fleet throughput (1, 2, 4 worker processes), reported in the note
+# --------------------------------------------------------------------------------------------
+
+W10_FLAG = "--_w10-worker"
+W10_FLEET_RUNS = 1_000
+
+
+def pg_dsn() -> str:
+    """``$CANO_PG_DSN``, or a throwaway server started by ``tests/pg_server.py``."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import pg_server
+
+    dsn = pg_server.test_dsn()
+    if dsn is None:
+        raise SystemExit("W10 needs PostgreSQL: apt-get install -y postgresql, or CANO_PG_DSN")
+    return dsn
+
+
+def w10_worker(dsn: str, schema: str, concurrency: int) -> None:
+    """A worker process of the fleet measurement: serves until SIGTERM."""
+    from cano.stores.postgres import PostgresCheckpointStore
+
+    async def serve() -> None:
+        async with PostgresCheckpointStore(dsn, schema=schema) as store:
+            worker = cano.Worker(store, [w9_workflow("Fleet")], concurrency=concurrency)
+            print("serving", flush=True)
+            await worker.run()
+
+    asyncio.run(serve())
+
+
+async def w10_fleet(dsn: str, schema: str, workers: int, n: int) -> float:
+    """Runs/s of ``n`` enqueued 3-state runs served by ``workers`` processes."""
+    import signal
+
+    from cano.stores.postgres import PostgresCheckpointStore
+
+    async with PostgresCheckpointStore(dsn, schema=schema) as store:
+        client = cano.Client(store)
+        command = [sys.executable, os.path.abspath(__file__), W10_FLAG, dsn, schema, "16"]
+        procs = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(workers)
+        ]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline() == "serving\n"
+            first = min(w9_workflow("Fleet").registered_states, key=lambda s: s.value)
+            t0 = time.time()
+            await asyncio.gather(
+                *(client.enqueue("Fleet", first, workflow_id=f"f{workers}-{i}") for i in range(n))
+            )
+            unfinished = [cano.RunStatus.PENDING, cano.RunStatus.RUNNING]
+            while await client.list(status=unfinished, limit=1):
+                await asyncio.sleep(0.05)
+            done = await client.list(status=cano.RunStatus.COMPLETED, limit=n + 1)
+            assert len([i for i in done if i.workflow_id.startswith(f"f{workers}-")]) == n
+            end = max(i.finished_at.timestamp() for i in done if i.finished_at)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=60)
+        return n / (end - t0)
+
+
+def setup_w10(n: int) -> Pair:
+    import psycopg
+    from cano.stores.postgres import PostgresCheckpointStore
+
+    dsn = pg_dsn()
+    schema = f"bench_{os.getpid()}"
+    loop = Loop()
+    store = PostgresCheckpointStore(dsn, schema=schema)
+    loop.run(store.open())
+    wf = durable_chain("Postgres", n, store)
+    first, end = min(wf.registered_states, key=lambda s: s.value), next(iter(wf.exit_states))
+    reps = itertools.count()
+    conn = loop.run(psycopg.AsyncConnection.connect(dsn, autocommit=True))
+    table = f'"{schema}".floor'
+    loop.run(conn.execute(f"CREATE TABLE {table} (id text, seq bigint, body bytea)"))
+
+    async def run_cano() -> float:
+        wid = f"w10-{next(reps)}"
+        t0 = time.perf_counter_ns()
+        out = await wf.orchestrate(first, workflow_id=wid)
+        dt = time.perf_counter_ns() - t0
+        assert out is end, out
+        return dt / n / 1_000
+
+    async def run_floor() -> float:
+        rep = next(reps)
+        t0 = time.perf_counter_ns()
+        for i in range(n):  # one committed INSERT per row (synchronous_commit on)
+            await conn.execute(f"INSERT INTO {table} VALUES (%s, %s, %s)", (f"f{rep}", i, RECORD))
+        return (time.perf_counter_ns() - t0) / n / 1_000
+
+    fleet = {k: loop.run(w10_fleet(dsn, schema, k, W10_FLEET_RUNS)) for k in (1, 2, 4)}
+
+    def close() -> None:
+        loop.run(conn.execute(f'DROP SCHEMA "{schema}" CASCADE'))
+        loop.run(conn.close())
+        loop.run(store.close())
+        loop.close()
+
+    shown = ", ".join(f"{k} worker(s): {v:,.0f} runs/s" for k, v in fleet.items())
+    return Pair(
+        lambda: loop.run(run_cano()),
+        lambda: loop.run(run_floor()),
+        close,
+        note=(
+            f"floor = one committed INSERT (autocommit, synchronous_commit on) of a "
+            f"{len(RECORD)}-byte row, {n:,} in a row, on the same loopback server. Fleet: "
+            f"{W10_FLEET_RUNS:,} enqueued runs of 3 durable states, served by worker "
+            f"processes (concurrency 16 each): {shown} (2 cores shared with the server)."
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Registry (id -> workload). Add W3..W6 here.
 # --------------------------------------------------------------------------------------------
 
@@ -932,6 +1052,16 @@ WORKLOADS: dict[str, Workload] = {
             n_quick=200,
         ),
         Workload(
+            "W10",
+            "one run, {n:,} durable states (PostgreSQL)",
+            "µs/checkpointed transition",
+            "lower",
+            1.5,
+            setup_w10,
+            n=1_000,
+            n_quick=200,
+        ),
+        Workload(
             "W9r",
             "{n:,} runs of 3 durable states via enqueue + Worker (redb)",
             "runs/s",
@@ -952,6 +1082,9 @@ WORKLOADS: dict[str, Workload] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [W10_FLAG]:
+        w10_worker(argv[1], argv[2], int(argv[3]))
+        return 0
     if argv[:1] == [CHILD_FLAG]:
         mode, n = argv[1], int(argv[2])
         print(asyncio.run(w7_child(mode, n)))

@@ -249,7 +249,7 @@ async def check_queue_claims_fence_and_cancel(store: Any) -> None:
     again = await store.enqueue_run("q", "orders", "B", None, "default", None, 0)
     assert first.status is cano.RunStatus.PENDING and again.input == {"n": 1}  # idempotent
     assert await store.claim_runs("w1", ("other",), ("default",), 5, 30) == []
-    [claim] = await store.claim_runs("w1", ("orders",), ("default",), 5, 0.01)
+    [claim] = await store.claim_runs("w1", ("orders",), ("default",), 5, 0.5)
     assert (claim.workflow_id, claim.initial, claim.input, claim.resume) == (
         "q",
         "A",
@@ -257,7 +257,7 @@ async def check_queue_claims_fence_and_cancel(store: Any) -> None:
         False,
     )
     assert await store.claim_runs("w2", ("orders",), ("default",), 5, 30) == []  # leased
-    await asyncio.sleep(0.05)  # w1's lease expires
+    await asyncio.sleep(0.6)  # w1's lease expires
     [taken] = await store.claim_runs("w2", ("orders",), ("default",), 5, 30)
     assert taken.epoch > claim.epoch
     lost, cancels = await store.renew_leases("w1", [("q", claim.epoch)], 30)

@@ -217,7 +217,6 @@ class PostgresCheckpointStore:
             max_size=self._pool_size,
             open=False,
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
             reconnect_timeout=_RECONNECT_FOR,
         )
         try:
@@ -343,20 +342,15 @@ class PostgresCheckpointStore:
             try:
                 async with pool.connection() as conn:
                     return await work(conn)
-            except (CheckpointError, LeaseLostError):
-                raise
-            except psycopg.errors.UniqueViolation as e:
-                raise CheckpointError(f"PostgreSQL store {self._label()}: {_reason(e)}") from None
             except Exception as e:
                 if retry and _transient(e) and time.monotonic() < deadline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                if isinstance(e, psycopg.Error | TimeoutError):
-                    raise CheckpointError(
-                        f"PostgreSQL store {self._label()}: {_reason(e)}"
-                    ) from None
-                raise
+                err = self._store_error(e)
+                if err is e:
+                    raise
+                raise err from None
 
     async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async def go(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
@@ -396,30 +390,55 @@ class PostgresCheckpointStore:
         return future
 
     async def _commit_batches(self) -> None:
+        """Commits what waits, batch after batch, on one connection held for the burst (no
+        pool checkout per commit); a lost connection is replaced and the batch tried again
+        for up to 30 s."""
         batcher = self._batcher
+        conn: psycopg.AsyncConnection[Any] | None = None
+        pool = self._pool
         try:
             while batcher.waiting:
                 batch, batcher.waiting = batcher.waiting, []
-                tries = 0
-
-                async def insert(
-                    conn: psycopg.AsyncConnection[Any], batch: list[_Append] = batch
-                ) -> None:
-                    nonlocal tries
-                    tries += 1
-                    await self._insert(conn, batch, retried=tries > 1)
-
-                try:
-                    await self._with(insert)
-                except BaseException as e:
-                    err = e if isinstance(e, Exception) else CheckpointError(str(e))
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(err)
-                    if not isinstance(e, Exception):
+                deadline, delay, tries = time.monotonic() + _RECONNECT_FOR, 0.05, 0
+                while True:
+                    try:
+                        if pool is None:
+                            self._need_pool()  # raises: closed
+                        assert pool is not None
+                        if conn is None:
+                            conn = await pool.getconn()
+                        tries += 1
+                        await self._insert(conn, batch, retried=tries > 1)
+                        break
+                    except Exception as e:
+                        if _transient(e) and time.monotonic() < deadline:
+                            if conn is not None and pool is not None:
+                                await pool.putconn(conn)  # a broken one is discarded
+                            conn = None
+                            await asyncio.sleep(delay)
+                            delay = min(delay * 2, 1.0)
+                            continue
+                        err = self._store_error(e)
+                        for item in batch:
+                            _settle(item.future, err)
+                        break
+                    except BaseException as e:
+                        for item in batch:
+                            _settle(item.future, CheckpointError(f"append interrupted: {e!r}"))
                         raise
         finally:
+            if conn is not None and pool is not None:
+                await pool.putconn(conn)
             batcher.task = None
+
+    def _store_error(self, err: Exception) -> Exception:
+        """What a failed statement raises: cano's own errors as they are, a database's
+        failure as a CheckpointError naming the store."""
+        if isinstance(err, CheckpointError | LeaseLostError):
+            return err
+        if isinstance(err, psycopg.Error | TimeoutError):
+            return CheckpointError(f"PostgreSQL store {self._label()}: {_reason(err)}")
+        return err
 
     async def _insert(
         self, conn: psycopg.AsyncConnection[Any], batch: list[_Append], *, retried: bool
@@ -431,8 +450,19 @@ class PostgresCheckpointStore:
         plain = [a for a in batch if a.fence is None]
         fenced = [a for a in batch if a.fence is not None]
         stored: set[tuple[str, int]] = set()
-        async with conn.transaction():
-            if plain:
+        # One statement is atomic by itself (autocommit): a transaction only for two.
+        both = conn.transaction() if plain and fenced else contextlib.nullcontext()
+        async with both:
+            if len(plain) == 1 and not fenced:  # one row: no arrays to build and unpack
+                cur = await conn.execute(
+                    self._q(
+                        f"INSERT INTO {{s}}.checkpoints ({_COLUMNS}) VALUES (%s, %s, %s, %s, "
+                        "%s, %s, %s) ON CONFLICT DO NOTHING RETURNING workflow_id, sequence"
+                    ),
+                    plain[0].fields,
+                )
+                stored.update((w, q) for w, q in await cur.fetchall())
+            elif plain:
                 cur = await conn.execute(
                     self._q(
                         f"INSERT INTO {{s}}.checkpoints ({_COLUMNS}) SELECT * FROM "
@@ -616,49 +646,42 @@ class PostgresCheckpointStore:
         self, workflow_id: str, end: RunEnd, clear_log: bool, fence: tuple[str, int] | None
     ) -> None:
         values = (end.status.value, end.state, end.final_state, end.error, end.error_type)
-
-        async def go(conn: psycopg.AsyncConnection[Any]) -> None:
-            async with conn.transaction():
-                if fence is not None:
-                    cur = await conn.execute(
-                        self._q(
-                            "UPDATE {s}.runs SET status = %s, state = coalesce(%s, state), "
-                            "final_state = %s, error = %s, error_type = %s, owner = NULL, "
-                            "updated_at = clock_timestamp(), finished_at = clock_timestamp() "
-                            "WHERE workflow_id = %s AND owner = %s AND lease_epoch = %s "
-                            "AND status = 'RUNNING' RETURNING 1"
-                        ),
-                        (*values, workflow_id, *fence),
-                    )
-                    if await cur.fetchone() is None:
-                        raise _lease_lost(workflow_id)
-                else:
-                    await conn.execute(
-                        self._q(
-                            "INSERT INTO {s}.runs AS r (workflow_id, status, state, final_state, "
-                            "error, error_type, attempts, finished_at) VALUES (%s, %s, %s, %s, "
-                            "%s, %s, 1, clock_timestamp()) ON CONFLICT (workflow_id) DO UPDATE "
-                            "SET status = EXCLUDED.status, state = coalesce(EXCLUDED.state, "
-                            "r.state), final_state = EXCLUDED.final_state, error = "
-                            "EXCLUDED.error, error_type = EXCLUDED.error_type, owner = NULL, "
-                            "updated_at = clock_timestamp(), finished_at = clock_timestamp()"
-                        ),
-                        (workflow_id, *values),
-                    )
-                if clear_log:
-                    await conn.execute(
-                        self._q(
-                            "WITH moved AS (DELETE FROM {s}.checkpoints WHERE workflow_id = %s "
-                            f"RETURNING {_COLUMNS}, at) INSERT INTO {{s}}.steps "
-                            f"SELECT {_COLUMNS}, at FROM moved ON CONFLICT (workflow_id, "
-                            "sequence) DO UPDATE SET state = EXCLUDED.state, task_id = "
-                            "EXCLUDED.task_id, kind = EXCLUDED.kind, output = EXCLUDED.output, "
-                            "workflow_version = EXCLUDED.workflow_version, at = EXCLUDED.at"
-                        ),
-                        (workflow_id,),
-                    )
-
-        await self._with(go)
+        # One statement (one round trip, atomic): the record, then — only if the record was
+        # written (a fenced one may not be) — the log moved into the history.
+        if fence is not None:
+            record = (
+                "UPDATE {s}.runs SET status = %s, state = coalesce(%s, state), final_state = "
+                "%s, error = %s, error_type = %s, owner = NULL, updated_at = clock_timestamp(), "
+                "finished_at = clock_timestamp() WHERE workflow_id = %s AND owner = %s AND "
+                "lease_epoch = %s AND status = 'RUNNING' RETURNING workflow_id"
+            )
+            params: tuple[Any, ...] = (*values, workflow_id, *fence)
+        else:
+            record = (
+                "INSERT INTO {s}.runs AS r (workflow_id, status, state, final_state, error, "
+                "error_type, attempts, finished_at) VALUES (%s, %s, %s, %s, %s, %s, 1, "
+                "clock_timestamp()) ON CONFLICT (workflow_id) DO UPDATE SET status = "
+                "EXCLUDED.status, state = coalesce(EXCLUDED.state, r.state), final_state = "
+                "EXCLUDED.final_state, error = EXCLUDED.error, error_type = EXCLUDED.error_type, "
+                "owner = NULL, updated_at = clock_timestamp(), finished_at = clock_timestamp() "
+                "RETURNING workflow_id"
+            )
+            params = (workflow_id, *values)
+        move = (
+            "moved AS (DELETE FROM {s}.checkpoints c USING ended WHERE c.workflow_id = "
+            "ended.workflow_id RETURNING c.workflow_id, c.sequence, c.state, c.task_id, c.kind, "
+            "c.output, c.workflow_version, c.at), kept AS (INSERT INTO {s}.steps SELECT * FROM "
+            "moved ON CONFLICT (workflow_id, sequence) DO UPDATE SET state = EXCLUDED.state, "
+            "task_id = EXCLUDED.task_id, kind = EXCLUDED.kind, output = EXCLUDED.output, "
+            "workflow_version = EXCLUDED.workflow_version, at = EXCLUDED.at RETURNING 1), "
+        )
+        rows = await self._fetch(
+            f"WITH ended AS ({record}), {move if clear_log else ''}"
+            "done AS (SELECT count(*) AS n FROM ended) SELECT n FROM done",
+            params,
+        )
+        if fence is not None and rows[0][0] == 0:
+            raise _lease_lost(workflow_id)
 
     async def get_run(self, workflow_id: str) -> RunInfo | None:
         """The run's record, or None."""
@@ -766,31 +789,14 @@ class PostgresCheckpointStore:
     ) -> RunInfo | None:
         """Stores a PENDING run unless ``workflow_id`` exists (and wakes the workers of its
         queue); returns the record."""
-
-        async def go(conn: psycopg.AsyncConnection[Any]) -> None:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.runs (workflow_id, workflow_name, status, state, "
-                        "attempts, input, queue, initial, priority, not_before) VALUES (%s, %s, "
-                        "'PENDING', %s, 0, %s, %s, %s, %s, to_timestamp(%s)) ON CONFLICT "
-                        "(workflow_id) DO NOTHING RETURNING 1"
-                    ),
-                    (
-                        workflow_id,
-                        workflow_name,
-                        initial,
-                        input,
-                        queue,
-                        initial,
-                        priority,
-                        not_before,
-                    ),
-                )
-                if await cur.fetchone() is not None:
-                    await conn.execute("SELECT pg_notify('cano_wake', %s)", (queue,))
-
-        await self._with(go)
+        # One statement: the insert, and a NOTIFY only when it inserted.
+        await self._fetch(
+            "WITH added AS (INSERT INTO {s}.runs (workflow_id, workflow_name, status, state, "
+            "attempts, input, queue, initial, priority, not_before) VALUES (%s, %s, 'PENDING', "
+            "%s, 0, %s, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (workflow_id) DO NOTHING "
+            "RETURNING queue) SELECT pg_notify('cano_wake', queue) FROM added",
+            (workflow_id, workflow_name, initial, input, queue, initial, priority, not_before),
+        )
         return await self.get_run(workflow_id)
 
     async def claim_runs(
