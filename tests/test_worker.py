@@ -282,6 +282,35 @@ async def test_an_enqueue_wakes_an_idle_postgres_worker_before_its_next_poll() -
         assert info.status is RunStatus.COMPLETED
 
 
+async def test_a_worker_that_cannot_renew_stops_its_runs_before_the_lease_runs_out() -> None:
+    class Unreachable(cano.InMemoryCheckpointStore):
+        async def renew_leases(self, *args: Any) -> tuple[list[str], list[str]]:
+            await asyncio.Event().wait()  # the store stopped answering
+            raise AssertionError("unreachable")
+
+    store = Unreachable()
+    client = cano.Client(store)
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def a(res: cano.Resources) -> S:
+        started.set()
+        try:
+            await asyncio.sleep(60)  # a side effect in progress
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return S.B
+
+    await client.enqueue("orders", S.A, workflow_id="cut-off")
+    w = worker(store, orders(a), lease=0.6, poll_interval=0.1)
+    w.start()
+    await started.wait()
+    await asyncio.wait_for(stopped.wait(), 30)  # stopped, not left running on
+    info = await client.get("cut-off")
+    await w.stop(grace=0.2)  # its tick is stuck on the store: not waited for long
+    assert info is not None and info.status is RunStatus.RUNNING  # for another to take over
+
+
 async def test_bad_arguments_are_refused(store: Any, tmp_path: Path) -> None:
     client = cano.Client(store)
     with pytest.raises(cano.ConfigurationError, match="name"):

@@ -112,6 +112,9 @@ class _Owned:
     claim: Claim
     task: asyncio.Task[Any]
     handle: CancellationHandle
+    held_since: float
+    """Loop time the claim, or the last renewal that succeeded, was sent: the lease runs
+    ``lease`` seconds from a moment after it."""
     lost: bool = False
 
 
@@ -230,6 +233,9 @@ class Worker:
         self._stopping = True
         self._wake.set()
         if self._loop_task is not None:
+            # A tick stuck on an unreachable store is not waited for beyond the grace.
+            await asyncio.wait({self._loop_task}, timeout=limit)
+            self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         tasks = [o.task for o in self._owned.values()]
@@ -257,17 +263,39 @@ class Worker:
     async def _serve(self) -> None:
         # A store that can say when runs are enqueued (PostgreSQL: LISTEN) wakes the idle
         # wait below at once; polling stays the safety net.
+        loop = asyncio.get_running_loop()
+        helpers = [loop.create_task(self._self_fence())]
         watch = getattr(self._store, "watch_enqueues", None)
-        watcher = None
         if callable(watch):
-            watcher = asyncio.get_running_loop().create_task(watch(self._wake.set))
+            helpers.append(loop.create_task(watch(self._wake.set)))
         try:
             await self._serve_until_stopped()
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for helper in helpers:
+                helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await watcher
+                    await helper
+
+    async def _self_fence(self) -> None:
+        """Stops a run whose lease could not be renewed in time (the store unreachable, the
+        renewal stuck): ``poll_interval`` before its lease may run out, the run is cancelled
+        here — it writes nothing more and stays RUNNING for whoever takes it over — so that
+        two workers never run it at once, whatever the network does."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._poll / 2)
+            limit = loop.time() - (self._lease - self._poll)
+            for workflow_id, owned in list(self._owned.items()):
+                if not owned.lost and owned.held_since <= limit:
+                    owned.lost = True
+                    owned.task.cancel()
+                    _log.warning(
+                        "worker %s could not renew its lease on run %s in time: stopped the "
+                        "run (it stays RUNNING for another worker to take over)",
+                        self.worker_id,
+                        workflow_id,
+                        extra={"workflow_id": workflow_id},
+                    )
 
     async def _serve_until_stopped(self) -> None:
         while not self._stopping:
@@ -292,6 +320,10 @@ class Worker:
             self._renewed_at = now
             held = [(i, o.claim.epoch) for i, o in self._owned.items() if not o.lost]
             lost, cancels = await self._store.renew_leases(self.worker_id, held, self._lease)
+            for workflow_id, _ in held:
+                owned = self._owned.get(workflow_id)
+                if owned is not None and workflow_id not in lost:
+                    owned.held_since = max(owned.held_since, now)
             for workflow_id in lost:
                 owned = self._owned.get(workflow_id)
                 if owned is not None and not owned.lost:
@@ -310,16 +342,17 @@ class Worker:
         free = self._concurrency - len(self._owned)
         if free <= 0 or self._stopping:
             return
+        sent = asyncio.get_running_loop().time()
         claims = await self._store.claim_runs(
             self.worker_id, self._names, self._queues, free, self._lease
         )
         for claim in claims:
-            self._launch(claim)
+            self._launch(claim, sent)
 
-    def _launch(self, claim: Claim) -> None:
+    def _launch(self, claim: Claim, sent: float) -> None:
         token, handle = CancellationToken.new()
         task = asyncio.get_running_loop().create_task(self._execute(claim, token))
-        self._owned[claim.workflow_id] = _Owned(claim, task, handle)
+        self._owned[claim.workflow_id] = _Owned(claim, task, handle, sent)
         task.add_done_callback(functools.partial(self._finished, claim.workflow_id))
 
     def _finished(self, workflow_id: str, _task: object) -> None:
