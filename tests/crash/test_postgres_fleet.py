@@ -132,12 +132,14 @@ def test_a_frozen_worker_writes_nothing_after_the_takeover(
     asyncio.run(asyncio.sleep(0.5))
     stop(frozen, taker)
     frozen_events = [(e[1], e[3]) for e in events(log) if e[0] == str(frozen.proc.pid)]
-    assert frozen_events[-1] == ("end", "CHARGE")  # its task code ran to its end...
+    # Thawed, it either stopped the run itself (its lease could not have been renewed in
+    # time) or finished CHARGE's code and had its next write refused by the store:
+    assert frozen_events[-1] in (("start", "CHARGE"), ("end", "CHARGE"))
     assert ("start", "EMAIL") not in frozen_events  # ...and it moved on to nothing
     [info, after] = ask(pg, ("get", ("order-9",), {}), ("steps", ("order-9",), {}))
     assert info.status is cano.RunStatus.COMPLETED and info.attempts == 2
     assert [(s.sequence, s.state) for s in after] == [(s.sequence, s.state) for s in before]
-    assert "abandoned run order-9" in frozen.stderr
+    assert "abandoned run order-9" in frozen.stderr or "could not renew" in frozen.stderr
 
 
 def test_a_database_restart_strands_no_run(pg: str, tmp_path: Path, children: list[Child]) -> None:

@@ -123,12 +123,14 @@ def test_a_frozen_worker_writes_nothing_after_the_takeover(
         assert child.finish() == "stopped"
 
     frozen_events = [(e[1], e[3]) for e in events(log) if e[0] == str(frozen.proc.pid)]
-    assert frozen_events[-1] == ("end", "CHARGE")  # its task code ran to its end...
+    # Thawed, it either stopped the run itself (its lease could not have been renewed in
+    # time) or finished CHARGE's code and had its next write refused by the store:
+    assert frozen_events[-1] in (("start", "CHARGE"), ("end", "CHARGE"))
     assert ("start", "EMAIL") not in frozen_events  # ...but it moved on to nothing
     [info, steps] = ask(store, ("get", ("order-2",), {}), ("steps", ("order-2",), {}))
     assert info.status is cano.RunStatus.COMPLETED and info.attempts == 2
     assert [(s.sequence, s.state) for s in steps] == [(s.sequence, s.state) for s in steps_before]
-    assert "abandoned run order-2" in frozen.stderr
+    assert "abandoned run order-2" in frozen.stderr or "could not renew" in frozen.stderr
 
 
 def test_a_queue_cap_holds_across_worker_processes(tmp_path: Path, children: list[Child]) -> None:
