@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cano.errors import CheckpointError, LeaseLostError
 from cano.records import FENCE, Claim, Record, RunEnd, RunStatus
 
-__all__ = ["CANCELLED_BEFORE_START", "LeaseBook", "Queued", "claim_of"]
+__all__ = ["CANCELLED_BEFORE_START", "LeaseBook", "Queued", "claim_of", "renewal_outcome"]
 
 
 @dataclass(slots=True)
@@ -39,6 +39,28 @@ def claim_of(record: Record, q: Queued, resume: bool) -> Claim:
         resume=resume,
         attempt=record.attempts + 1,
     )
+
+
+def renewal_outcome(
+    worker_id: str,
+    held: Iterable[tuple[str, int]],
+    found: dict[str, tuple[int, str, str | None, bool]],
+) -> tuple[list[str], list[str]]:
+    """(lost, cancel requested) of a renewal of ``held`` (id, epoch), from what a store
+    found of each run after it: ``(epoch, status, owner, cancel requested)``. A run that
+    just ended under its lease is neither; one claimed again (or deleted) is lost."""
+    lost, cancelled = [], []
+    for workflow_id, epoch in held:
+        current = found.get(workflow_id)
+        if (
+            current is None
+            or current[0] != epoch
+            or (current[1] == "RUNNING" and current[2] != worker_id)
+        ):
+            lost.append(workflow_id)
+        elif current[1] == "RUNNING" and current[3]:
+            cancelled.append(workflow_id)
+    return lost, cancelled
 
 
 CANCELLED_BEFORE_START = RunEnd(

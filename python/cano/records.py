@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -192,6 +192,29 @@ class Record:
     queue: str | None = None
     owner: str | None = None
     finished_at: float | None = None
+
+    @classmethod
+    def from_columns(cls, row: Sequence[Any]) -> Record:
+        """A record from the columns the SQL stores select, in this order: workflow_id,
+        workflow_name, workflow_version, status, state, final_state, error, error_type,
+        input (JSON bytes), queue, owner, attempts, created_at, updated_at, finished_at."""
+        return cls(
+            workflow_id=row[0],
+            workflow_name=row[1],
+            workflow_version=row[2],
+            status=RunStatus(row[3]),
+            state=row[4],
+            final_state=row[5],
+            error=row[6],
+            error_type=row[7],
+            input=None if row[8] is None else orjson.loads(row[8]),
+            queue=row[9],
+            owner=row[10],
+            attempts=row[11],
+            created_at=row[12],
+            updated_at=row[13],
+            finished_at=row[14],
+        )
 
     def started(self, name: str | None, version: int, state: str, now: float) -> None:
         """The run starts again (a resume): RUNNING, one more attempt."""

@@ -33,6 +33,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
+from cano._leases import renewal_outcome
 from cano.errors import CheckpointError, ConfigurationError, LeaseLostError
 from cano.records import (
     FENCE,
@@ -143,30 +144,9 @@ class _Batcher:
     task: asyncio.Task[None] | None = None
 
 
-def _record(row: Sequence[Any]) -> Record:
-    record = Record(
-        workflow_id=row[0],
-        workflow_name=row[1],
-        workflow_version=row[2],
-        status=RunStatus(row[3]),
-        state=row[4],
-        created_at=row[12],
-        updated_at=row[13],
-        attempts=row[11],
-        final_state=row[5],
-        error=row[6],
-        error_type=row[7],
-        input=None if row[8] is None else orjson.loads(row[8]),
-        queue=row[9],
-        owner=row[10],
-        finished_at=row[14],
-    )
-    return record
-
-
 def _info(row: Sequence[Any]) -> RunInfo:
     last = None if row[15] is None else (row[15], row[16] or 0.0)
-    return _record(row).info(last)
+    return Record.from_columns(row).info(last)
 
 
 class PostgresCheckpointStore:
@@ -899,15 +879,7 @@ class PostgresCheckpointStore:
             (lease, worker_id, ids, [e for _, e in held], ids),
         )
         found = {r[0]: r[1:] for r in rows}
-        lost, cancelled = [], []
-        for workflow_id, epoch in held:
-            current = found.get(workflow_id)
-            taken = current is not None and current[1] == "RUNNING" and current[2] != worker_id
-            if current is None or current[0] != epoch or taken:
-                lost.append(workflow_id)  # claimed again by someone (or deleted)
-            elif current is not None and current[1] == "RUNNING" and current[3]:
-                cancelled.append(workflow_id)
-        return lost, cancelled
+        return renewal_outcome(worker_id, held, found)
 
     async def release_leases(self, worker_id: str, held: list[tuple[str, int]]) -> None:
         """Ends the leases of ``held`` now, so that another worker may take the runs over."""

@@ -38,6 +38,7 @@ from typing import Any, Final, Self, TypeAlias
 
 import orjson
 
+from cano._leases import renewal_outcome
 from cano._values import seconds
 from cano.errors import CheckpointError, ConfigurationError, LeaseLostError
 from cano.records import (
@@ -586,23 +587,7 @@ class _Engine:
         ).fetchall()
         infos = []
         for row in rows:
-            record = Record(
-                workflow_id=row[0],
-                workflow_name=row[1],
-                workflow_version=row[2],
-                status=RunStatus(row[3]),
-                state=row[4],
-                final_state=row[5],
-                error=row[6],
-                error_type=row[7],
-                input=None if row[8] is None else orjson.loads(row[8]),
-                queue=row[9],
-                owner=row[10],
-                attempts=row[11],
-                created_at=row[12],
-                updated_at=row[13],
-                finished_at=row[14],
-            )
+            record = Record.from_columns(row)
             last = None if row[15] is None else (row[15], row[16] or 0.0)
             infos.append(record.info(last))
         return infos
@@ -758,16 +743,7 @@ class _Engine:
                 [run_id for run_id, _ in held],
             )
         }
-        lost, cancelled = [], []
-        for run_id, epoch in held:
-            current = found.get(run_id)
-            if current is None or current[0] != epoch:
-                lost.append(run_id)  # claimed again by someone (or deleted)
-            elif current[1] == "RUNNING" and current[2] != worker:
-                lost.append(run_id)
-            elif current[1] == "RUNNING" and current[3]:
-                cancelled.append(run_id)
-        return lost, cancelled
+        return renewal_outcome(worker, held, found)
 
     def _release(self, args: tuple[Any, ...], now: float) -> None:
         """Gives leases back (stop): another worker may take the runs over at once."""
