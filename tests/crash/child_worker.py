@@ -2,7 +2,9 @@
 ``.redb`` file, or ``postgresql://…#SCHEMA``.
 
 Usage: ``child_worker.py STORE JOURNAL WORKER_ID [--hang STATE] [--lease S] [--poll S]
-[--concurrency N] [--sleep S]``. Each state's task notes ``start``/``end`` in the journal;
+[--concurrency N] [--sleep S] [--saga] [--fail]``. ``--saga`` makes RESERVE a saga step
+whose compensation notes ``undo``; ``--fail`` makes the hanging state raise after its sleep
+(a failure that compensates the saga). Each state's task notes ``start``/``end`` in the journal;
 with ``--hang STATE`` this process prints ``READY <id> STATE`` on entering that state and
 then sleeps ``--sleep`` seconds (default: for ever) before finishing it. Serves until
 SIGTERM (``Worker.run``), then prints ``RESULT stopped``.
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--poll", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--saga", action="store_true")
+    parser.add_argument("--fail", action="store_true")
     args = parser.parse_args()
     journal = Journal(args.journal)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
@@ -46,14 +50,36 @@ def main() -> None:
                 if args.sleep is None:
                     await asyncio.Event().wait()  # killed or frozen here
                 await asyncio.sleep(args.sleep)
+                if args.fail:
+                    journal.note("fail", run_id, state.name, f"{time.time():.6f}")
+                    raise RuntimeError(f"{state.name} failed")
             journal.note("end", run_id, state.name, f"{time.time():.6f}")
             return nxt
 
         return cano.task(name=f"do_{state.name.lower()}", config=cano.TaskConfig.minimal())(run)
 
+    class Hold(cano.CompensatableTask[S, dict[str, str]]):
+        """RESERVE as a saga step: its compensation notes ``undo``."""
+
+        def name(self) -> str:
+            return "do_reserve"
+
+        def config(self) -> cano.TaskConfig:
+            return cano.TaskConfig.minimal()
+
+        async def run(self, res: cano.Resources[Any]) -> tuple[S, dict[str, str]]:
+            nxt = await task(S.RESERVE, S.CHARGE).run(res)
+            return nxt, {"run": cano.current_run().workflow_id}
+
+        async def compensate(self, res: cano.Resources[Any], output: dict[str, str]) -> None:
+            journal.note("undo", output["run"], "RESERVE", f"{time.time():.6f}")
+
     wf = cano.Workflow[S](cano.Resources.empty(), name="orders")
     for state, nxt in itertools.pairwise(ORDER):
-        wf.register(state, task(state, nxt))
+        if args.saga and state is S.RESERVE:
+            wf.register_with_compensation(state, Hold())
+        else:
+            wf.register(state, task(state, nxt))
     wf.add_exit_state(S.DONE)
 
     async def serve() -> None:

@@ -111,14 +111,15 @@ def test_a_frozen_worker_writes_nothing_after_the_takeover(
 ) -> None:
     log = tmp_path / "journal"
     enqueue(pg, "order-9")
-    # CHARGE ends 2 s after it starts: by then the worker is frozen past its 1 s lease; when
-    # it thaws it tries to go on to EMAIL, a write its lost lease must refuse.
-    options = ("--hang", "CHARGE", "--sleep", "2", "--lease", "1", "--poll", "0.1")
-    frozen = serving(children, pg, log, "w1", *options)
+    # CHARGE fails 2 s after it starts: by then the worker is frozen past its 1 s lease; when
+    # it thaws, the failure would compensate RESERVE (a saga step) — which only the run's
+    # owner may decide — and end the run, a write its lost lease must refuse.
+    options = ("--hang", "CHARGE", "--sleep", "2", "--fail", "--lease", "1", "--poll", "0.1")
+    frozen = serving(children, pg, log, "w1", "--saga", *options)
     assert frozen.wait_for("READY") == "READY order-9 CHARGE"
     os.kill(frozen.proc.pid, signal.SIGSTOP)
     try:
-        taker = serving(children, pg, log, "w2", "--lease", "1", "--poll", "0.1")
+        taker = serving(children, pg, log, "w2", "--saga", "--lease", "1", "--poll", "0.1")
         [done] = ask(pg, ("wait", ("order-9",), {"timeout": 60}))
         assert done.status is cano.RunStatus.COMPLETED and done.attempts == 2
         [before] = ask(pg, ("steps", ("order-9",), {}))
@@ -126,16 +127,17 @@ def test_a_frozen_worker_writes_nothing_after_the_takeover(
         os.kill(frozen.proc.pid, signal.SIGCONT)
     for _ in range(200):  # until the thawed worker has finished CHARGE and tried to go on
         mine = [e for e in events(log) if e[0] == str(frozen.proc.pid)]
-        if ("end", "CHARGE") in [(e[1], e[3]) for e in mine]:
+        if ("fail", "CHARGE") in [(e[1], e[3]) for e in mine]:
             break
         asyncio.run(asyncio.sleep(0.05))
     asyncio.run(asyncio.sleep(0.5))
     stop(frozen, taker)
     frozen_events = [(e[1], e[3]) for e in events(log) if e[0] == str(frozen.proc.pid)]
     # Thawed, it either stopped the run itself (its lease could not have been renewed in
-    # time) or finished CHARGE's code and had its next write refused by the store:
-    assert frozen_events[-1] in (("start", "CHARGE"), ("end", "CHARGE"))
-    assert ("start", "EMAIL") not in frozen_events  # ...and it moved on to nothing
+    # time) or let CHARGE fail and found, before compensating, that the run was not its own:
+    assert frozen_events[-1] in (("start", "CHARGE"), ("fail", "CHARGE"))
+    assert ("start", "EMAIL") not in frozen_events
+    assert not [e for e in events(log) if e[1] == "undo"]  # nobody compensated anything
     [info, after] = ask(pg, ("get", ("order-9",), {}), ("steps", ("order-9",), {}))
     assert info.status is cano.RunStatus.COMPLETED and info.attempts == 2
     assert [(s.sequence, s.state) for s in after] == [(s.sequence, s.state) for s in before]
