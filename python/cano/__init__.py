@@ -99,6 +99,7 @@ from cano.stream import (
 )
 from cano.tasks import CompensatableTask, RouterTask, Task, TaskLike, TaskResult, task
 from cano.timer import TimerTask
+from cano.waits import WaitTask
 from cano.worker import RunContext, Worker, current_run
 from cano.workflow import Workflow, state_label
 
@@ -170,6 +171,7 @@ __all__ = [
     "RunningScheduler",
     "Scheduler",
     "SteppedTask",
+    "WaitTask",
     "StoreError",
     "Task",
     "TaskConfig",

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cano._registration import _Entry, state_label
+from cano.waits import WaitStep
 
 __all__ = ["mermaid"]
 
@@ -38,6 +39,9 @@ def mermaid(entries: dict[Any, _Entry], exits: Iterable[Any], initial: object | 
         node(state)
         if entry.kind == "router":
             lines.append(f"    note right of {ids[state]} : router")
+        elif isinstance(entry.task, WaitStep):
+            signal = entry.task.task.signal.replace('"', "'")
+            lines.append(f"    note right of {ids[state]} : waits for signal {signal}")
         elif entry.join is not None:
             names = ", ".join(b.name for b in entry.branches) or "no branches"
             lines.append(f"    note right of {ids[state]} : split {entry.join.strategy!r}")

@@ -9,11 +9,19 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cano.errors import CheckpointError, LeaseLostError
 from cano.records import FENCE, Claim, Record, RunEnd, RunStatus
 
-__all__ = ["CANCELLED_BEFORE_START", "LeaseBook", "Queued", "claim_of", "renewal_outcome"]
+__all__ = [
+    "CANCELLED_BEFORE_START",
+    "LeaseBook",
+    "Queued",
+    "claim_of",
+    "renewal_outcome",
+    "take_signal",
+]
 
 
 @dataclass(slots=True)
@@ -61,6 +69,20 @@ def renewal_outcome(
         elif current[1] == "RUNNING" and current[3]:
             cancelled.append(workflow_id)
     return lost, cancelled
+
+
+def take_signal(kept: list[list[Any]], name: str, token: str) -> tuple[bool, Any]:
+    """Among a run's signals (``[name, payload, dedup key, consumed by]``, oldest first):
+    the one consumed under ``token``, or else the oldest unconsumed one of ``name``, marked
+    consumed by ``token`` now."""
+    for signal in kept:
+        if signal[3] == token:
+            return True, signal[1]
+    for signal in kept:
+        if signal[0] == name and signal[3] is None:
+            signal[3] = token
+            return True, signal[1]
+    return False, None
 
 
 CANCELLED_BEFORE_START = RunEnd(

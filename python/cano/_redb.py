@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from cano import _core
-from cano._leases import LeaseBook, Queued, claim_of
+from cano._leases import LeaseBook, Queued, claim_of, take_signal
 from cano.records import (
     Claim,
     Record,
@@ -103,7 +103,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
     over the runs that process was running.
     """
 
-    __slots__ = ("_active", "_leases")
+    __slots__ = ("_active", "_leases", "_signals")
 
     def __init__(
         self,
@@ -118,6 +118,9 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
         del path, durability, read_only, create, repair
         self._active: dict[str, Record] = {}
         self._leases = LeaseBook(self._active)
+        # Signals of the runs asked about, read once from the file: [name, payload (JSON
+        # text or None), dedup key, consumed by], oldest first.
+        self._signals: dict[str, list[list[Any]]] = {}
         for workflow_id, data in self._values_now("record"):
             record, q = _load(workflow_id, data)
             if not record.status.terminal:
@@ -170,6 +173,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
         record.owner = None
         self._leases.forget(workflow_id)
         self._set_fence(workflow_id, None, 0)
+        self._signals.pop(workflow_id, None)  # kept on disk; read again if asked
         await self._end_run(workflow_id, _dump(record, None), clear_log)
 
     async def get_run(self, workflow_id: str) -> RunInfo | None:
@@ -322,6 +326,40 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
         self._leases.set_cap(name, concurrency)
         await self._put_value("queue", name, orjson.dumps({"concurrency": concurrency}))
 
+    # ----- signals (cano.waits.SignalBox) -----------------------------------------------
+
+    async def send_signal(
+        self, workflow_id: str, name: str, payload: bytes | None, dedup_key: str | None
+    ) -> bool:
+        """Keeps a signal for the run (durably); False when ``dedup_key`` was already sent."""
+        kept = await self._signals_of(workflow_id)
+        if dedup_key is not None and any(s[0] == name and s[2] == dedup_key for s in kept):
+            return False
+        kept.append([name, None if payload is None else payload.decode(), dedup_key, None])
+        await self._put_value("signal", workflow_id, orjson.dumps(kept))
+        return True
+
+    async def take_signal(
+        self, workflow_id: str, name: str, token: str
+    ) -> tuple[bool, bytes | None]:
+        """The signal consumed under ``token``, or the oldest unconsumed one of ``name``,
+        consumed now (durably, before the answer)."""
+        self._leases.check_fence(workflow_id)
+        kept = await self._signals_of(workflow_id)
+        was = [s[3] for s in kept]
+        found, payload = take_signal(kept, name, token)
+        if [s[3] for s in kept] != was:
+            await self._put_value("signal", workflow_id, orjson.dumps(kept))
+        return found, None if payload is None else payload.encode()
+
+    async def _signals_of(self, workflow_id: str) -> list[list[Any]]:
+        kept = self._signals.get(workflow_id)
+        if kept is None:
+            data = await self._value("signal", workflow_id)
+            # Another call may have read them meanwhile: the first one read stands.
+            kept = self._signals.setdefault(workflow_id, [] if data is None else orjson.loads(data))
+        return kept
+
     # ----- helpers ------------------------------------------------------------------------
 
     def _dump(self, record: Record) -> bytes:
@@ -329,6 +367,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
 
     def _forget(self, workflow_id: str) -> None:
         self._active.pop(workflow_id, None)
+        self._signals.pop(workflow_id, None)
         self._leases.forget(workflow_id)
         self._set_fence(workflow_id, None, 0)
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FENCE",
     "LEASE_CHECK",
+    "RUN_ID",
     "Claim",
     "Record",
     "RunEnd",
@@ -42,6 +43,10 @@ LEASE_CHECK: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
 """Set by a Worker around each run it owns: confirms with the store that the run's lease is
 still this worker's (raising :class:`cano.LeaseLostError` otherwise). The compensation drain
 awaits it before undoing anything, so that a worker that lost a run never compensates it."""
+
+RUN_ID: ContextVar[str | None] = ContextVar("cano_run_id", default=None)
+"""The workflow id of the durable run the current task belongs to, set by the engine when
+the run starts (None outside a run with a checkpoint store)."""
 
 FENCE: ContextVar[tuple[str, int] | None] = ContextVar("cano_fence", default=None)
 """``(owner, lease epoch)`` of the lease the current run is held under, set by a Worker

@@ -36,6 +36,7 @@ from cano._values import Duration, count, seconds
 from cano.errors import ConfigurationError, WorkflowError
 from cano.records import _TERMINAL, RunEnd, RunInfo, RunStatus, StepInfo
 from cano.store import check_workflow_id
+from cano.waits import SignalBox, notify
 
 __all__ = ["Client", "RunInfo", "RunRegistry", "RunStatus", "StepInfo"]
 
@@ -155,6 +156,36 @@ class Client:
             raise WorkflowError(f"cancel: no run {workflow_id!r} in this store")
         return info  # type: ignore[no-any-return]
 
+    async def signal(
+        self, workflow_id: str, name: str, payload: Any = None, *, dedup_key: str | None = None
+    ) -> None:
+        """Sends signal ``name`` with ``payload`` (JSON) to a run: its wait state for that
+        name consumes it (now, or when the run gets there: it is kept). With ``dedup_key``,
+        sending the same key again is a no-op. A run that is unknown or has ended is a
+        :class:`cano.WorkflowError`."""
+        store = self._store
+        if not isinstance(store, SignalBox):
+            raise ConfigurationError(
+                f"Client.signal: {type(store).__name__} keeps no signals; use a built-in store "
+                "or implement cano.waits.SignalBox"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"signal(name): expected a non-empty str, got {name!r:.80}")
+        if dedup_key is not None and not isinstance(dedup_key, str):
+            raise ConfigurationError(
+                f"signal(dedup_key): expected a str or None, got {dedup_key!r:.80}"
+            )
+        data = None if payload is None else _json(payload, "signal(payload)")
+        info = await self.get(workflow_id)
+        if info is None:
+            raise WorkflowError(f"signal {name!r}: there is no run {workflow_id!r}")
+        if info.status.terminal:
+            raise WorkflowError(
+                f"signal {name!r}: run {workflow_id!r} has ended ({info.status.name})"
+            )
+        if await store.send_signal(workflow_id, name, data, dedup_key):
+            notify(workflow_id)
+
     async def set_queue(self, name: str, *, concurrency: int | None) -> None:
         """Caps how many runs of queue ``name`` run at once over every worker of the store
         (``None`` removes the cap)."""
@@ -264,14 +295,14 @@ def _statuses(value: object, what: str) -> frozenset[RunStatus] | None:
     return frozenset(s for s in chosen if isinstance(s, RunStatus))
 
 
-def _json(value: object) -> bytes:
+def _json(value: object, what: str = "enqueue(input)") -> bytes:
     try:
         blob = orjson.dumps(value)
     except TypeError as err:
-        raise ConfigurationError(f"enqueue(input): not JSON-serialisable: {err}") from None
+        raise ConfigurationError(f"{what}: not JSON-serialisable: {err}") from None
     if not same(value, orjson.loads(blob)):  # the exactness rule of persisted cursors
         raise ConfigurationError(
-            f"enqueue(input): {value!r:.80} would not come back unchanged from JSON; "
+            f"{what}: {value!r:.80} would not come back unchanged from JSON; "
             "use plain JSON values (dict, list, str, int, float, bool, None)"
         )
     return blob

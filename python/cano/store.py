@@ -28,11 +28,11 @@ import enum
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol, TypedDict, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import orjson
 
-from cano._leases import LeaseBook, Queued, claim_of
+from cano._leases import LeaseBook, Queued, claim_of, take_signal
 from cano._redb import RedbCheckpointStore
 from cano.errors import CheckpointError
 from cano.records import (
@@ -222,7 +222,7 @@ class InMemoryCheckpointStore:
         wf.with_checkpoint_store(store)
     """
 
-    __slots__ = ("_history", "_leases", "_records", "_runs", "_times")
+    __slots__ = ("_history", "_leases", "_records", "_runs", "_signals", "_times")
 
     def __init__(self) -> None:
         self._runs: dict[str, dict[int, CheckpointRow]] = {}
@@ -230,6 +230,8 @@ class InMemoryCheckpointStore:
         self._records: dict[str, Record] = {}
         self._history: dict[str, list[tuple[CheckpointRow, float | None]]] = {}
         self._leases = LeaseBook(self._records)
+        # Per run: [name, payload, dedup key, consumed by], in the order sent.
+        self._signals: dict[str, list[list[Any]]] = {}
 
     async def append(self, row: CheckpointRow) -> None:
         """Store ``row``; a row already at ``(workflow_id, sequence)`` raises CheckpointError,
@@ -331,6 +333,7 @@ class InMemoryCheckpointStore:
         """Forgets the run: its record, its history and its log."""
         self._records.pop(workflow_id, None)
         self._history.pop(workflow_id, None)
+        self._signals.pop(workflow_id, None)
         self._leases.forget(workflow_id)
         self._drop_log(workflow_id)
 
@@ -346,6 +349,7 @@ class InMemoryCheckpointStore:
         for workflow_id in doomed:
             del self._records[workflow_id]
             self._history.pop(workflow_id, None)
+            self._signals.pop(workflow_id, None)
             self._drop_log(workflow_id)
         return len(doomed)
 
@@ -404,6 +408,25 @@ class InMemoryCheckpointStore:
     async def set_queue_cap(self, name: str, concurrency: int | None) -> None:
         """Caps the runs of queue ``name`` RUNNING at once (None: no cap)."""
         self._leases.set_cap(name, concurrency)
+
+    # ----- signals (cano.waits.SignalBox) -----------------------------------------------
+
+    async def send_signal(
+        self, workflow_id: str, name: str, payload: bytes | None, dedup_key: str | None
+    ) -> bool:
+        """Keeps a signal for the run; False when ``dedup_key`` was already sent."""
+        kept = self._signals.setdefault(workflow_id, [])
+        if dedup_key is not None and any(s[0] == name and s[2] == dedup_key for s in kept):
+            return False
+        kept.append([name, payload, dedup_key, None])
+        return True
+
+    async def take_signal(
+        self, workflow_id: str, name: str, token: str
+    ) -> tuple[bool, bytes | None]:
+        """The signal consumed under ``token``, or the oldest unconsumed one of ``name``."""
+        self._leases.check_fence(workflow_id)
+        return take_signal(self._signals.get(workflow_id, []), name, token)
 
     def _last_row(self, workflow_id: str) -> tuple[str, float] | None:
         rows = self._runs.get(workflow_id)

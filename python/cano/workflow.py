@@ -29,6 +29,7 @@ from cano.errors import ConfigurationError
 from cano.observer import ObserverHub
 from cano.resources import Resources
 from cano.split import JoinConfig
+from cano.waits import SignalBox, WaitStep, WaitTask
 
 if TYPE_CHECKING:
     from typing import Self
@@ -99,6 +100,7 @@ class Workflow(Generic[S]):
         self._max_transitions: int | None = None
         self._store: Any = None
         self._plan: Plan | None = None
+        self._waits: list[str] = []  # labels of the wait states
 
     @classmethod
     def bare(cls) -> Workflow[S]:
@@ -198,6 +200,23 @@ class Workflow(Generic[S]):
                 f"step(res, cursor) method, got {task!r}"
             )
         self._entries[self._claim_handler(state)] = self._entry(state, task, to, kind="stepped")
+        return self._changed()
+
+    def register_wait(self, state: E, task: WaitTask[E], *, to: Iterable[E] | None = None) -> Self:
+        """Runs a :class:`cano.WaitTask` in ``state``: the run waits for the signal named
+        ``task.signal`` (sent with :meth:`cano.Client.signal`), or until ``task.timeout()``
+        after the state was first entered, and moves on with ``on_signal(res, payload)`` or
+        ``on_timeout(res)``. A consumed signal is durable: a resumed run gets the same
+        payload again. Needs a checkpoint store (every built-in store keeps signals)."""
+        if not (
+            callable(getattr(task, "on_signal", None)) and callable(getattr(task, "name", None))
+        ):
+            raise ConfigurationError(
+                f"register_wait for state {state_label(state)} needs a cano.WaitTask, got {task!r}"
+            )
+        step = WaitStep(task, lambda: self._store, state_label(state))
+        self._entries[self._claim_handler(state)] = self._entry(state, step, to, kind="stepped")
+        self._waits.append(state_label(state))
         return self._changed()
 
     def register_with_compensation(
@@ -365,6 +384,16 @@ class Workflow(Generic[S]):
                     ConfigurationError(
                         "this workflow has a checkpoint store, so every run needs an id: "
                         "pass workflow_id= or call with_workflow_id"
+                    )
+                ),
+            )
+        if self._waits and not isinstance(self._store, SignalBox):
+            return cast(
+                Coroutine[Any, Any, S],
+                _raise(
+                    ConfigurationError(
+                        f"wait state {self._waits[0]} needs a checkpoint store that keeps "
+                        "signals (every built-in store does): call with_checkpoint_store"
                     )
                 ),
             )

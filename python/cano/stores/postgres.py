@@ -101,6 +101,12 @@ CREATE INDEX IF NOT EXISTS runs_leased ON {s}.runs (lease_until)
     WHERE status = 'RUNNING' AND owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_created ON {s}.runs (created_at);
 CREATE TABLE IF NOT EXISTS {s}.queues (name text PRIMARY KEY, concurrency int);
+CREATE TABLE IF NOT EXISTS {s}.signals (
+    id bigserial PRIMARY KEY, workflow_id text NOT NULL, name text NOT NULL, payload bytea,
+    dedup_key text, consumed_by text, sent_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (workflow_id, name, dedup_key));
+CREATE INDEX IF NOT EXISTS signals_waiting ON {s}.signals (workflow_id, name, id)
+    WHERE consumed_by IS NULL;
 """
 
 _RECORD_COLUMNS = (
@@ -734,7 +740,7 @@ class PostgresCheckpointStore:
                     (sorted(s.value for s in statuses), finished_before),
                 )
                 ids = [r[0] for r in await cur.fetchall()]
-                for table in ("steps", "checkpoints"):
+                for table in ("steps", "checkpoints", "signals"):
                     await conn.execute(
                         self._q(f"DELETE FROM {{s}}.{table} WHERE workflow_id = ANY(%s)"), (ids,)
                     )
@@ -747,7 +753,7 @@ class PostgresCheckpointStore:
 
         async def go(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction():
-                for table in ("runs", "steps", "checkpoints"):
+                for table in ("runs", "steps", "checkpoints", "signals"):
                     await conn.execute(
                         self._q(f"DELETE FROM {{s}}.{table} WHERE workflow_id = %s"),
                         (workflow_id,),
@@ -915,6 +921,63 @@ class PostgresCheckpointStore:
 
         await self._with(go)
         return await self.get_run(workflow_id)
+
+    # ----- signals (cano.waits.SignalBox) -----------------------------------------------
+
+    async def send_signal(
+        self, workflow_id: str, name: str, payload: bytes | None, dedup_key: str | None
+    ) -> bool:
+        """Keeps a signal for the run; False when ``dedup_key`` was already sent."""
+        rows = await self._fetch(
+            "INSERT INTO {s}.signals (workflow_id, name, payload, dedup_key) VALUES (%s, %s, "
+            "%s, %s) ON CONFLICT (workflow_id, name, dedup_key) DO NOTHING RETURNING id",
+            (workflow_id, name, payload, dedup_key),
+        )
+        return bool(rows)
+
+    async def take_signal(
+        self, workflow_id: str, name: str, token: str
+    ) -> tuple[bool, bytes | None]:
+        """The signal consumed under ``token``, or the oldest unconsumed one of ``name``,
+        consumed now — in one transaction, fenced by the run's lease under a Worker."""
+        fence = FENCE.get()
+
+        async def go(conn: psycopg.AsyncConnection[Any]) -> tuple[bool, bytes | None]:
+            async with conn.transaction():
+                if fence is not None:
+                    cur = await conn.execute(
+                        self._q(
+                            "SELECT 1 FROM {s}.runs WHERE workflow_id = %s AND owner = %s AND "
+                            "lease_epoch = %s AND status = 'RUNNING' FOR SHARE"
+                        ),
+                        (workflow_id, *fence),
+                    )
+                    if await cur.fetchone() is None:
+                        raise _lease_lost(workflow_id)
+                cur = await conn.execute(
+                    self._q(
+                        "SELECT payload FROM {s}.signals WHERE workflow_id = %s AND "
+                        "consumed_by = %s"
+                    ),
+                    (workflow_id, token),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    cur = await conn.execute(
+                        self._q(
+                            "UPDATE {s}.signals SET consumed_by = %s WHERE id = (SELECT id "
+                            "FROM {s}.signals WHERE workflow_id = %s AND name = %s AND "
+                            "consumed_by IS NULL ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                            "RETURNING payload"
+                        ),
+                        (token, workflow_id, name),
+                    )
+                    row = await cur.fetchone()
+            if row is None:
+                return False, None
+            return True, None if row[0] is None else bytes(row[0])
+
+        return await self._with(go)
 
     async def watch_enqueues(self, wake: Callable[[], None]) -> None:
         """Calls ``wake()`` whenever a run is enqueued anywhere in the database (``LISTEN

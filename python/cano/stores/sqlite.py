@@ -123,6 +123,16 @@ _RECORD_SCHEMA: Final = (
     name TEXT PRIMARY KEY,
     concurrency INTEGER
 )""",
+    """CREATE TABLE IF NOT EXISTS cano_signals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload BLOB,
+    dedup_key TEXT,
+    consumed_by TEXT,
+    sent_at REAL NOT NULL,
+    UNIQUE (workflow_id, name, dedup_key)
+)""",
     """CREATE TABLE IF NOT EXISTS cano_steps (
     workflow_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
@@ -184,10 +194,12 @@ _DURABILITY: Final = {"immediate": "FULL", "eventual": "NORMAL"}
     _CANCEL,
     _SET_QUEUE,
     _DELETE,
-) = range(20)
+    _SEND_SIGNAL,
+    _TAKE_SIGNAL,
+) = range(22)
 _WRITES: Final = frozenset(
     {_APPEND, _CLEAR, _STARTED, _ENDED, _PRUNE, _ENQUEUE, _CLAIM, _RENEW, _RELEASE, _CANCEL}
-    | {_SET_QUEUE, _DELETE}
+    | {_SET_QUEUE, _DELETE, _SEND_SIGNAL, _TAKE_SIGNAL}
 )
 _Request: TypeAlias = tuple[int, Any, "asyncio.AbstractEventLoop | None", Any]
 _Outcome: TypeAlias = tuple[Any, "BaseException | None"]
@@ -639,7 +651,7 @@ class _Engine:
             )
         ]
         for workflow_id in ids:
-            for table in ("cano_runs", "cano_steps", "cano_checkpoints"):
+            for table in ("cano_runs", "cano_steps", "cano_checkpoints", "cano_signals"):
                 self.conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
         return len(ids)
 
@@ -769,8 +781,45 @@ class _Engine:
         )
         return self._get(workflow_id, now)
 
+    def _send_signal(self, args: tuple[Any, ...], now: float) -> bool:
+        workflow_id, name, payload, dedup_key = args
+        return bool(
+            self.conn.execute(
+                "INSERT OR IGNORE INTO cano_signals (workflow_id, name, payload, dedup_key, "
+                "sent_at) VALUES (?, ?, ?, ?, ?)",
+                (workflow_id, name, payload, dedup_key, now),
+            ).rowcount
+        )
+
+    def _take_signal(self, args: tuple[Any, ...], _now: float) -> tuple[bool, bytes | None]:
+        workflow_id, name, token, fence = args
+        if (
+            fence is not None
+            and not self.conn.execute(
+                "SELECT 1 FROM cano_runs WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?",
+                (workflow_id, *fence),
+            ).fetchone()
+        ):
+            raise self._lost(workflow_id)
+        found = self.conn.execute(
+            "SELECT id, payload FROM cano_signals WHERE workflow_id = ? AND consumed_by = ?",
+            (workflow_id, token),
+        ).fetchone()
+        if found is None:  # none consumed under this token yet: the oldest of that name
+            found = self.conn.execute(
+                "SELECT id, payload FROM cano_signals WHERE workflow_id = ? AND name = ? AND "
+                "consumed_by IS NULL ORDER BY id LIMIT 1",
+                (workflow_id, name),
+            ).fetchone()
+            if found is None:
+                return False, None
+            self.conn.execute(
+                "UPDATE cano_signals SET consumed_by = ? WHERE id = ?", (token, found[0])
+            )
+        return True, found[1]
+
     def _delete(self, workflow_id: str, _now: float) -> None:
-        for table in ("cano_runs", "cano_steps", "cano_checkpoints"):
+        for table in ("cano_runs", "cano_steps", "cano_checkpoints", "cano_signals"):
             self.conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
 
     def _set_queue(self, args: tuple[str, int | None], _now: float) -> None:
@@ -1072,6 +1121,21 @@ class SqliteCheckpointStore:
         """Caps the runs of queue ``name`` RUNNING at once over every worker (None: no cap)."""
         return self._submit(_SET_QUEUE, (name, concurrency))
 
+    # ----- signals (cano.waits.SignalBox) -----------------------------------------------
+
+    def send_signal(
+        self, workflow_id: str, name: str, payload: bytes | None, dedup_key: str | None
+    ) -> asyncio.Future[bool]:
+        """Keeps a signal for the run; False when ``dedup_key`` was already sent."""
+        return self._submit(_SEND_SIGNAL, (workflow_id, name, payload, dedup_key))
+
+    def take_signal(
+        self, workflow_id: str, name: str, token: str
+    ) -> asyncio.Future[tuple[bool, bytes | None]]:
+        """The signal consumed under ``token`` (or the oldest unconsumed one of ``name``,
+        consumed now, fenced by the run's lease under a Worker)."""
+        return self._submit(_TAKE_SIGNAL, (workflow_id, name, token, FENCE.get()))
+
     def _submit(self, op: int, argument: Any) -> asyncio.Future[Any]:
         # The hot path of every call: one future, one queue put under the store's lock.
         engine = self._engine
@@ -1168,4 +1232,6 @@ _RECORD_OPS: Final[dict[int, Callable[[_Engine, Any, float], Any]]] = {
     _CANCEL: _Engine._cancel,
     _SET_QUEUE: _Engine._set_queue,
     _DELETE: _Engine._delete,
+    _SEND_SIGNAL: _Engine._send_signal,
+    _TAKE_SIGNAL: _Engine._take_signal,
 }

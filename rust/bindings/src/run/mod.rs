@@ -111,6 +111,7 @@ enum After {
 }
 
 static CANCELLED_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static RUN_ID: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// One workflow run; a coroutine (`asyncio.iscoroutine(run)` is true).
 #[pyclass(module = "cano._core", name = "Run")]
@@ -382,6 +383,16 @@ impl Run {
         if self.branch.is_some() {
             let plan_ref = self.plan.bind(py).clone();
             return self.dispatch(slf, plan_ref.get());
+        }
+        if let Some(journal) = &self.journal {
+            // What a task reads as the id of the durable run it belongs to (wait states
+            // consume the run's signals): set in the context of the task driving the run.
+            let set = RUN_ID.import(py, "cano.records", "RUN_ID").and_then(|var| {
+                var.call_method1(intern!(py, "set"), (journal.workflow_id.bind(py),))
+            });
+            if let Err(e) = set {
+                return self.end(py, Err(e));
+            }
         }
         if self.resumed && self.journal.as_ref().is_some_and(|j| !j.loaded) {
             return self.load_log(py);

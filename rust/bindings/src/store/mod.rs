@@ -62,6 +62,7 @@ fn namespace(py: Python<'_>, name: &str) -> PyResult<Namespace> {
     match name {
         "record" => Ok(Namespace::Record),
         "queue" => Ok(Namespace::Queue),
+        "signal" => Ok(Namespace::Signal),
         other => Err(errors::configuration(py, format!("unknown store namespace {other:?}"))),
     }
 }

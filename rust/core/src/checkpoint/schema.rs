@@ -33,6 +33,8 @@ pub enum Namespace {
     Record,
     /// A queue's settings (sequence 0): JSON, as for records.
     Queue,
+    /// The signals sent to a run (sequence 0): JSON, as for records.
+    Signal,
 }
 
 impl Namespace {
@@ -42,6 +44,7 @@ impl Namespace {
             Namespace::History => "\0h",
             Namespace::Record => "\0r",
             Namespace::Queue => "\0q",
+            Namespace::Signal => "\0g",
         }
     }
 
@@ -60,6 +63,7 @@ impl Namespace {
             Namespace::History => "\0i",
             Namespace::Record => "\0s",
             Namespace::Queue => "\0r",
+            Namespace::Signal => "\0h",
         }
     }
 }

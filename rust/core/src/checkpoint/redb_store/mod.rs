@@ -534,7 +534,7 @@ impl RedbStore {
         self.submit(Request::Write(ops, Box::new(done)))
     }
 
-    /// Forgets a run: its record, its step history and its log.
+    /// Forgets a run: its record, its step history, its signals and its log.
     pub fn delete_run(
         &self,
         workflow_id: &str,
@@ -543,6 +543,7 @@ impl RedbStore {
         let ops = vec![
             Op::Clear(Namespace::Record.key(workflow_id)),
             Op::Clear(Namespace::History.key(workflow_id)),
+            Op::Clear(Namespace::Signal.key(workflow_id)),
             Op::Clear(workflow_id.to_owned()),
         ];
         self.submit(Request::Write(ops, Box::new(done)))

@@ -1,0 +1,167 @@
+"""Wait states (API.md §15): signals consumed durably, kept when early, deduplicated, timed
+out; on every store that keeps signals."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import Any
+
+import cano
+import pytest
+from cano import RunStatus
+
+
+class S(enum.Enum):
+    ASK = enum.auto()
+    APPROVAL = enum.auto()
+    SHIP = enum.auto()
+    REJECTED = enum.auto()
+    DONE = enum.auto()
+
+
+@pytest.fixture
+def store(record_store: Any) -> Any:
+    return record_store
+
+
+class Approval(cano.WaitTask[S]):
+    signal = "approval"
+
+    def __init__(self, seen: list[Any], *, timeout: float | None = None, fail: int = 0) -> None:
+        self.seen, self.limit, self.fail = seen, timeout, fail
+
+    def timeout(self) -> float | None:
+        return self.limit
+
+    async def on_signal(self, res: cano.Resources[Any], payload: Any) -> S:
+        self.seen.append(payload)
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("crashed while handling the approval")
+        return S.SHIP if payload.get("ok") else S.REJECTED
+
+    async def on_timeout(self, res: cano.Resources[Any]) -> S:
+        self.seen.append("timed out")
+        return S.REJECTED
+
+
+def flow(store: Any, wait: cano.WaitTask[S], ask_delay: float = 0) -> cano.Workflow[S]:
+    async def ask() -> S:
+        await asyncio.sleep(ask_delay)
+        return S.APPROVAL
+
+    async def ship() -> S:
+        return S.DONE
+
+    minimal = cano.TaskConfig.minimal()
+    wf = (
+        cano.Workflow[S](cano.Resources.empty(), name="orders")
+        .register(S.ASK, cano.task(name="ask", config=minimal)(ask))
+        .register_wait(S.APPROVAL, wait)
+        .register(S.SHIP, cano.task(name="ship", config=minimal)(ship))
+        .add_exit_state(S.DONE)
+        .add_exit_state(S.REJECTED)
+    )
+    return wf if store is None else wf.with_checkpoint_store(store)
+
+
+async def started(client: cano.Client, run_id: str) -> None:
+    """Until the run has a record (so that a signal to it is not refused)."""
+    for _ in range(2000):
+        if await client.get(run_id) is not None:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{run_id} never started")
+
+
+async def test_a_run_waits_for_its_signal_and_moves_on_with_the_payload(store: Any) -> None:
+    client, seen = cano.Client(store), []
+    run = asyncio.ensure_future(flow(store, Approval(seen)).orchestrate(S.ASK, workflow_id="o1"))
+    await started(client, "o1")
+    await asyncio.sleep(0.05)
+    assert not run.done()  # waiting
+    await client.signal("o1", "approval", {"ok": True, "by": "ana"})
+    assert await asyncio.wait_for(run, 10) is S.DONE
+    assert seen == [{"ok": True, "by": "ana"}]
+    steps = await client.steps("o1")
+    assert [s.state for s in steps][:2] == ["ASK", "APPROVAL"]
+    assert (await client.get("o1")).status is RunStatus.COMPLETED  # type: ignore[union-attr]
+
+
+async def test_a_signal_sent_early_is_kept_and_a_resend_with_its_key_is_ignored(
+    store: Any,
+) -> None:
+    client, seen = cano.Client(store), []
+
+    # ASK takes 0.2 s: the signals arrive before the run reaches the wait.
+    wf = flow(store, Approval(seen), ask_delay=0.2)
+    run = asyncio.ensure_future(wf.orchestrate(S.ASK, workflow_id="o2"))
+    await started(client, "o2")
+    await client.signal("o2", "approval", {"ok": False}, dedup_key="k1")
+    await client.signal("o2", "approval", {"ok": True}, dedup_key="k1")  # a resend: no-op
+    await client.signal("o2", "other", {"ok": True})  # another name: not this wait's
+    assert await asyncio.wait_for(run, 10) is S.REJECTED
+    assert seen == [{"ok": False}]
+
+
+async def test_the_deadline_takes_on_timeout(store: Any) -> None:
+    seen: list[Any] = []
+    wf = flow(store, Approval(seen, timeout=0.1))
+    assert await asyncio.wait_for(wf.orchestrate(S.ASK, workflow_id="o3"), 10) is S.REJECTED
+    assert seen == ["timed out"]
+
+
+async def test_a_resumed_run_gets_the_payload_it_consumed_never_the_next_one(
+    store: Any,
+) -> None:
+    client, seen = cano.Client(store), []
+    wait = Approval(seen, fail=1)  # the first on_signal "crashes"
+    wf = flow(store, wait)
+    run = asyncio.ensure_future(wf.orchestrate(S.ASK, workflow_id="o4"))
+    await started(client, "o4")
+    await client.signal("o4", "approval", {"ok": True, "n": 1})
+    await client.signal("o4", "approval", {"ok": False, "n": 2})
+    with pytest.raises(cano.TaskError):
+        await asyncio.wait_for(run, 10)
+    assert (await client.get("o4")).status is RunStatus.FAILED  # type: ignore[union-attr]
+    assert await wf.resume_from("o4") is S.DONE  # the same approval, handled this time
+    assert seen == [{"ok": True, "n": 1}, {"ok": True, "n": 1}]
+
+
+async def test_a_signal_to_an_unknown_or_ended_run_is_refused(store: Any) -> None:
+    client = cano.Client(store)
+    with pytest.raises(cano.WorkflowError, match="no run 'nobody'"):
+        await client.signal("nobody", "approval", {})
+    wf = flow(store, Approval([], timeout=0.01))
+    await wf.orchestrate(S.ASK, workflow_id="ended")
+    with pytest.raises(cano.WorkflowError, match="has ended"):
+        await client.signal("ended", "approval", {})
+    with pytest.raises(cano.ConfigurationError, match=r"signal\(payload\)"):
+        await client.signal("ended", "approval", {1, 2})  # a set: not JSON
+
+
+async def test_a_wait_state_needs_a_signal_name_and_a_store() -> None:
+    class Nameless(cano.WaitTask[S]):
+        pass
+
+    with pytest.raises(cano.ConfigurationError, match="signal"):
+        cano.Workflow[S].bare().register_wait(S.APPROVAL, Nameless())
+    wf = flow(None, Approval([]))
+    with pytest.raises(cano.ConfigurationError, match="needs a checkpoint store"):
+        await wf.orchestrate(S.ASK)
+
+
+async def test_a_worker_runs_a_wait_state_and_a_signal_ends_it(store: Any) -> None:
+    client, seen = cano.Client(store), []
+    wf = flow(store, Approval(seen))
+    await client.enqueue("orders", S.ASK, workflow_id="w1")
+    async with cano.Worker(store, [wf], poll_interval=0.05, lease=5):
+        await asyncio.sleep(0.2)
+        await client.signal("w1", "approval", {"ok": True})
+        info = await client.wait("w1", timeout=10)
+    assert info.status is RunStatus.COMPLETED and seen == [{"ok": True}]
+
+
+def test_the_graph_marks_wait_states() -> None:
+    assert "waits for signal approval" in flow(None, Approval([])).to_mermaid()
