@@ -65,6 +65,10 @@ def add_commands(commands: Any) -> None:
         run_id=True,
         json_out=False,
     )
+    signal = action("signal", "send a signal to a run's wait state", run_id=True, json_out=False)
+    signal.add_argument("name", metavar="NAME", help="the signal's name")
+    signal.add_argument("--payload", metavar="JSON", help="its payload, as JSON (default null)")
+    signal.add_argument("--dedup-key", metavar="K", help="a resend with the same key is ignored")
     action("clear", "delete one run's log and its record", run_id=True, json_out=False)
     prune = action("prune", "delete ended runs older than an age", run_id=False, json_out=False)
     prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 7d, 12h, 30m")
@@ -218,7 +222,7 @@ def _statuses(values: list[str] | None) -> list[RunStatus] | None:
 
 async def runs(args: argparse.Namespace) -> int:
     """``cano runs ACTION``."""
-    writes = args.action in ("clear", "cancel", "prune")
+    writes = args.action in ("clear", "cancel", "prune", "signal")
     async with _open_store(args.store, write=writes) as store:
         if args.action == "list":
             return await _list_records(store, args)
@@ -249,6 +253,14 @@ async def runs(args: argparse.Namespace) -> int:
                     ["SEQ", "KIND", "STATE", "TASK", "STARTED", "TOOK", "OUTPUT"],
                     [_step_cells(s) for s in steps],
                 )
+            return 0
+        if args.action == "signal":
+            try:
+                payload = None if args.payload is None else json.loads(args.payload)
+            except ValueError as err:
+                raise UsageError(f"cano runs signal: --payload is not JSON: {err}") from None
+            await client.signal(args.workflow_id, args.name, payload, dedup_key=args.dedup_key)
+            print(f"sent {args.name!r} to {args.workflow_id!r}")
             return 0
         if args.action == "cancel":
             info = await client.cancel(args.workflow_id)

@@ -2,11 +2,14 @@
 ``.redb`` file, or ``postgresql://…#SCHEMA``.
 
 Usage: ``child_worker.py STORE JOURNAL WORKER_ID [--hang STATE] [--lease S] [--poll S]
-[--concurrency N] [--sleep S] [--saga] [--fail]``. ``--saga`` makes RESERVE a saga step
-whose compensation notes ``undo``; ``--fail`` makes the hanging state raise after its sleep
-(a failure that compensates the saga). Each state's task notes ``start``/``end`` in the journal;
-with ``--hang STATE`` this process prints ``READY <id> STATE`` on entering that state and
-then sleeps ``--sleep`` seconds (default: for ever) before finishing it. Serves until
+[--concurrency N] [--sleep S] [--saga] [--fail] [--wait STATE]``. Each state's task notes
+``start``/``end`` in the journal; with ``--hang STATE`` this process prints ``READY <id>
+STATE`` on entering that state and then sleeps ``--sleep`` seconds (default: for ever)
+before finishing it. ``--saga`` makes RESERVE a saga step whose compensation notes
+``undo``; ``--fail`` makes the hanging state raise after its sleep (a failure that
+compensates the saga). ``--wait STATE`` makes STATE a wait state for signal ``go``: its
+``on_signal`` notes ``signalled`` with the payload's ``n`` (and, with ``--hang STATE``,
+prints READY and hangs there, after the signal was consumed). Serves until
 SIGTERM (``Worker.run``), then prints ``RESULT stopped``.
 """
 
@@ -37,6 +40,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--saga", action="store_true")
     parser.add_argument("--fail", action="store_true")
+    parser.add_argument("--wait", default="")
     args = parser.parse_args()
     journal = Journal(args.journal)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
@@ -74,9 +78,27 @@ def main() -> None:
         async def compensate(self, res: cano.Resources[Any], output: dict[str, str]) -> None:
             journal.note("undo", output["run"], "RESERVE", f"{time.time():.6f}")
 
+    class Go(cano.WaitTask[S]):
+        """A wait state for signal ``go``."""
+
+        signal = "go"
+
+        def __init__(self, state: S, nxt: S) -> None:
+            self.state, self.nxt = state, nxt
+
+        async def on_signal(self, res: cano.Resources[Any], payload: Any) -> S:
+            run_id = cano.current_run().workflow_id
+            journal.note("signalled", run_id, self.state.name, payload["n"])
+            if self.state.name == args.hang:
+                ready(f"{run_id} {self.state.name}")
+                await asyncio.Event().wait()  # killed here, the signal consumed
+            return self.nxt
+
     wf = cano.Workflow[S](cano.Resources.empty(), name="orders")
     for state, nxt in itertools.pairwise(ORDER):
-        if args.saga and state is S.RESERVE:
+        if state.name == args.wait:
+            wf.register_wait(state, Go(state, nxt))
+        elif args.saga and state is S.RESERVE:
             wf.register_with_compensation(state, Hold())
         else:
             wf.register(state, task(state, nxt))
