@@ -165,3 +165,59 @@ async def test_a_worker_runs_a_wait_state_and_a_signal_ends_it(store: Any) -> No
 
 def test_the_graph_marks_wait_states() -> None:
     assert "waits for signal approval" in flow(None, Approval([])).to_mermaid()
+
+
+async def test_a_waiting_run_is_parked_and_frees_its_worker_slot(store: Any) -> None:
+    client, seen, ran = cano.Client(store), [], []
+
+    async def quick() -> S:
+        ran.append(cano.current_run().workflow_id)
+        return S.DONE
+
+    other = (
+        cano.Workflow[S](cano.Resources.empty(), name="quick")
+        .register(S.ASK, cano.task(name="quick", config=cano.TaskConfig.minimal())(quick))
+        .add_exit_state(S.DONE)
+        .with_checkpoint_store(store)
+    )
+    await client.enqueue("orders", S.ASK, workflow_id="waits")
+    async with cano.Worker(
+        store, [flow(store, Approval(seen)), other], concurrency=1, poll_interval=0.05, lease=5
+    ):
+        for _ in range(400):  # until the run is parked
+            info = await client.get("waits")
+            if info is not None and info.status is RunStatus.WAITING:
+                break
+            await asyncio.sleep(0.02)
+        assert info is not None and (info.status, info.state, info.waiting_for, info.owner) == (
+            RunStatus.WAITING,
+            "APPROVAL",
+            "approval",
+            None,
+        )
+        assert info.wake_at is None  # no deadline: only the signal wakes it
+        for i in range(3):  # the one slot serves other runs meanwhile
+            await client.enqueue("quick", S.ASK, workflow_id=f"q{i}")
+        for i in range(3):
+            assert (await client.wait(f"q{i}", timeout=10)).status is RunStatus.COMPLETED
+        await client.signal("waits", "approval", {"ok": True})
+        done = await client.wait("waits", timeout=10)
+    assert done.status is RunStatus.COMPLETED and seen == [{"ok": True}]
+    assert done.waiting_for is None and done.attempts == 2  # woken: resumed once
+
+
+async def test_a_parked_run_wakes_at_its_deadline(store: Any) -> None:
+    client, seen = cano.Client(store), []
+    await client.enqueue("orders", S.ASK, workflow_id="late")
+    async with cano.Worker(
+        store, [flow(store, Approval(seen, timeout=0.5))], poll_interval=0.05, lease=5
+    ):
+        info = None
+        for _ in range(400):
+            info = await client.get("late")
+            if info is not None and info.status is RunStatus.WAITING:
+                break
+            await asyncio.sleep(0.01)
+        assert info is not None and info.wake_at is not None  # parked until its deadline
+        done = await client.wait("late", timeout=10)
+    assert done.status is RunStatus.COMPLETED and seen == ["timed out"]

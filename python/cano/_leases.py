@@ -121,10 +121,48 @@ class LeaseBook:
         if record.status is RunStatus.RUNNING:
             self._running.add(workflow_id)
         elif record.status is RunStatus.PENDING:
-            if q.not_before is None:
-                self._push_ready(record, q)
-            else:
-                heapq.heappush(self._delayed, (q.not_before, workflow_id))
+            self._schedule(record, q, q.not_before)
+        elif record.status is RunStatus.WAITING and q.not_before is not None:
+            self._schedule(record, q, q.not_before)  # its deadline (or a signal came)
+
+    def _schedule(self, record: Record, q: Queued, due: float | None) -> None:
+        if due is None:
+            self._push_ready(record, q)
+        else:
+            heapq.heappush(self._delayed, (due, record.workflow_id))
+
+    def park(
+        self,
+        workflow_id: str,
+        state: str,
+        signal: str | None,
+        wake_at: float | None,
+        now: float,
+        *,
+        signalled: bool,
+    ) -> Record:
+        """The run's worker gave it back to wait: WAITING, no lease, due again at
+        ``wake_at`` — or now, when a signal it waits for is already there."""
+        record, q = self.records[workflow_id], self.queued[workflow_id]
+        record.status, record.owner, record.updated_at = RunStatus.WAITING, None, now
+        record.state, record.waiting_for, record.wake_at = state, signal, wake_at
+        q.lease_until = 0.0
+        q.not_before = now if signalled else wake_at
+        self._running.discard(workflow_id)
+        if q.not_before is not None:
+            self._schedule(record, q, q.not_before)
+        return record
+
+    def signalled(self, workflow_id: str, name: str, now: float) -> Record | None:
+        """A signal arrived: a run WAITING for it is due now (returned, to be persisted)."""
+        record, q = self.records.get(workflow_id), self.queued.get(workflow_id)
+        if record is None or q is None or record.status is not RunStatus.WAITING:
+            return None
+        if record.waiting_for != name:
+            return None
+        q.not_before = now
+        self._push_ready(record, q)
+        return record
 
     def forget(self, workflow_id: str) -> None:
         """The run ended or was deleted: it leaves the queue."""
@@ -136,9 +174,15 @@ class LeaseBook:
         heapq.heappush(bucket, (q.priority, record.created_at, record.workflow_id))
 
     def _pending(self, workflow_id: str) -> Record | None:
-        record = self.records.get(workflow_id)
-        ok = record is not None and record.status is RunStatus.PENDING
-        return record if ok and workflow_id in self.queued else None
+        """The run, if it is still waiting to be claimed (PENDING, or WAITING and due)."""
+        record, q = self.records.get(workflow_id), self.queued.get(workflow_id)
+        if record is None or q is None:
+            return None
+        if record.status is RunStatus.PENDING:
+            return record
+        if record.status is RunStatus.WAITING and q.not_before is not None:
+            return record
+        return None
 
     def owns(self, workflow_id: str, fence: tuple[str, int]) -> bool:
         """True while ``fence`` (owner, epoch) is the lease the run is held under."""
@@ -187,7 +231,8 @@ class LeaseBook:
     ) -> list[tuple[Record, Queued, bool]]:
         """Claims up to ``limit`` due PENDING runs and RUNNING runs whose lease expired, by
         priority then age, within the queues' caps: each becomes RUNNING, owned by
-        ``worker_id`` under a new epoch. Returns ``(record, queued, taken over)`` of each."""
+        ``worker_id`` under a new epoch. Returns ``(record, queued, resumes)`` of each:
+        ``resumes`` when the run had started before (taken over, or woken from a wait)."""
         while self._delayed and self._delayed[0][0] <= now:
             _, workflow_id = heapq.heappop(self._delayed)
             record = self._pending(workflow_id)
@@ -219,6 +264,11 @@ class LeaseBook:
             workflow_id = entry[2]
             taken_over = source == 0
             record = self.records[workflow_id] if taken_over else self._pending(workflow_id)
+            if not taken_over and record is not None and record.status is RunStatus.WAITING:
+                q = self.queued[workflow_id]
+                if q.not_before is not None and q.not_before > now:
+                    record = None  # a stale entry: it parked again since, with a later due
+            resumes = taken_over or (record is not None and record.status is RunStatus.WAITING)
             if record is not None:
                 queue_name = record.queue or "default"
                 cap = self.caps.get(queue_name)
@@ -239,7 +289,7 @@ class LeaseBook:
             record.status, record.owner, record.updated_at = RunStatus.RUNNING, worker_id, now
             q.lease_until, q.epoch = now + lease, q.epoch + 1
             self._running.add(workflow_id)
-            chosen.append((record, q, taken_over))
+            chosen.append((record, q, resumes))
         return chosen
 
     @staticmethod

@@ -55,6 +55,8 @@ def _dump(record: Record, q: Queued | None) -> bytes:
         "queue": record.queue,
         "owner": record.owner,
         "finished": record.finished_at,
+        "waiting_for": record.waiting_for,
+        "wake_at": record.wake_at,
     }
     if q is not None:
         data["queued"] = [q.initial, q.priority, q.not_before, q.epoch, q.cancel_requested]
@@ -79,6 +81,8 @@ def _load(workflow_id: str, data: bytes) -> tuple[Record, Queued | None]:
         queue=d["queue"],
         owner=d["owner"],
         finished_at=d["finished"],
+        waiting_for=d.get("waiting_for"),
+        wake_at=d.get("wake_at"),
     )
     queued = d.get("queued")
     if queued is None:
@@ -337,7 +341,25 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
             return False
         kept.append([name, None if payload is None else payload.decode(), dedup_key, None])
         await self._put_value("signal", workflow_id, orjson.dumps(kept))
+        woken = self._leases.signalled(workflow_id, name, time.time())
+        if woken is not None:  # parked for it: due now, also after a restart
+            await self._put_value("record", workflow_id, self._dump(woken))
         return True
+
+    async def park_run(
+        self, workflow_id: str, state: str, signal: str | None, wake_at: float | None
+    ) -> None:
+        """The run's worker gives it back to wait in ``state`` (fenced by its lease):
+        WAITING until a signal ``signal`` arrives or ``wake_at`` passes."""
+        self._leases.check_fence(workflow_id)
+        kept = await self._signals_of(workflow_id)
+        self._leases.check_fence(workflow_id)  # still ours after the read
+        signalled = any(s[0] == signal and s[3] is None for s in kept)
+        record = self._leases.park(
+            workflow_id, state, signal, wake_at, time.time(), signalled=signalled
+        )
+        self._set_fence(workflow_id, None, 0)
+        await self._put_value("record", workflow_id, self._dump(record))
 
     async def take_signal(
         self, workflow_id: str, name: str, token: str

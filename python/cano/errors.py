@@ -26,6 +26,7 @@ __all__ = [
     "ConfigurationError",
     "KeyNotFoundError",
     "LeaseLostError",
+    "RunParked",
     "OrphanedCompensationError",
     "RateLimitedError",
     "ResourceError",
@@ -166,6 +167,24 @@ class LeaseLostError(CheckpointError):
     once with this error, writes nothing more, runs no compensation and does not clear the
     log — the new owner carries on from the log.
     """
+
+
+class RunParked(LeaseLostError):
+    """A run under a Worker reached a wait with nothing to consume: its worker gives it back,
+    WAITING — no slot and no lease held — until a signal arrives or ``wake_at`` passes.
+
+    Raised by a wait state inside a Worker's run and handled by the Worker; like a lost
+    lease, the engine ends the run at once without recording an end, compensating or
+    clearing anything (the run resumes from its log when it wakes).
+    """
+
+    def __init__(
+        self, message: str, *, state: str, signal: str | None, wake_at: float | None
+    ) -> None:
+        super().__init__(message)
+        self.state = state
+        self.signal = signal
+        self.wake_at = wake_at
 
 
 class WorkflowVersionMismatchError(CheckpointError):

@@ -141,6 +141,10 @@ class RunInfo:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    waiting_for: str | None = None
+    """WAITING: the signal the run waits for."""
+    wake_at: datetime | None = None
+    """WAITING: when its deadline passes (None: it waits for the signal only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +201,15 @@ class Record:
     queue: str | None = None
     owner: str | None = None
     finished_at: float | None = None
+    waiting_for: str | None = None
+    wake_at: float | None = None
 
     @classmethod
     def from_columns(cls, row: Sequence[Any]) -> Record:
         """A record from the columns the SQL stores select, in this order: workflow_id,
         workflow_name, workflow_version, status, state, final_state, error, error_type,
-        input (JSON bytes), queue, owner, attempts, created_at, updated_at, finished_at."""
+        input (JSON bytes), queue, owner, attempts, created_at, updated_at, finished_at,
+        waiting_for, wake_at."""
         return cls(
             workflow_id=row[0],
             workflow_name=row[1],
@@ -219,6 +226,8 @@ class Record:
             created_at=row[12],
             updated_at=row[13],
             finished_at=row[14],
+            waiting_for=row[15],
+            wake_at=row[16],
         )
 
     def started(self, name: str | None, version: int, state: str, now: float) -> None:
@@ -231,6 +240,7 @@ class Record:
         self.updated_at = now
         self.final_state = self.error = self.error_type = None
         self.finished_at = None
+        self.waiting_for = self.wake_at = None
 
     def ended(self, end: RunEnd, now: float) -> None:
         """The run ended as ``end`` says."""
@@ -263,6 +273,8 @@ class Record:
             created_at=utc(self.created_at),
             updated_at=utc(updated),
             finished_at=None if self.finished_at is None else utc(self.finished_at),
+            waiting_for=self.waiting_for,
+            wake_at=None if self.wake_at is None else utc(self.wake_at),
         )
 
 

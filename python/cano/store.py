@@ -409,6 +409,16 @@ class InMemoryCheckpointStore:
         """Caps the runs of queue ``name`` RUNNING at once (None: no cap)."""
         self._leases.set_cap(name, concurrency)
 
+    async def park_run(
+        self, workflow_id: str, state: str, signal: str | None, wake_at: float | None
+    ) -> None:
+        """The run's worker gives it back to wait in ``state`` (fenced by its lease):
+        WAITING until a signal ``signal`` arrives or ``wake_at`` passes."""
+        self._leases.check_fence(workflow_id)
+        kept = self._signals.get(workflow_id, [])
+        signalled = any(s[0] == signal and s[3] is None for s in kept)
+        self._leases.park(workflow_id, state, signal, wake_at, time.time(), signalled=signalled)
+
     # ----- signals (cano.waits.SignalBox) -----------------------------------------------
 
     async def send_signal(
@@ -419,6 +429,7 @@ class InMemoryCheckpointStore:
         if dedup_key is not None and any(s[0] == name and s[2] == dedup_key for s in kept):
             return False
         kept.append([name, payload, dedup_key, None])
+        self._leases.signalled(workflow_id, name, time.time())
         return True
 
     async def take_signal(

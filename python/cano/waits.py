@@ -25,8 +25,8 @@ import orjson
 
 from cano._core import TaskConfig
 from cano._values import Duration, seconds
-from cano.errors import ConfigurationError
-from cano.records import RUN_ID
+from cano.errors import ConfigurationError, RunParked
+from cano.records import FENCE, RUN_ID
 from cano.stepped import Done, More, SteppedTask
 
 if TYPE_CHECKING:
@@ -165,5 +165,14 @@ class WaitStep(SteppedTask[Any, dict[str, Any]]):
             now = time.time()
             if deadline is not None and now >= deadline:
                 return Done(await self.task.on_timeout(res))
+            if FENCE.get() is not None and getattr(store, "park_run", None) is not None:
+                # A Worker's run: given back, WAITING, holding no slot and no lease, until
+                # the signal arrives or the deadline passes (then resumed from its log).
+                raise RunParked(
+                    f"run {run_id!r} waits for signal {self.task.signal!r}",
+                    state=self._label,
+                    signal=self.task.signal,
+                    wake_at=deadline,
+                )
             left = _POLL if deadline is None else min(_POLL, deadline - now)
             await _until_signalled(run_id, left)

@@ -36,8 +36,8 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from cano._core import CancellationHandle, CancellationToken
 from cano._values import Duration, count, seconds
-from cano.errors import CanoError, ConfigurationError, LeaseLostError
-from cano.records import FENCE, LEASE_CHECK, Claim, RunEnd, RunStatus
+from cano.errors import CanoError, ConfigurationError, LeaseLostError, RunParked
+from cano.records import FENCE, LEASE_CHECK, Claim, RunEnd, RunStatus, utc
 from cano.runs import Client, RunRegistry
 from cano.workflow import Workflow
 
@@ -105,6 +105,10 @@ class RunQueue(Protocol):
     def cancel_run(self, workflow_id: str) -> Any: ...
 
     def set_queue_cap(self, name: str, concurrency: int | None) -> Any: ...
+
+    def park_run(
+        self, workflow_id: str, state: str, signal: str | None, wake_at: float | None
+    ) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -382,6 +386,8 @@ class Worker:
             else:
                 initial = self._initial(wf, claim)
                 await wf.orchestrate(initial, workflow_id=claim.workflow_id, cancel=token)
+        except RunParked as parked:
+            await self._park(claim, parked, extra)
         except LeaseLostError:
             _log.warning(
                 "worker %s abandoned run %s: another worker owns it now",
@@ -395,6 +401,32 @@ class Worker:
                 await self._refuse(claim, err)
         except Exception as err:  # not the engine's: log it, never kill the worker
             _log.warning("run %s raised %r", claim.workflow_id, err, extra=extra)
+
+    async def _park(self, claim: Claim, parked: RunParked, extra: dict[str, Any]) -> None:
+        """The run waits: it is given back, WAITING, and its slot is free at once."""
+        try:
+            await self._store.park_run(
+                claim.workflow_id, parked.state, parked.signal, parked.wake_at
+            )
+        except LeaseLostError:
+            return  # taken over meanwhile: the new owner has it
+        except CanoError as err:  # not recorded: the lease runs out and it is taken over
+            _log.warning(
+                "worker %s could not park run %s: %s",
+                self.worker_id,
+                claim.workflow_id,
+                err,
+                extra=extra,
+            )
+            return
+        until = "" if parked.wake_at is None else f" (until {utc(parked.wake_at).isoformat()})"
+        _log.info(
+            "run %s waits for signal %r%s, holding no slot",
+            claim.workflow_id,
+            parked.signal,
+            until,
+            extra=extra,
+        )
 
     async def _confirm_lease(self, claim: Claim) -> None:
         """Renews the run's lease now, or raises LeaseLostError: before compensating."""

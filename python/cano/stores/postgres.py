@@ -94,7 +94,9 @@ CREATE TABLE IF NOT EXISTS {s}.runs (
     priority int NOT NULL DEFAULT 0, not_before timestamptz, lease_until timestamptz,
     lease_epoch bigint NOT NULL DEFAULT 0, cancel_requested boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz);
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz,
+    waiting_for text, wake_at timestamptz);
+CREATE INDEX IF NOT EXISTS runs_waking ON {s}.runs (not_before) WHERE status = 'WAITING';
 CREATE INDEX IF NOT EXISTS runs_pending ON {s}.runs (priority, created_at)
     WHERE status = 'PENDING';
 CREATE INDEX IF NOT EXISTS runs_leased ON {s}.runs (lease_until)
@@ -113,7 +115,8 @@ _RECORD_COLUMNS = (
     "r.workflow_id, r.workflow_name, r.workflow_version, r.status, r.state, r.final_state, "
     "r.error, r.error_type, r.input, r.queue, r.owner, r.attempts, "
     "extract(epoch FROM r.created_at)::float8, extract(epoch FROM r.updated_at)::float8, "
-    "extract(epoch FROM r.finished_at)::float8"
+    "extract(epoch FROM r.finished_at)::float8, r.waiting_for, "
+    "extract(epoch FROM r.wake_at)::float8"
 )
 # The last row of a run still in flight: its current state.
 _LAST_ROW = (
@@ -151,7 +154,7 @@ class _Batcher:
 
 
 def _info(row: Sequence[Any]) -> RunInfo:
-    last = None if row[15] is None else (row[15], row[16] or 0.0)
+    last = None if row[17] is None else (row[17], row[18] or 0.0)
     return Record.from_columns(row).info(last)
 
 
@@ -595,7 +598,8 @@ class PostgresCheckpointStore:
                 "UPDATE {s}.runs SET workflow_name = coalesce(%s, workflow_name), "
                 "workflow_version = %s, state = %s, attempts = attempts + 1, "
                 "updated_at = clock_timestamp(), final_state = NULL, error = NULL, "
-                "error_type = NULL, finished_at = NULL WHERE workflow_id = %s AND owner = %s "
+                "error_type = NULL, finished_at = NULL, waiting_for = NULL, wake_at = NULL "
+                "WHERE workflow_id = %s AND owner = %s "
                 "AND lease_epoch = %s AND status = 'RUNNING' RETURNING 1",
                 (name, version, state, workflow_id, *fence),
             )
@@ -608,8 +612,9 @@ class PostgresCheckpointStore:
             "DO UPDATE SET workflow_name = coalesce(EXCLUDED.workflow_name, r.workflow_name), "
             "workflow_version = EXCLUDED.workflow_version, status = 'RUNNING', "
             "state = EXCLUDED.state, attempts = r.attempts + 1, updated_at = clock_timestamp(), "
-            "final_state = NULL, error = NULL, error_type = NULL, finished_at = NULL "
-            "WHERE NOT (r.status = 'RUNNING' AND r.owner IS NOT NULL AND r.lease_until >= now()) "
+            "final_state = NULL, error = NULL, error_type = NULL, finished_at = NULL, "
+            "waiting_for = NULL, wake_at = NULL WHERE NOT (r.status = 'RUNNING' AND "
+            "r.owner IS NOT NULL AND r.lease_until >= now()) "
             "RETURNING 1",
             (workflow_id, name, version, state),
         )
@@ -637,19 +642,19 @@ class PostgresCheckpointStore:
         if fence is not None:
             record = (
                 "UPDATE {s}.runs SET status = %s, state = coalesce(%s, state), final_state = "
-                "%s, error = %s, error_type = %s, owner = NULL, updated_at = clock_timestamp(), "
-                "finished_at = clock_timestamp() WHERE workflow_id = %s AND owner = %s AND "
+                "%s, error = %s, error_type = %s, owner = NULL, updated_at = now(), "
+                "finished_at = now() WHERE workflow_id = %s AND owner = %s AND "
                 "lease_epoch = %s AND status = 'RUNNING' RETURNING workflow_id"
             )
             params: tuple[Any, ...] = (*values, workflow_id, *fence)
         else:
             record = (
                 "INSERT INTO {s}.runs AS r (workflow_id, status, state, final_state, error, "
-                "error_type, attempts, finished_at) VALUES (%s, %s, %s, %s, %s, %s, 1, "
-                "clock_timestamp()) ON CONFLICT (workflow_id) DO UPDATE SET status = "
+                "error_type, attempts, created_at, updated_at, finished_at) VALUES (%s, %s, %s, "
+                "%s, %s, %s, 1, now(), now(), now()) ON CONFLICT (workflow_id) DO UPDATE SET status = "
                 "EXCLUDED.status, state = coalesce(EXCLUDED.state, r.state), final_state = "
                 "EXCLUDED.final_state, error = EXCLUDED.error, error_type = EXCLUDED.error_type, "
-                "owner = NULL, updated_at = clock_timestamp(), finished_at = clock_timestamp() "
+                "owner = NULL, updated_at = now(), finished_at = now() "
                 "RETURNING workflow_id"
             )
             params = (workflow_id, *values)
@@ -825,7 +830,8 @@ class PostgresCheckpointStore:
                     self._q(
                         "SELECT workflow_id, queue FROM {s}.runs WHERE workflow_name = ANY(%s) "
                         "AND queue = ANY(%s) AND ((status = 'PENDING' AND (not_before IS NULL "
-                        "OR not_before <= now())) OR (status = 'RUNNING' AND owner IS NOT NULL "
+                        "OR not_before <= now())) OR (status = 'WAITING' AND not_before <= "
+                        "now()) OR (status = 'RUNNING' AND owner IS NOT NULL "
                         "AND lease_until < now())) ORDER BY priority, created_at "
                         "LIMIT %s FOR UPDATE SKIP LOCKED"
                     ),
@@ -928,12 +934,38 @@ class PostgresCheckpointStore:
         self, workflow_id: str, name: str, payload: bytes | None, dedup_key: str | None
     ) -> bool:
         """Keeps a signal for the run; False when ``dedup_key`` was already sent."""
+        # One statement: the signal, and a run parked for it due now (and workers woken).
         rows = await self._fetch(
-            "INSERT INTO {s}.signals (workflow_id, name, payload, dedup_key) VALUES (%s, %s, "
-            "%s, %s) ON CONFLICT (workflow_id, name, dedup_key) DO NOTHING RETURNING id",
+            "WITH sent AS (INSERT INTO {s}.signals (workflow_id, name, payload, dedup_key) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (workflow_id, name, dedup_key) DO NOTHING "
+            "RETURNING workflow_id, name), woken AS (UPDATE {s}.runs r SET not_before = now() "
+            "FROM sent WHERE r.workflow_id = sent.workflow_id AND r.status = 'WAITING' AND "
+            "r.waiting_for = sent.name RETURNING r.queue) SELECT (SELECT count(*) FROM sent), "
+            "(SELECT count(pg_notify('cano_wake', queue)) FROM woken)",
             (workflow_id, name, payload, dedup_key),
         )
-        return bool(rows)
+        return bool(rows[0][0])
+
+    async def park_run(
+        self, workflow_id: str, state: str, signal: str | None, wake_at: float | None
+    ) -> None:
+        """The run's worker gives it back to wait in ``state`` (fenced by its lease):
+        WAITING until a signal ``signal`` arrives or ``wake_at`` passes."""
+        fence = FENCE.get()
+        if fence is None:
+            raise _lease_lost(workflow_id)
+        rows = await self._fetch(
+            "UPDATE {s}.runs r SET status = 'WAITING', owner = NULL, lease_until = NULL, "
+            "state = %s, waiting_for = %s, wake_at = to_timestamp(%s), "
+            "updated_at = clock_timestamp(), "
+            "not_before = CASE WHEN EXISTS (SELECT 1 FROM {s}.signals g WHERE g.workflow_id = "
+            "r.workflow_id AND g.name = %s AND g.consumed_by IS NULL) THEN now() ELSE "
+            "to_timestamp(%s) END WHERE workflow_id = %s AND owner = %s AND lease_epoch = %s "
+            "AND status = 'RUNNING' RETURNING 1",
+            (state, signal, wake_at, signal, wake_at, workflow_id, *fence),
+        )
+        if not rows:
+            raise _lease_lost(workflow_id)
 
     async def take_signal(
         self, workflow_id: str, name: str, token: str

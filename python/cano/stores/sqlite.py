@@ -110,7 +110,9 @@ _RECORD_SCHEMA: Final = (
     not_before REAL,
     lease_until REAL,
     lease_epoch INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    waiting_for TEXT,
+    wake_at REAL
 )""",
     "CREATE INDEX IF NOT EXISTS cano_runs_created ON cano_runs (created_at)",
     # What workers claim: only PENDING runs are in it, so a run leaves it once (when it is
@@ -119,6 +121,9 @@ _RECORD_SCHEMA: Final = (
     "WHERE status = 'PENDING'",
     "CREATE INDEX IF NOT EXISTS cano_runs_leased ON cano_runs (lease_until) "
     "WHERE status = 'RUNNING'",
+    # WAITING runs that are due again: their deadline (or a signal) set not_before.
+    "CREATE INDEX IF NOT EXISTS cano_runs_waking ON cano_runs (not_before) "
+    "WHERE status = 'WAITING'",
     """CREATE TABLE IF NOT EXISTS cano_queues (
     name TEXT PRIMARY KEY,
     concurrency INTEGER
@@ -146,7 +151,8 @@ _RECORD_SCHEMA: Final = (
 )
 _RECORD_COLUMNS: Final = (
     "workflow_id, workflow_name, workflow_version, status, state, final_state, error, "
-    "error_type, input, queue, owner, attempts, created_at, updated_at, finished_at"
+    "error_type, input, queue, owner, attempts, created_at, updated_at, finished_at, "
+    "waiting_for, wake_at"
 )
 _HAS_TABLE: Final = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cano_checkpoints'"
 _INSERT: Final = "INSERT INTO cano_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -196,10 +202,11 @@ _DURABILITY: Final = {"immediate": "FULL", "eventual": "NORMAL"}
     _DELETE,
     _SEND_SIGNAL,
     _TAKE_SIGNAL,
-) = range(22)
+    _PARK,
+) = range(23)
 _WRITES: Final = frozenset(
     {_APPEND, _CLEAR, _STARTED, _ENDED, _PRUNE, _ENQUEUE, _CLAIM, _RENEW, _RELEASE, _CANCEL}
-    | {_SET_QUEUE, _DELETE, _SEND_SIGNAL, _TAKE_SIGNAL}
+    | {_SET_QUEUE, _DELETE, _SEND_SIGNAL, _TAKE_SIGNAL, _PARK}
 )
 _Request: TypeAlias = tuple[int, Any, "asyncio.AbstractEventLoop | None", Any]
 _Outcome: TypeAlias = tuple[Any, "BaseException | None"]
@@ -284,6 +291,10 @@ class _Engine:
                 columns = _COLUMNS
             for statement in _RECORD_SCHEMA:
                 conn.execute(statement)
+            runs = {r[1] for r in conn.execute("PRAGMA table_info(cano_runs)")}
+            for column, kind in (("waiting_for", "TEXT"), ("wake_at", "REAL")):
+                if column not in runs:  # written by a cano without wait states
+                    conn.execute(f"ALTER TABLE cano_runs ADD COLUMN {column} {kind}")
         except sqlite3.Error as e:
             conn.close()
             raise self.error(e, opening=True) from e
@@ -507,7 +518,8 @@ class _Engine:
                 "UPDATE cano_runs SET workflow_name = coalesce(?, workflow_name), "
                 "workflow_version = ?, status = 'RUNNING', state = ?, attempts = attempts + 1, "
                 "updated_at = ?, final_state = NULL, error = NULL, error_type = NULL, "
-                "finished_at = NULL WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?",
+                "finished_at = NULL, waiting_for = NULL, wake_at = NULL "
+                "WHERE workflow_id = ? AND owner = ? AND lease_epoch = ?",
                 (name, version, state, now, workflow_id, *fence),
             ).rowcount
             if not updated:
@@ -527,7 +539,8 @@ class _Engine:
             "workflow_name = coalesce(excluded.workflow_name, workflow_name), "
             "workflow_version = excluded.workflow_version, status = 'RUNNING', "
             "state = excluded.state, attempts = attempts + 1, updated_at = excluded.updated_at, "
-            "final_state = NULL, error = NULL, error_type = NULL, finished_at = NULL",
+            "final_state = NULL, error = NULL, error_type = NULL, finished_at = NULL, "
+            "waiting_for = NULL, wake_at = NULL",
             (workflow_id, name, version, state, now, now),
         )
 
@@ -600,7 +613,7 @@ class _Engine:
         infos = []
         for row in rows:
             record = Record.from_columns(row)
-            last = None if row[15] is None else (row[15], row[16] or 0.0)
+            last = None if row[17] is None else (row[17], row[18] or 0.0)
             infos.append(record.info(last))
         return infos
 
@@ -691,12 +704,18 @@ class _Engine:
             "ORDER BY priority, created_at LIMIT ?",
             (*names, *queues, now, limit * 4 + 16),
         ).fetchall()
+        woken = self.conn.execute(
+            f"SELECT {columns}, priority, created_at FROM cano_runs r WHERE status = 'WAITING' "
+            f"AND not_before <= ? AND {wanted} ORDER BY priority, created_at LIMIT ?",
+            (now, *names, *queues, limit * 4 + 16),
+        ).fetchall()
         orphaned = self.conn.execute(
             f"SELECT {columns}, priority, created_at FROM cano_runs r WHERE status = 'RUNNING' "
             f"AND lease_until < ? AND owner IS NOT NULL AND {wanted} LIMIT ?",
             (now, *names, *queues, limit * 4 + 16),
         ).fetchall()
-        candidates = [row[:8] for row in sorted(pending + orphaned, key=lambda r: (r[8], r[9]))]
+        everything = pending + woken + orphaned
+        candidates = [row[:8] for row in sorted(everything, key=lambda r: (r[8], r[9]))]
         caps = dict(self.conn.execute("SELECT name, concurrency FROM cano_queues").fetchall())
         busy: dict[str, int] = {}
         claims: list[Claim] = []
@@ -783,13 +802,34 @@ class _Engine:
 
     def _send_signal(self, args: tuple[Any, ...], now: float) -> bool:
         workflow_id, name, payload, dedup_key = args
-        return bool(
-            self.conn.execute(
-                "INSERT OR IGNORE INTO cano_signals (workflow_id, name, payload, dedup_key, "
-                "sent_at) VALUES (?, ?, ?, ?, ?)",
-                (workflow_id, name, payload, dedup_key, now),
-            ).rowcount
+        if not self.conn.execute(
+            "INSERT OR IGNORE INTO cano_signals (workflow_id, name, payload, dedup_key, "
+            "sent_at) VALUES (?, ?, ?, ?, ?)",
+            (workflow_id, name, payload, dedup_key, now),
+        ).rowcount:
+            return False
+        # A run parked for this signal is due now.
+        self.conn.execute(
+            "UPDATE cano_runs SET not_before = ? WHERE workflow_id = ? AND status = 'WAITING' "
+            "AND waiting_for = ?",
+            (now, workflow_id, name),
         )
+        return True
+
+    def _park(self, args: tuple[Any, ...], now: float) -> None:
+        workflow_id, state, signal, wake_at, fence = args
+        signalled = self.conn.execute(
+            "SELECT 1 FROM cano_signals WHERE workflow_id = ? AND name = ? AND consumed_by IS NULL",
+            (workflow_id, signal),
+        ).fetchone()
+        updated = self.conn.execute(
+            "UPDATE cano_runs SET status = 'WAITING', owner = NULL, lease_until = NULL, "
+            "state = ?, waiting_for = ?, wake_at = ?, not_before = ?, updated_at = ? "
+            "WHERE workflow_id = ? AND owner = ? AND lease_epoch = ? AND status = 'RUNNING'",
+            (state, signal, wake_at, now if signalled else wake_at, now, workflow_id, *fence),
+        ).rowcount
+        if not updated:
+            raise self._lost(workflow_id)
 
     def _take_signal(self, args: tuple[Any, ...], _now: float) -> tuple[bool, bytes | None]:
         workflow_id, name, token, fence = args
@@ -1136,6 +1176,13 @@ class SqliteCheckpointStore:
         consumed now, fenced by the run's lease under a Worker)."""
         return self._submit(_TAKE_SIGNAL, (workflow_id, name, token, FENCE.get()))
 
+    def park_run(
+        self, workflow_id: str, state: str, signal: str | None, wake_at: float | None
+    ) -> asyncio.Future[None]:
+        """The run's worker gives it back to wait in ``state`` (fenced by its lease):
+        WAITING until a signal ``signal`` arrives or ``wake_at`` passes."""
+        return self._submit(_PARK, (workflow_id, state, signal, wake_at, FENCE.get()))
+
     def _submit(self, op: int, argument: Any) -> asyncio.Future[Any]:
         # The hot path of every call: one future, one queue put under the store's lock.
         engine = self._engine
@@ -1234,4 +1281,5 @@ _RECORD_OPS: Final[dict[int, Callable[[_Engine, Any, float], Any]]] = {
     _DELETE: _Engine._delete,
     _SEND_SIGNAL: _Engine._send_signal,
     _TAKE_SIGNAL: _Engine._take_signal,
+    _PARK: _Engine._park,
 }

@@ -162,6 +162,13 @@ pub fn is_lease_lost(py: Python<'_>, err: &PyErr) -> bool {
     LEASE_LOST.import(py, "cano.errors", "LeaseLostError").is_ok_and(|c| err.is_instance(py, c))
 }
 
+static RUN_PARKED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// True for `cano.errors.RunParked`: a Worker's run gave itself back to wait.
+pub fn is_parked(py: Python<'_>, err: &PyErr) -> bool {
+    RUN_PARKED.import(py, "cano.errors", "RunParked").is_ok_and(|c| err.is_instance(py, c))
+}
+
 /// True for an instance of `cano.errors.LeaseLostError` (as a value).
 pub fn is_lease_lost_value(py: Python<'_>, value: &Bound<'_, PyAny>) -> bool {
     LEASE_LOST

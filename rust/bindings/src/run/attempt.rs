@@ -213,6 +213,11 @@ impl Run {
             self.outcome = Some(Err(err.into_value(py).into_any()));
             return;
         }
+        if errors::is_lease_lost(py, &err) {
+            // The task found the run is no longer this worker's (or gave it back to wait:
+            // `cano.errors.RunParked`): not a failure — no retry, no compensation, no record.
+            return self.abandon(py, plan, err);
+        }
         let listed = self.listed(py, plan, &err);
         let programming = is_programming_error(py, &err);
         self.decide(slf, plan, err, Failure::Raised { listed, programming })

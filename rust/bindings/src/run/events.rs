@@ -37,6 +37,9 @@ impl Run {
             let id = errors::quoted(&wid.to_string());
             let (level, text) = match outcome {
                 Ok(_) => (log::INFO, format!("run {id} completed in state {label}")),
+                Err(e) if errors::is_parked(py, e) => {
+                    (log::INFO, format!("run {id} parked in state {label}: {}", e.value(py)))
+                }
                 Err(e) if errors::is_lease_lost(py, e) => (
                     log::WARNING,
                     format!(
