@@ -653,8 +653,9 @@ class PostgresCheckpointStore:
                 "error_type, attempts, created_at, updated_at, finished_at) VALUES (%s, %s, %s, "
                 "%s, %s, %s, 1, now(), now(), now()) ON CONFLICT (workflow_id) DO UPDATE SET "
                 "status = EXCLUDED.status, state = coalesce(EXCLUDED.state, r.state), "
-                "final_state = EXCLUDED.final_state, error = EXCLUDED.error, error_type = EXCLUDED.error_type, "
-                "owner = NULL, updated_at = now(), finished_at = now() "
+                "final_state = EXCLUDED.final_state, error = EXCLUDED.error, "
+                "error_type = EXCLUDED.error_type, owner = NULL, updated_at = now(), "
+                "finished_at = now() "
                 "RETURNING workflow_id"
             )
             params = (workflow_id, *values)
