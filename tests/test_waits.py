@@ -221,3 +221,25 @@ async def test_a_parked_run_wakes_at_its_deadline(store: Any) -> None:
         assert info is not None and info.wake_at is not None  # parked until its deadline
         done = await client.wait("late", timeout=10)
     assert done.status is RunStatus.COMPLETED and seen == ["timed out"]
+
+
+async def test_ten_thousand_parked_runs_hold_nothing_in_the_worker(tmp_path: Any) -> None:
+    n = 10_000
+    async with cano.SqliteCheckpointStore(tmp_path / "parked.db") as store:
+        client = cano.Client(store)
+        await asyncio.gather(
+            *(client.enqueue("orders", S.ASK, workflow_id=f"p{i}") for i in range(n))
+        )
+        worker = cano.Worker(
+            store, [flow(store, Approval([]))], concurrency=64, poll_interval=0.05, lease=30
+        )
+        async with worker:
+            while await client.list(status=[RunStatus.PENDING, RunStatus.RUNNING], limit=1):
+                await asyncio.sleep(0.05)
+            parked = await client.list(status=RunStatus.WAITING, limit=n + 1)
+            assert len(parked) == n
+            # They are rows in the store: the worker holds no run, and no task per run.
+            assert worker.running == 0
+            assert len(asyncio.all_tasks()) < 20
+            await client.signal("p7", "approval", {"ok": True})
+            assert (await client.wait("p7", timeout=30)).status is RunStatus.COMPLETED
