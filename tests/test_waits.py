@@ -243,3 +243,55 @@ async def test_ten_thousand_parked_runs_hold_nothing_in_the_worker(tmp_path: Any
             assert len(asyncio.all_tasks()) < 20
             await client.signal("p7", "approval", {"ok": True})
             assert (await client.wait("p7", timeout=30)).status is RunStatus.COMPLETED
+
+
+class Nap(cano.TimerTask[S]):
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.asked, self.woke = seconds, 0, []
+
+    async def wait(self, res: cano.Resources[Any]) -> float:
+        self.asked += 1
+        return self.seconds
+
+    async def after_wait(self, res: cano.Resources[Any]) -> S:
+        self.woke.append(asyncio.get_running_loop().time())
+        return S.DONE
+
+
+def napping(store: Any, nap: Nap) -> cano.Workflow[S]:
+    return (
+        cano.Workflow[S](cano.Resources.empty(), name="naps")
+        .register(S.ASK, nap)
+        .add_exit_state(S.DONE)
+        .with_checkpoint_store(store)
+    )
+
+
+async def test_a_resumed_timer_waits_for_what_is_left_of_its_recorded_wait(store: Any) -> None:
+    nap = Nap(0.4)
+    run = asyncio.ensure_future(napping(store, nap).orchestrate(S.ASK, workflow_id="nap"))
+    await asyncio.sleep(0.1)
+    run.cancel()  # the process "dies" mid-wait: the run stays RUNNING, resumable
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert await napping(store, nap).resume_from("nap") is S.DONE
+    assert nap.asked == 1  # the deadline was recorded once, not asked for again
+    steps = await cano.Client(store).steps("nap")
+    [cursor] = [s for s in steps if s.kind is cano.RowKind.STEP_CURSOR]
+    assert set(cursor.output) == {"until"}
+
+
+async def test_a_timer_longer_than_the_lease_parks_the_run(store: Any) -> None:
+    client, nap = cano.Client(store), Nap(1.5)
+    await client.enqueue("naps", S.ASK, workflow_id="long-nap")
+    async with cano.Worker(store, [napping(store, nap)], poll_interval=0.1, lease=0.6):
+        info = None
+        for _ in range(400):
+            info = await client.get("long-nap")
+            if info is not None and info.status is RunStatus.WAITING:
+                break
+            await asyncio.sleep(0.01)
+        assert info is not None and info.status is RunStatus.WAITING
+        assert info.waiting_for is None and info.wake_at is not None and info.owner is None
+        done = await client.wait("long-nap", timeout=30)
+    assert done.status is RunStatus.COMPLETED and nap.asked == 1 and len(nap.woke) == 1

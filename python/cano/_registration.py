@@ -19,7 +19,7 @@ from cano.split import JoinConfig
 from cano.stepped import SteppedTask
 from cano.stream import _drive_stream
 from cano.tasks import CompensatableTask, RouterTask, Task, _FunctionTask, _takes_resources
-from cano.timer import TimerTask, _drive_timer
+from cano.timer import TimerStep, TimerTask
 
 __all__ = ["_Entry", "_describe_task", "_name_of", "state_label"]
 
@@ -154,7 +154,8 @@ def _describe_task(
     if isinstance(task, PollTask):
         return entry(functools.partial(_drive_poll, task), True, TaskConfig.minimal())
     if isinstance(task, TimerTask):
-        return entry(functools.partial(_drive_timer, task), True, TaskConfig.minimal())
+        step = TimerStep(task, label)
+        return entry(step.step, True, TaskConfig.minimal(), as_kind="stepped")
     if isinstance(task, Task):
         if _overrides(task, Task, "run"):
             return entry(task.run, True, TaskConfig())

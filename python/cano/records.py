@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FENCE",
     "LEASE_CHECK",
+    "PARK_AFTER",
     "RUN_ID",
     "Claim",
     "Record",
@@ -43,6 +44,10 @@ LEASE_CHECK: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
 """Set by a Worker around each run it owns: confirms with the store that the run's lease is
 still this worker's (raising :class:`cano.LeaseLostError` otherwise). The compensation drain
 awaits it before undoing anything, so that a worker that lost a run never compensates it."""
+
+PARK_AFTER: ContextVar[float | None] = ContextVar("cano_park_after", default=None)
+"""Set by a Worker around each run it owns (its lease): a timer that would sleep longer
+parks the run instead (None: the run is not a Worker's, timers sleep in the process)."""
 
 RUN_ID: ContextVar[str | None] = ContextVar("cano_run_id", default=None)
 """The workflow id of the durable run the current task belongs to, set by the engine when

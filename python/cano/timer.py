@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cano._core import TaskConfig
 from cano._values import Duration, seconds
-from cano.errors import ConfigurationError
+from cano.errors import ConfigurationError, RunParked
+from cano.records import PARK_AFTER
+from cano.stepped import Done, More, SteppedTask
 
 if TYPE_CHECKING:
     from cano.resources import Resources
@@ -20,7 +23,10 @@ S = TypeVar("S")
 
 class TimerTask(Generic[S]):
     """Waits, then decides: ``wait`` returns how long (or until when), ``after_wait`` the
-    next state. A resumed run waits again from scratch. Default ``TaskConfig.minimal()``.
+    next state. The moment it waits until is recorded when the state is first entered (with
+    a checkpoint store, durably): a resumed run waits for what is left of it, not the whole
+    wait again. Under a Worker, a wait longer than the worker's lease *parks* the run
+    (WAITING, no slot and no lease held) until then. Default ``TaskConfig.minimal()``.
     """
 
     def config(self) -> TaskConfig:
@@ -40,18 +46,45 @@ class TimerTask(Generic[S]):
         raise ConfigurationError(f"timer task {self.name()!r} does not implement after_wait(res)")
 
 
-async def _drive_timer(timer: TimerTask[S], res: Resources[Any]) -> S:
-    """The engine's timer: one wait, then ``after_wait`` (one task attempt)."""
-    until = await timer.wait(res)
-    if isinstance(until, datetime):
-        if until.tzinfo is None:
-            raise ConfigurationError(
-                f"timer task {timer.name()!r}: wait() returned a naive datetime {until!r}; "
-                "use a timezone-aware one"
+class TimerStep(SteppedTask[Any, dict[str, float]]):
+    """A timer as the engine runs it: a stepped task whose first cursor records the moment
+    to wait until; the second step waits for what is left (or parks), then decides."""
+
+    def __init__(self, timer: TimerTask[Any], label: str) -> None:
+        self.timer, self._label = timer, label
+
+    def name(self) -> str:
+        return self.timer.name()
+
+    def config(self) -> TaskConfig:
+        return self.timer.config()
+
+    async def step(
+        self, res: Resources[Any], cursor: dict[str, float] | None
+    ) -> More[dict[str, float]] | Done[Any]:
+        if cursor is None:
+            return More({"until": time.time() + await self._delay(res)})
+        until = cursor["until"]
+        left = until - time.time()
+        park_after = PARK_AFTER.get()
+        if left > 0 and park_after is not None and left > park_after:
+            raise RunParked(
+                f"timer task {self.name()!r} waits until {until}",
+                state=self._label,
+                signal=None,
+                wake_at=until,
             )
-        delay = (until - datetime.now(UTC)).total_seconds()
-    else:
-        delay = seconds(until, f"timer task {timer.name()!r} wait()")
-    if delay > 0:
-        await asyncio.sleep(delay)
-    return await timer.after_wait(res)
+        if left > 0:
+            await asyncio.sleep(left)
+        return Done(await self.timer.after_wait(res))
+
+    async def _delay(self, res: Resources[Any]) -> float:
+        until = await self.timer.wait(res)
+        if isinstance(until, datetime):
+            if until.tzinfo is None:
+                raise ConfigurationError(
+                    f"timer task {self.timer.name()!r}: wait() returned a naive datetime "
+                    f"{until!r}; use a timezone-aware one"
+                )
+            return (until - datetime.now(UTC)).total_seconds()
+        return seconds(until, f"timer task {self.timer.name()!r} wait()")

@@ -37,7 +37,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from cano._core import CancellationHandle, CancellationToken
 from cano._values import Duration, count, seconds
 from cano.errors import CanoError, ConfigurationError, LeaseLostError, RunParked
-from cano.records import FENCE, LEASE_CHECK, Claim, RunEnd, RunStatus, utc
+from cano.records import FENCE, LEASE_CHECK, PARK_AFTER, Claim, RunEnd, RunStatus, utc
 from cano.runs import Client, RunRegistry
 from cano.workflow import Workflow
 
@@ -368,6 +368,7 @@ class Worker:
     async def _execute(self, claim: Claim, token: CancellationToken) -> None:
         FENCE.set((self.worker_id, claim.epoch))
         LEASE_CHECK.set(functools.partial(self._confirm_lease, claim))
+        PARK_AFTER.set(self._lease)  # a longer timer parks the run instead of holding it
         _CURRENT.set(RunContext(claim.workflow_id, claim.input, claim.attempt, self.worker_id))
         wf = self._workflows[claim.workflow_name]
         extra = {"workflow_id": claim.workflow_id, "attempt": claim.attempt}
