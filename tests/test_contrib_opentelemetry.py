@@ -792,3 +792,36 @@ async def test_scheduled_runs_nest_under_flow_spans(otel: Otel) -> None:
     assert otel.value("cano_scheduler_flow_backoff_total", flow="nightly") == 1
     assert otel.value("cano_scheduler_flow_duration_seconds", flow="nightly") == 2
     assert otel.value("cano_scheduler_active_flows") == 0
+
+
+async def test_a_parked_run_ends_its_span_as_parked_and_resumes_in_another(otel: Otel) -> None:
+    store = InMemoryCheckpointStore()
+
+    class Approval(cano.WaitTask[Step]):
+        signal = "approval"
+
+        async def on_signal(self, res: cano.Resources[Any], payload: Any) -> Step:
+            return Step.DONE
+
+    async def fetch_it() -> Step:
+        return Step.PARSE
+
+    wf = (
+        cano.Workflow[Step](cano.Resources.empty(), name="orders")
+        .register(Step.FETCH, cano.task(config=MINIMAL)(fetch_it))
+        .register_wait(Step.PARSE, Approval())
+        .add_exit_state(Step.DONE)
+        .with_checkpoint_store(store)
+        .with_observer(otel.observer())
+    )
+    client = cano.Client(store)
+    await client.enqueue("orders", Step.FETCH, workflow_id="order-9")
+    async with cano.Worker(store, [wf], poll_interval=0.05, lease=5):
+        await until(lambda: len(otel.runs()) == 1)  # parked: its span ended
+        await client.signal("order-9", "approval", {})
+        assert (await client.wait("order-9", timeout=10)).status is cano.RunStatus.COMPLETED
+    parked, woken = sorted(otel.runs(), key=lambda s: s.start_time or 0)
+    attrs = dict(parked.attributes or {})
+    assert (attrs["cano.run.outcome"], attrs["cano.wait.signal"]) == ("parked", "approval")
+    assert parked.status.status_code is not StatusCode.ERROR  # a wait, not a failure
+    assert dict(woken.attributes or {})["cano.run.resumed"] is True

@@ -31,7 +31,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, TypeVar
 
-from cano.errors import WorkflowCancelledError
+from cano.errors import RunParked, WorkflowCancelledError
 
 T = TypeVar("T")
 
@@ -221,12 +221,15 @@ def outcome_of(error: BaseException) -> str:
 
 def run_outcome(error: BaseException | None) -> str:
     """A run's ``outcome`` label: ``"completed"`` without an error, ``"cancelled"`` for
-    ``asyncio.CancelledError`` and :class:`cano.WorkflowCancelledError`, else ``"failed"``
+    ``asyncio.CancelledError`` and :class:`cano.WorkflowCancelledError`, ``"parked"`` for a
+    Worker's run that gave itself back to wait (:class:`cano.RunParked`), else ``"failed"``
     (a total timeout included)."""
     if error is None:
         return "completed"
     if isinstance(error, asyncio.CancelledError | WorkflowCancelledError):
         return "cancelled"
+    if isinstance(error, RunParked):
+        return "parked"  # given back to wait for a signal or a deadline: it will resume
     return "failed"
 
 

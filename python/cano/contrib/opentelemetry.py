@@ -87,7 +87,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from cano._core import __version__
 from cano.contrib import _metrics as m
 from cano.contrib._metrics import OpenTasks, current_task, outcome_of, run_outcome, task_label
-from cano.errors import WorkflowCancelledError, WorkflowTimeoutError
+from cano.errors import RunParked, WorkflowCancelledError, WorkflowTimeoutError
 from cano.observer import WorkflowObserver
 
 __all__ = ["OpenTelemetryObserver"]
@@ -96,7 +96,7 @@ _SCOPE = "cano"
 _OK = Status(StatusCode.OK)
 # One attribute mapping per run outcome, shared by every data point.
 _OUTCOMES: dict[str, dict[str, str]] = {
-    o: {"outcome": o} for o in ("completed", "failed", "cancelled")
+    o: {"outcome": o} for o in ("completed", "failed", "cancelled", "parked")
 }
 
 
@@ -273,7 +273,15 @@ class OpenTelemetryObserver(WorkflowObserver):
         self._run.set(run.enclosing)
         self._metrics.workflow_duration.record(time.perf_counter() - run.started, labels)
         span = run.span
-        if error is None:
+        if isinstance(error, RunParked):  # a wait, not a failure: the run resumes later
+            waits: dict[str, Any] = {"cano.run.outcome": outcome, "cano.state": error.state}
+            if error.signal is not None:
+                waits["cano.wait.signal"] = error.signal
+            if error.wake_at is not None:
+                waits["cano.wait.until"] = error.wake_at
+            span.set_attributes(waits)
+            span.set_status(_OK)
+        elif error is None:
             attributes: dict[str, Any] = {"cano.run.outcome": outcome}
             if state is not None:
                 attributes["cano.state"] = state

@@ -26,7 +26,8 @@ histograms in seconds, and no label holds a run id or anything else unbounded):
 ``cano_observed_cancellations_total``                   runs cancelled
 ``cano_observed_unknown_resume_states_total``           resumed rows naming a removed state
 ``cano_workflow_runs_total{outcome}``                   runs ended: ``completed``, ``failed``
-                                                        (timeouts included) or ``cancelled``
+                                                        (timeouts included), ``cancelled``, or
+                                                        ``parked`` (given back to wait)
 ``cano_workflow_duration_seconds{outcome}``             run durations, ``on_run_start`` to
                                                         ``on_run_finish``
 ``cano_checkpoint_clears_total{result="err"}``          failed checkpoint-log clears
