@@ -117,7 +117,7 @@ async def test_a_resumed_run_gets_the_payload_it_consumed_never_the_next_one(
 ) -> None:
     client, seen = cano.Client(store), []
     wait = Approval(seen, fail=1)  # the first on_signal "crashes"
-    wf = flow(store, wait)
+    wf = flow(store, wait, ask_delay=0.2)  # both signals are there before the wait
     run = asyncio.ensure_future(wf.orchestrate(S.ASK, workflow_id="o4"))
     await started(client, "o4")
     await client.signal("o4", "approval", {"ok": True, "n": 1})
