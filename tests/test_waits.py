@@ -46,9 +46,12 @@ class Approval(cano.WaitTask[S]):
         return S.REJECTED
 
 
-def flow(store: Any, wait: cano.WaitTask[S], ask_delay: float = 0) -> cano.Workflow[S]:
+def flow(
+    store: Any, wait: cano.WaitTask[S], gate: asyncio.Event | None = None
+) -> cano.Workflow[S]:
     async def ask() -> S:
-        await asyncio.sleep(ask_delay)
+        if gate is not None:
+            await gate.wait()  # the run reaches its wait only once the test says so
         return S.APPROVAL
 
     async def ship() -> S:
@@ -94,13 +97,14 @@ async def test_a_signal_sent_early_is_kept_and_a_resend_with_its_key_is_ignored(
 ) -> None:
     client, seen = cano.Client(store), []
 
-    # ASK takes 0.2 s: the signals arrive before the run reaches the wait.
-    wf = flow(store, Approval(seen), ask_delay=0.2)
+    gate = asyncio.Event()  # the signals arrive before the run reaches the wait
+    wf = flow(store, Approval(seen), gate)
     run = asyncio.ensure_future(wf.orchestrate(S.ASK, workflow_id="o2"))
     await started(client, "o2")
     await client.signal("o2", "approval", {"ok": False}, dedup_key="k1")
     await client.signal("o2", "approval", {"ok": True}, dedup_key="k1")  # a resend: no-op
     await client.signal("o2", "other", {"ok": True})  # another name: not this wait's
+    gate.set()
     assert await asyncio.wait_for(run, 10) is S.REJECTED
     assert seen == [{"ok": False}]
 
@@ -117,11 +121,13 @@ async def test_a_resumed_run_gets_the_payload_it_consumed_never_the_next_one(
 ) -> None:
     client, seen = cano.Client(store), []
     wait = Approval(seen, fail=1)  # the first on_signal "crashes"
-    wf = flow(store, wait, ask_delay=0.2)  # both signals are there before the wait
+    gate = asyncio.Event()  # both signals are there before the wait
+    wf = flow(store, wait, gate)
     run = asyncio.ensure_future(wf.orchestrate(S.ASK, workflow_id="o4"))
     await started(client, "o4")
     await client.signal("o4", "approval", {"ok": True, "n": 1})
     await client.signal("o4", "approval", {"ok": False, "n": 2})
+    gate.set()
     with pytest.raises(cano.TaskError):
         await asyncio.wait_for(run, 10)
     assert (await client.get("o4")).status is RunStatus.FAILED  # type: ignore[union-attr]
