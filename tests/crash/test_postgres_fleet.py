@@ -116,7 +116,7 @@ def test_a_frozen_worker_writes_nothing_after_the_takeover(
     # owner may decide — and end the run, a write its lost lease must refuse.
     options = ("--hang", "CHARGE", "--sleep", "2", "--fail", "--lease", "1", "--poll", "0.1")
     frozen = serving(children, pg, log, "w1", "--saga", *options)
-    assert frozen.wait_for("READY") == "READY order-9 CHARGE"
+    assert frozen.wait_for("READY", timeout=30) == "READY order-9 CHARGE"
     os.kill(frozen.proc.pid, signal.SIGSTOP)
     try:
         taker = serving(children, pg, log, "w2", "--saga", "--lease", "1", "--poll", "0.1")
