@@ -46,9 +46,7 @@ class Approval(cano.WaitTask[S]):
         return S.REJECTED
 
 
-def flow(
-    store: Any, wait: cano.WaitTask[S], gate: asyncio.Event | None = None
-) -> cano.Workflow[S]:
+def flow(store: Any, wait: cano.WaitTask[S], gate: asyncio.Event | None = None) -> cano.Workflow[S]:
     async def ask() -> S:
         if gate is not None:
             await gate.wait()  # the run reaches its wait only once the test says so

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import cano
@@ -29,17 +28,6 @@ pytestmark = [
 ]
 
 FAST = ("--lease", "2", "--poll", "0.1")
-
-
-@pytest.fixture
-def pg() -> Iterator[str]:
-    """``postgresql://…#SCHEMA``: the test's own schema, dropped afterwards."""
-    dsn = pg_server.test_dsn()
-    if dsn is None:
-        pytest.skip("no PostgreSQL: apt-get install -y postgresql, or set CANO_PG_DSN")
-    schema = pg_server.fresh_schema()
-    yield f"{dsn}#{schema}"
-    asyncio.run(pg_server.drop_schema(dsn, schema))
 
 
 def serving(children: list[Child], pg: str, log: Path, name: str, *options: str) -> Child:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import cano
-import pg_server
 import pytest
 from test_sigkill import Child, spawn
 from test_worker_processes import ask, enqueue, events
@@ -25,16 +23,11 @@ FAST = ("--lease", "1", "--poll", "0.1", "--wait", "CHARGE")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, or ``postgresql://…#SCHEMA`` (conftest's ``pg``)."""
     if request.param == "sqlite":
-        yield str(tmp_path / "waits.db")
-        return
-    dsn = pg_server.test_dsn()
-    if dsn is None:
-        pytest.skip("no PostgreSQL: apt-get install -y postgresql, or set CANO_PG_DSN")
-    schema = pg_server.fresh_schema()
-    yield f"{dsn}#{schema}"
-    asyncio.run(pg_server.drop_schema(dsn, schema))
+        return str(tmp_path / "waits.db")
+    return str(request.getfixturevalue("pg"))
 
 
 def waiting(spec: str, run_id: str) -> None:
