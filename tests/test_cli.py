@@ -427,3 +427,13 @@ def test_cano_worker_serves_a_store_until_sigterm(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "serving shop" in out and "stopped after" in out
+
+
+def test_import_cano_does_not_load_sqlite_or_psycopg() -> None:
+    code = (
+        "import sys, cano\n"
+        "assert 'sqlite3' not in sys.modules and 'psycopg' not in sys.modules\n"
+        "assert cano.SqliteCheckpointStore.__name__ == 'SqliteCheckpointStore'\n"
+        "assert 'sqlite3' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -20,6 +20,8 @@ and observers::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from cano._core import (
     CancellationHandle,
     CancellationToken,
@@ -89,7 +91,6 @@ from cano.store import (
     RedbCheckpointStore,
     RowKind,
 )
-from cano.stores import SqliteCheckpointStore
 from cano.stream import (
     CloseReason,
     Continue,
@@ -192,3 +193,16 @@ __all__ = [
     "state_label",
     "task",
 ]
+
+
+if TYPE_CHECKING:
+    from cano.stores.sqlite import SqliteCheckpointStore
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `import cano` does not load sqlite3.
+    if name == "SqliteCheckpointStore":
+        from cano.stores.sqlite import SqliteCheckpointStore  # noqa: PLC0415 - lazily
+
+        return SqliteCheckpointStore
+    raise AttributeError(f"module 'cano' has no attribute {name!r}")
