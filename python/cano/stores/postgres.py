@@ -44,7 +44,6 @@ from cano.records import (
     RunStatus,
     StepInfo,
     build_steps,
-    write_behind,
 )
 from cano.store import (
     CheckpointRow,
@@ -416,9 +415,11 @@ class PostgresCheckpointStore:
                             _settle(item.future, CheckpointError(f"append interrupted: {e!r}"))
                         raise
         finally:
+            # Before any await: an append submitted from here on starts a batch of its own
+            # (set after, it would wait for a task that is about to end).
+            batcher.task = None
             if conn is not None and pool is not None:
                 await pool.putconn(conn)
-            batcher.task = None
 
     def _store_error(self, err: Exception) -> Exception:
         """What a failed statement raises: cano's own errors as they are, a database's
@@ -572,18 +573,10 @@ class PostgresCheckpointStore:
         state: str,
         resumed: bool,
     ) -> Awaitable[None]:
-        """Records that the run starts (RUNNING), or starts again after a resume."""
-        fence = FENCE.get()
-        written = asyncio.ensure_future(
-            self._started(workflow_id, workflow_name, workflow_version, state, fence)
-        )
-        if fence is None:
-            return written  # may be refused (a run a worker holds): the run waits for it
-        # A worker's run: its first row, fenced too, is written after this and waited for.
-        write_behind(written)
-        done = written.get_loop().create_future()
-        done.set_result(None)
-        return done
+        """Records that the run starts (RUNNING), or starts again after a resume. Waited
+        for, also under a Worker: statements on different pooled connections have no order,
+        so a start written behind could land after the run's end."""
+        return self._started(workflow_id, workflow_name, workflow_version, state, FENCE.get())
 
     async def _started(
         self,
