@@ -471,21 +471,28 @@ def durable_chain(name: str, n: int, store: Any) -> cano.Workflow[enum.Enum]:
     return wf
 
 
-def setup_w4(n: int) -> Pair:
-    tmp = bench_dir()
-    store = cano.RedbCheckpointStore(os.path.join(tmp, "w4.redb"), durability="immediate")
-    wf = durable_chain("Durable", n, store)
+def durable_run_us(name: str, n: int, store: Any) -> Callable[[], Coroutine[Any, Any, float]]:
+    """One repetition of W4/W10: a fresh run of ``n`` durable states, in µs per transition."""
+    wf = durable_chain(name, n, store)
     first, end = min(wf.registered_states, key=lambda s: s.value), next(iter(wf.exit_states))
-    loop = Loop()
     reps = itertools.count()
 
-    async def run_cano() -> float:
-        wid = f"w4-{next(reps)}"
+    async def run() -> float:
+        wid = f"{name}-{next(reps)}"
         t0 = time.perf_counter_ns()
         out = await wf.orchestrate(first, workflow_id=wid)
         dt = time.perf_counter_ns() - t0
         assert out is end, out
         return dt / n / 1_000
+
+    return run
+
+
+def setup_w4(n: int) -> Pair:
+    tmp = bench_dir()
+    store = cano.RedbCheckpointStore(os.path.join(tmp, "w4.redb"), durability="immediate")
+    run_cano = durable_run_us("Durable", n, store)
+    loop = Loop()
 
     fsync_path = os.path.join(tmp, "fsync.bin")
     sqlite_run, sqlite_close = sqlite_floor(os.path.join(tmp, "w4.sqlite"), n)
@@ -900,20 +907,11 @@ def setup_w10(n: int) -> Pair:
     loop = Loop()
     store = PostgresCheckpointStore(dsn, schema=schema)
     loop.run(store.open())
-    wf = durable_chain("Postgres", n, store)
-    first, end = min(wf.registered_states, key=lambda s: s.value), next(iter(wf.exit_states))
+    run_cano = durable_run_us("Postgres", n, store)
     reps = itertools.count()
     conn = loop.run(psycopg.AsyncConnection.connect(dsn, autocommit=True))
     table = f'"{schema}".floor'
     loop.run(conn.execute(f"CREATE TABLE {table} (id text, seq bigint, body bytea)"))
-
-    async def run_cano() -> float:
-        wid = f"w10-{next(reps)}"
-        t0 = time.perf_counter_ns()
-        out = await wf.orchestrate(first, workflow_id=wid)
-        dt = time.perf_counter_ns() - t0
-        assert out is end, out
-        return dt / n / 1_000
 
     async def run_floor() -> float:
         rep = next(reps)

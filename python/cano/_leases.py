@@ -199,10 +199,7 @@ class LeaseBook:
         """Refuses a write made under a lease (``FENCE``) that is no longer current."""
         fence = FENCE.get()
         if fence is not None and not self.owns(workflow_id, fence):
-            raise LeaseLostError(
-                f"the lease on run {workflow_id!r} is no longer this worker's (another worker "
-                "took the run over)"
-            )
+            raise LeaseLostError.of_run(workflow_id)
 
     def check_start(self, workflow_id: str, now: float) -> None:
         """Refuses to start or resume, outside a Worker, a run a worker holds a live lease on."""

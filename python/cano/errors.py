@@ -168,6 +168,14 @@ class LeaseLostError(CheckpointError):
     log — the new owner carries on from the log.
     """
 
+    @classmethod
+    def of_run(cls, workflow_id: str, consequence: str = "") -> LeaseLostError:
+        """The one wording every store and the Worker use, naming the run."""
+        return cls(
+            f"the lease on run {workflow_id!r} is no longer this worker's (another worker "
+            f"took the run over){consequence}"
+        )
+
 
 class RunParked(LeaseLostError):
     """A run under a Worker reached a wait with nothing to consume: its worker gives it back,

@@ -434,10 +434,7 @@ class Worker:
         held = [(claim.workflow_id, claim.epoch)]
         lost, _ = await self._store.renew_leases(self.worker_id, held, self._lease)
         if lost:
-            raise LeaseLostError(
-                f"the lease on run {claim.workflow_id!r} is no longer this worker's (another "
-                "worker took the run over): it compensates nothing"
-            )
+            raise LeaseLostError.of_run(claim.workflow_id, ": it compensates nothing")
 
     def _initial(self, wf: Workflow[Any], claim: Claim) -> Any:
         by_label = wf._labels  # label -> state, kept by the workflow as states are claimed

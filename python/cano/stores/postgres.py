@@ -1054,10 +1054,7 @@ def _conflict(key: tuple[str, int]) -> CheckpointError:
 
 
 def _lease_lost(workflow_id: str) -> LeaseLostError:
-    return LeaseLostError(
-        f"the lease on run {workflow_id!r} is no longer this worker's (another worker took "
-        "the run over)"
-    )
+    return LeaseLostError.of_run(workflow_id)
 
 
 def _reason(err: BaseException) -> str:

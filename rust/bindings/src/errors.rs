@@ -178,11 +178,11 @@ pub fn is_lease_lost_value(py: Python<'_>, value: &Bound<'_, PyAny>) -> bool {
 
 /// A `cano.errors.LeaseLostError`: a write of a run whose lease went to another worker.
 pub fn lease_lost(py: Python<'_>, workflow_id: &str) -> PyErr {
-    let message = format!(
-        "the lease on run {} is no longer this worker's (another worker took the run over)",
-        quoted(workflow_id)
-    );
-    match LEASE_LOST.import(py, "cano.errors", "LeaseLostError").and_then(|c| c.call1((message,))) {
+    // The wording is `LeaseLostError.of_run`'s, the one every store uses.
+    let made = LEASE_LOST
+        .import(py, "cano.errors", "LeaseLostError")
+        .and_then(|c| c.call_method1("of_run", (workflow_id,)));
+    match made {
         Ok(value) => PyErr::from_value(value),
         Err(e) => e,
     }
