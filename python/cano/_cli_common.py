@@ -1,15 +1,18 @@
-"""What the ``cano`` command's parts share: its two failures, tables, ``MODULE:ATTR``."""
+"""What the ``cano`` command's parts share: its two failures, tables, ``MODULE:ATTR``,
+ages such as ``7d``."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cano.workflow import Workflow
 
-__all__ = ["Failure", "UsageError", "load_target", "table"]
+__all__ = ["Failure", "UsageError", "age_seconds", "load_target", "since_time", "table"]
 
 
 class UsageError(Exception):
@@ -50,3 +53,26 @@ def load_target(spec: str, command: str) -> Any:
         except Exception as err:  # the user's factory failed
             raise Failure(f"{spec}() raised {type(err).__name__}: {err}") from err
     return target
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def age_seconds(text: str) -> float | None:
+    """Seconds in an age such as ``30m``, ``12h``, ``7d`` or ``2w``; None if it is none."""
+    match = _AGE.match(text.strip())
+    return None if match is None else float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def since_time(text: str) -> datetime | None:
+    """The time an age ago (``1h``), or an ISO 8601 time (UTC when it names no zone);
+    None if ``text`` is neither."""
+    age = age_seconds(text)
+    if age is not None:
+        return datetime.now(UTC) - timedelta(seconds=age)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -8,26 +8,28 @@ log without a record (written by an earlier cano) is listed with its rows only.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
-import re
+import signal
 import time
 import urllib.parse
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cano._cli_common import Failure, UsageError, load_target, table
+from cano._cli_common import Failure, UsageError, age_seconds, load_target, since_time, table
 from cano._demo import describe_output
 from cano.errors import CheckpointError
-from cano.records import RunInfo, RunStatus, StepInfo
+from cano.records import RunInfo, RunStatus, StepInfo, run_json, step_json
 from cano.runs import Client
 from cano.store import CheckpointRow, RedbCheckpointStore
 from cano.stores import SqliteCheckpointStore
 from cano.worker import Worker
 from cano.workflow import Workflow
 
-__all__ = ["add_commands", "row_cells", "runs", "worker"]
+__all__ = ["add_commands", "row_cells", "runs", "ui", "worker"]
 
 STORE_HELP = (
     "the store: a redb or SQLite file, sqlite:///PATH, or postgresql://…[#SCHEMA] "
@@ -78,6 +80,21 @@ def add_commands(commands: Any) -> None:
     _store_argument(serve)
     serve.add_argument("--concurrency", type=int, default=16, metavar="N")
     serve.add_argument("--queue", action="append", metavar="Q", help="queues to serve (default)")
+
+    page = commands.add_parser(
+        "ui", help="a local web page to watch and operate the runs of a store (cano[ui])"
+    )
+    _store_argument(page)
+    page.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    page.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any)")
+    page.add_argument(
+        "--app", metavar="MODULE:ATTR", help="the workflow(s) whose graph run pages draw"
+    )
+    page.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="serve a non-loopback address (needs a token in CANO_UI_TOKEN)",
+    )
 
 
 def _store_argument(parser: argparse.ArgumentParser) -> None:
@@ -182,28 +199,20 @@ def _sqlite_url_path(spec: str) -> str:
 
 # ----- runs ----------------------------------------------------------------------------
 
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def _age(text: str, what: str) -> float:
     """Seconds in ``30m``, ``12h``, ``7d``..."""
-    match = _AGE.match(text.strip())
-    if match is None:
+    age = age_seconds(text)
+    if age is None:
         raise UsageError(f"cano runs: {what} {text!r}: expected an age such as 30m, 12h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return age
 
 
 def _since(text: str) -> datetime:
-    if _AGE.match(text.strip()):
-        return datetime.now(UTC) - timedelta(seconds=_age(text, "--since"))
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"cano runs: --since {text!r}: expected 1h, 7d or an ISO 8601 time"
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    when = since_time(text)
+    if when is None:
+        raise UsageError(f"cano runs: --since {text!r}: expected 1h, 7d or an ISO 8601 time")
+    return when
 
 
 def _statuses(values: list[str] | None) -> list[RunStatus] | None:
@@ -247,7 +256,7 @@ async def runs(args: argparse.Namespace) -> int:
             if not steps and await client.get(args.workflow_id) is None:
                 raise Failure(f"no run {args.workflow_id!r} in {args.store}")
             if args.json:
-                print(json.dumps([_step_json(s) for s in steps]))
+                print(json.dumps([step_json(s) for s in steps]))
             else:
                 table(
                     ["SEQ", "KIND", "STATE", "TASK", "STARTED", "TOOK", "OUTPUT"],
@@ -335,10 +344,6 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _when(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def _info_json(info: RunInfo, log: Any) -> dict[str, Any]:
     """A record as JSON: the keys of ``runs list --json`` on any store, then the record's."""
     return {
@@ -346,32 +351,7 @@ def _info_json(info: RunInfo, log: Any) -> dict[str, Any]:
         "rows": log["rows"] if log else 0,
         "last_state": log["last_state"] if log else info.state,
         "last_sequence": log["last_sequence"] if log else None,
-        "workflow_name": info.workflow_name,
-        "workflow_version": info.workflow_version,
-        "status": info.status.name,
-        "state": info.state,
-        "final_state": info.final_state,
-        "error": info.error,
-        "error_type": info.error_type,
-        "input": info.input,
-        "queue": info.queue,
-        "owner": info.owner,
-        "attempts": info.attempts,
-        "created_at": _when(info.created_at),
-        "updated_at": _when(info.updated_at),
-        "finished_at": _when(info.finished_at),
-    }
-
-
-def _step_json(step: StepInfo) -> dict[str, Any]:
-    return {
-        "sequence": step.sequence,
-        "state": step.state,
-        "task_id": step.task_id,
-        "kind": step.kind.name,
-        "started_at": _when(step.started_at),
-        "finished_at": _when(step.finished_at),
-        "output": step.output,
+        **run_json(info),
     }
 
 
@@ -428,10 +408,7 @@ def row_cells(row: CheckpointRow) -> list[str]:
 
 async def worker(args: argparse.Namespace) -> int:
     """``cano worker MODULE:ATTR``: serves until SIGINT or SIGTERM."""
-    target = load_target(args.target, "worker")
-    flows = [target] if isinstance(target, Workflow) else target
-    if not isinstance(flows, list | tuple) or not all(isinstance(w, Workflow) for w in flows):
-        raise Failure(f"{args.target} is not a cano.Workflow or a list of them")
+    flows = _workflows(args.target, "worker")
     if args.concurrency < 1:
         raise UsageError(f"cano worker: --concurrency must be at least 1, got {args.concurrency}")
     async with _open_store(args.store, write=True) as store:
@@ -443,4 +420,66 @@ async def worker(args: argparse.Namespace) -> int:
         started = time.monotonic()
         await serving.run()
         print(f"cano worker {serving.worker_id}: stopped after {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _workflows(spec: str, command: str) -> list[Workflow[Any]]:
+    """The Workflow, or list of them, named by ``MODULE:ATTR``."""
+    target = load_target(spec, command)
+    flows = [target] if isinstance(target, Workflow) else target
+    if not isinstance(flows, list | tuple) or not all(isinstance(w, Workflow) for w in flows):
+        raise Failure(f"{spec} is not a cano.Workflow or a list of them")
+    return list(flows)
+
+
+# ----- ui --------------------------------------------------------------------------------
+
+
+async def ui(args: argparse.Namespace) -> int:
+    """``cano ui``: serves the web page until SIGINT or SIGTERM."""
+    try:
+        from cano.ui import UiServer, check_host  # noqa: PLC0415
+    except ImportError as err:
+        raise Failure(f"cano ui needs the ui extra: pip install 'cano[ui]' ({err})") from None
+    token = os.environ.get("CANO_UI_TOKEN") or None
+    check_host(args.host, allow_remote=args.allow_remote, token=token)
+    flows = _workflows(args.app, "ui") if args.app else []
+    try:
+        opened = _open_store(args.store, write=True)
+    except Failure as err:
+        if "is held by" in str(err):
+            raise Failure(
+                f"{err}. To watch a redb store's runs live, serve the UI from the process "
+                "that holds it: Worker(store, workflows, ui=8765)"
+            ) from None
+        raise
+    async with opened as store:
+        server = UiServer(
+            store,
+            workflows=flows,
+            host=args.host,
+            port=args.port,
+            token=token,
+            allow_remote=args.allow_remote,
+        )
+        server.listen()
+        print(f"cano ui: {server.url} (Ctrl-C stops)", flush=True)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stopping.set)
+                installed.append(sig)
+        server.start()
+        waiter = asyncio.ensure_future(stopping.wait())
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            waiter.cancel()
+            await server.stop()
+            serving.cancel()
     return 0

@@ -22,8 +22,24 @@ from cano.waits import WaitStep
 __all__ = ["mermaid"]
 
 
-def mermaid(entries: dict[Any, _Entry], exits: Iterable[Any], initial: object | None = None) -> str:
-    """The Mermaid text for these registered states and exits."""
+_MARKS = {
+    "current": "fill:#fde68a,stroke:#b45309,stroke-width:3px",
+    "failed": "fill:#fecaca,stroke:#b91c1c,stroke-width:3px",
+    "done": "fill:#bbf7d0,stroke:#15803d,stroke-width:3px",
+    "cancelled": "fill:#e5e7eb,stroke:#4b5563,stroke-width:3px",
+}
+
+
+def mermaid(
+    entries: dict[Any, _Entry],
+    exits: Iterable[Any],
+    initial: object | None = None,
+    *,
+    mark: tuple[str, str] | None = None,
+) -> str:
+    """The Mermaid text for these registered states and exits. ``mark`` is a state label
+    and one of ``current``, ``failed``, ``done``, ``cancelled``: that state is drawn
+    highlighted (``cano ui`` shows where a run is)."""
     exits = list(exits)
     ids: dict[Any, str] = {}
     lines = ["stateDiagram-v2"]
@@ -31,7 +47,7 @@ def mermaid(entries: dict[Any, _Entry], exits: Iterable[Any], initial: object | 
     def node(state: Any) -> str:
         if state not in ids:
             ids[state] = f"s{len(ids)}"
-            label = state_label(state).replace('"', "'")
+            label = _text(state_label(state))
             lines.append(f'    state "{label}" as {ids[state]}')
         return ids[state]
 
@@ -40,10 +56,10 @@ def mermaid(entries: dict[Any, _Entry], exits: Iterable[Any], initial: object | 
         if entry.kind == "router":
             lines.append(f"    note right of {ids[state]} : router")
         elif isinstance(entry.task, WaitStep):
-            signal = entry.task.task.signal.replace('"', "'")
+            signal = _text(entry.task.task.signal)
             lines.append(f"    note right of {ids[state]} : waits for signal {signal}")
         elif entry.join is not None:
-            names = ", ".join(b.name for b in entry.branches) or "no branches"
+            names = _text(", ".join(b.name for b in entry.branches) or "no branches")
             lines.append(f"    note right of {ids[state]} : split {entry.join.strategy!r}")
             lines.append(f"    note left of {ids[state]} : {names}")
     for state in exits:
@@ -68,7 +84,21 @@ def mermaid(entries: dict[Any, _Entry], exits: Iterable[Any], initial: object | 
     lines.extend(f"    [*] --> {node(s)}" for s in starts)
     lines.extend(edges)
     lines.extend(f"    {ids[s]} --> [*]" for s in exits)
+    if mark is not None:
+        label, kind = mark
+        marked = [ids[s] for s in ids if state_label(s) == label]
+        if marked:
+            lines.append(f"    classDef {kind} {_MARKS[kind]}")
+            lines.extend(f"    class {node_id} {kind}" for node_id in marked)
     return "\n".join(lines) + "\n"
+
+
+def _text(text: str) -> str:
+    """Text as Mermaid shows it literally: its markup characters as Mermaid's entity codes
+    (a label is text, never HTML; ``"`` would end the label)."""
+    for char, code in (("#", "#35;"), ("&", "#amp;"), ("<", "#lt;"), (">", "#gt;")):
+        text = text.replace(char, code)
+    return text.replace('"', "#quot;")
 
 
 def _mentioned_states(entry: _Entry, states: type) -> list[Any]:

@@ -31,7 +31,7 @@ from typing import NoReturn
 
 from cano import _demo as demo
 from cano._cli_common import Failure, UsageError, load_target, table
-from cano._cli_runs import add_commands, runs, worker
+from cano._cli_runs import add_commands, runs, ui, worker
 from cano._core import __version__
 from cano.errors import CanoError
 from cano.store import CheckpointRow, RedbCheckpointStore
@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(runs(args))
         if args.command == "worker":
             return asyncio.run(worker(args))
+        if args.command == "ui":
+            return asyncio.run(ui(args))
         return _graph(args)
     except UsageError as err:
         print(err, file=sys.stderr)

@@ -34,6 +34,8 @@ __all__ = [
     "StepInfo",
     "build_steps",
     "matches",
+    "run_json",
+    "step_json",
     "utc",
     "write_behind",
 ]
@@ -164,6 +166,47 @@ class StepInfo:
     finished_at: datetime | None
     output: Any
     """The decoded JSON of a cursor or saga output; ``None`` for a state entry."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def run_json(info: RunInfo) -> dict[str, Any]:
+    """A record as JSON-ready values (``status`` as its name, datetimes ISO 8601): what
+    ``cano runs get --json`` prints and ``cano ui``'s ``/api/runs`` answers."""
+    return {
+        "workflow_id": info.workflow_id,
+        "workflow_name": info.workflow_name,
+        "workflow_version": info.workflow_version,
+        "status": info.status.name,
+        "state": info.state,
+        "final_state": info.final_state,
+        "error": info.error,
+        "error_type": info.error_type,
+        "input": info.input,
+        "queue": info.queue,
+        "owner": info.owner,
+        "attempts": info.attempts,
+        "created_at": _iso(info.created_at),
+        "updated_at": _iso(info.updated_at),
+        "finished_at": _iso(info.finished_at),
+        "waiting_for": info.waiting_for,
+        "wake_at": _iso(info.wake_at),
+    }
+
+
+def step_json(step: StepInfo) -> dict[str, Any]:
+    """A step as JSON-ready values (``kind`` as its name, datetimes ISO 8601)."""
+    return {
+        "sequence": step.sequence,
+        "state": step.state,
+        "task_id": step.task_id,
+        "kind": step.kind.name,
+        "started_at": _iso(step.started_at),
+        "finished_at": _iso(step.finished_at),
+        "output": step.output,
+    }
 
 
 def write_behind(write: asyncio.Future[None]) -> None:

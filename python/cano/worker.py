@@ -135,6 +135,7 @@ class Worker:
         lease: Duration = 30,
         poll_interval: Duration = 1.0,
         worker_id: str | None = None,
+        ui: int | None = None,
     ) -> None:
         store = store_or_client.store if isinstance(store_or_client, Client) else store_or_client
         if not isinstance(store, RunQueue) or not isinstance(store, RunRegistry):
@@ -190,6 +191,10 @@ class Worker:
         self._stopping = False
         self._wake = asyncio.Event()
         self._renewed_at = 0.0
+        if ui is not None and (isinstance(ui, bool) or not isinstance(ui, int)):
+            raise ConfigurationError(f"Worker(ui): expected a port number, got {ui!r:.40}")
+        self._ui_port = ui
+        self._ui: Any = None
 
     # ----- lifecycle --------------------------------------------------------------------
 
@@ -208,7 +213,33 @@ class Worker:
     def start(self) -> None:
         """Starts serving in the background (``async with worker`` does this)."""
         if self._loop_task is None:
+            if self._ui_port is not None and self._ui is None:
+                self._start_ui(self._ui_port)
             self._loop_task = asyncio.get_running_loop().create_task(self._serve())
+
+    def _start_ui(self, port: int) -> None:
+        """``cano ui`` inside this process, on 127.0.0.1:``port`` (a redb file belongs to
+        one process: its worker's). ``CANO_UI_TOKEN``, when set, is required by the page."""
+        try:
+            from cano.ui import UiServer  # noqa: PLC0415
+        except ImportError as err:
+            raise ConfigurationError(
+                f"Worker(ui={port}): the page needs the ui extra: pip install 'cano[ui]' ({err})"
+            ) from None
+        server = UiServer(
+            self._store,
+            workflows=self._workflows.values(),
+            port=port,
+            token=os.environ.get("CANO_UI_TOKEN") or None,
+        )
+        server.start()
+        self._ui = server
+        _log.info("worker %s: cano ui on %s", self.worker_id, server.url)
+
+    @property
+    def ui_url(self) -> str | None:
+        """Where this worker's page is served (``Worker(ui=PORT)``), once started."""
+        return None if self._ui is None else str(self._ui.url)
 
     async def run(self) -> None:
         """Serves until :meth:`stop`, SIGINT or SIGTERM; then stops gracefully."""
@@ -256,6 +287,9 @@ class Worker:
             _log.info(
                 "worker %s stopped; %d runs left for another worker", self.worker_id, len(left)
             )
+        if self._ui is not None:
+            ui, self._ui = self._ui, None
+            await ui.stop()
 
     @property
     def running(self) -> int:
