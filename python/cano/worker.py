@@ -123,7 +123,12 @@ class _Owned:
 
 
 class Worker:
-    """Serves the runs of ``workflows`` (by name) from a store's queue."""
+    """Serves the runs of ``workflows`` (by name) from a store's queue.
+
+    ``ui=PORT`` also serves ``cano ui`` (extra ``cano[ui]``) on 127.0.0.1:PORT from this
+    process (0: any free port; :attr:`ui_url` says which) — the way to watch a redb store,
+    whose file its process holds. ``CANO_UI_TOKEN``, when set, is required by the page.
+    """
 
     def __init__(
         self,
