@@ -14,6 +14,7 @@ that holds it (`Worker(ui=...)`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -519,5 +520,46 @@ def test_a_taken_port_is_a_clear_error() -> None:
                 second.listen()
         finally:
             await first.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["memory", "redb", "postgres"])
+def test_every_store_is_served(kind: str, tmp_path: Path) -> None:
+    """The same pages over the other stores (SQLite is the `site` above)."""
+    from pg_server import postgres_store
+
+    async def scenario() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            if kind == "postgres":
+                store: Any = await stack.enter_async_context(postgres_store())
+            elif kind == "redb":
+                store = await stack.enter_async_context(
+                    cano.RedbCheckpointStore(tmp_path / "runs.redb")
+                )
+            else:
+                store = cano.InMemoryCheckpointStore()
+            client = cano.Client(store)
+            await client.enqueue("checked", "WORK", workflow_id="queued-1", input={"n": 1})
+            server = UiServer(store, workflows=ui_flows.flows(), port=0)
+            server.start()
+            try:
+                status, _, body = await asyncio.to_thread(http, server.url + "api/runs")
+                assert status == 200
+                assert [(r["workflow_id"], r["status"]) for r in json.loads(body)] == [
+                    ("queued-1", "PENDING")
+                ]
+                status, _, page = await asyncio.to_thread(http, server.url + "runs/queued-1")
+                assert status == 200 and b'class="mermaid"' in page
+                csrf = page.split(b'name="csrf" value="')[1].split(b'"')[0]
+                form = b"confirmed=yes&csrf=" + csrf
+                status, _, done = await asyncio.to_thread(
+                    http, server.url + "runs/queued-1/cancel", method="POST", body=form
+                )
+                assert status == 200 and b"is cancelled" in done
+                info = await client.get("queued-1")
+                assert info is not None and info.status is RunStatus.CANCELLED
+            finally:
+                await server.stop()
 
     asyncio.run(scenario())
