@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import time
 import urllib.parse
 from datetime import datetime
@@ -26,7 +24,7 @@ from cano.records import RunInfo, RunStatus, StepInfo, run_json, step_json
 from cano.runs import Client
 from cano.store import CheckpointRow, RedbCheckpointStore
 from cano.stores import SqliteCheckpointStore
-from cano.worker import Worker
+from cano.worker import Worker, until_signalled
 from cano.workflow import Workflow
 
 __all__ = ["add_commands", "row_cells", "runs", "ui", "worker"]
@@ -464,22 +462,10 @@ async def ui(args: argparse.Namespace) -> int:
         )
         server.listen()
         print(f"cano ui: {server.url} (Ctrl-C stops)", flush=True)
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stopping.set)
-                installed.append(sig)
-        server.start()
-        waiter = asyncio.ensure_future(stopping.wait())
         serving = asyncio.ensure_future(server.serve())
         try:
-            await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
+            await until_signalled(serving)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            waiter.cancel()
             await server.stop()
             serving.cancel()
     return 0

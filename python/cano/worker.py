@@ -111,6 +111,25 @@ class RunQueue(Protocol):
     ) -> Any: ...
 
 
+async def until_signalled(serving: asyncio.Future[Any]) -> None:
+    """Waits until ``serving`` ends or SIGINT or SIGTERM arrives (where the loop can catch
+    signals), whichever comes first; the handlers are removed again."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+            installed.append(sig)
+    waiter = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({waiter, serving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 @dataclass(slots=True)
 class _Owned:
     claim: Claim
@@ -248,22 +267,11 @@ class Worker:
 
     async def run(self) -> None:
         """Serves until :meth:`stop`, SIGINT or SIGTERM; then stops gracefully."""
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stopping.set)
-                installed.append(sig)
         self.start()
         assert self._loop_task is not None
         try:
-            waiter = asyncio.ensure_future(stopping.wait())
-            await asyncio.wait({waiter, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            await until_signalled(self._loop_task)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             await self.stop()
 
     async def stop(self, grace: Duration = 30) -> None:
