@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import sys
 from collections.abc import Generator, Iterable
 from typing import Any
 
@@ -87,7 +88,10 @@ class UiServer:
         """Binds the socket now: a port in use is a :class:`cano.ConfigurationError`."""
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sys.platform == "win32":  # there SO_REUSEADDR would share a port in use
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+        else:  # rebind at once after a restart (TIME_WAIT); a port in use still fails
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self._host, self._port))
         except OSError as err:
