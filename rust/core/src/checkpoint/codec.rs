@@ -201,6 +201,53 @@ fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<(Row,
     Ok((row, at))
 }
 
+/// The sequence under which a run's step history is stored, packed into one value (see
+/// [`pack_rows`]): one key per run, not per row, so that a history costs its store one
+/// B-tree insert however long the run was.
+pub const PACKED: u64 = u64::MAX;
+
+/// `rows` as one output value: for each, `varint sequence ‖ varint length ‖ envelope`, the
+/// envelope keyed `(key, sequence)` and stamped with the row's own time. Stored as the
+/// output of a row at `(key, PACKED)`, whose envelope checksums the whole.
+pub fn pack_rows(key: &str, rows: &[(Row, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 48);
+    let mut envelope = Vec::new();
+    for (row, at) in rows {
+        envelope.clear();
+        encode_fields(
+            key,
+            row.sequence,
+            row.kind,
+            row.workflow_version,
+            &row.state,
+            &row.task_id,
+            row.output.as_deref(),
+            *at,
+            &mut envelope,
+        );
+        put_varint(&mut out, row.sequence);
+        put_bytes(&mut out, &envelope);
+    }
+    out
+}
+
+/// The rows [`pack_rows`] packed under `key`, with their times, in order.
+pub fn unpack_rows(key: &str, packed: &[u8]) -> Result<Vec<(Row, u64)>, StoreError> {
+    let damaged = |reason: String| StoreError::Decode {
+        workflow_id: key.to_owned(),
+        sequence: PACKED,
+        reason: format!("packed history: {reason}"),
+    };
+    let mut r = Reader { bytes: packed, at: 0 };
+    let mut rows = Vec::new();
+    while r.at < packed.len() {
+        let sequence = r.varint("sequence").map_err(damaged)?;
+        let envelope = r.bytes("envelope").map_err(damaged)?;
+        rows.push(decode_timed(key, sequence, envelope)?);
+    }
+    Ok(rows)
+}
+
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -274,6 +321,27 @@ mod tests {
             output,
             workflow_version: 3,
         }
+    }
+
+    #[test]
+    fn packed_rows_round_trip_with_their_times() {
+        let rows: Vec<(Row, u64)> = (0..5u64)
+            .map(|i| {
+                let mut r = row(RowKind::StateEntry, (i % 2 == 1).then(|| vec![i as u8; 3]));
+                r.workflow_id = "\0horder-1".into();
+                r.sequence = i * 3;
+                (r, 1_000 + i)
+            })
+            .collect();
+        let packed = pack_rows("\0horder-1", &rows);
+        assert_eq!(unpack_rows("\0horder-1", &packed).unwrap(), rows);
+        assert_eq!(unpack_rows("\0horder-1", &[]).unwrap(), vec![]);
+        // A damaged byte, a cut, or another run's key is an error, never other rows.
+        let mut bad = packed.clone();
+        bad[4] ^= 1;
+        assert!(unpack_rows("\0horder-1", &bad).is_err());
+        assert!(unpack_rows("\0horder-1", &packed[..packed.len() - 1]).is_err());
+        assert!(unpack_rows("\0horder-2", &packed).is_err());
     }
 
     #[test]

@@ -588,8 +588,18 @@ impl RedbStore {
         history: bool,
         done: impl FnOnce(Result<Vec<Timed>, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        let id = if history { Namespace::History.key(workflow_id) } else { workflow_id.to_owned() };
-        self.submit(Request::Read(Source::Run(id), Box::new(done)))
+        if !history {
+            let id = workflow_id.to_owned();
+            return self.submit(Request::Read(Source::Run(id), Box::new(done)));
+        }
+        let key = Namespace::History.key(workflow_id);
+        let unpacked = {
+            let key = key.clone();
+            move |rows: Result<Vec<Timed>, StoreError>| {
+                done(rows.and_then(|rows| unpack(&key, rows)))
+            }
+        };
+        self.submit(Request::Read(Source::Run(key), Box::new(unpacked)))
     }
 
     /// Records that a worker of this process holds `workflow_id` under lease `(owner, epoch)`
@@ -714,6 +724,20 @@ impl std::fmt::Debug for RedbStore {
             .field("closed", &self.is_closed())
             .finish()
     }
+}
+
+/// A history as stored (one packed value; or, in files of earlier builds, a row per key) as
+/// its rows.
+fn unpack(key: &str, rows: Vec<Timed>) -> Result<Vec<Timed>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (row, at) in rows {
+        if row.sequence == codec::PACKED {
+            out.extend(codec::unpack_rows(key, row.output.as_deref().unwrap_or_default())?);
+        } else {
+            out.push((row, at));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1002,3 +1002,35 @@ fn fences_hold_until_replaced_or_dropped() {
     store.set_fence("r", None);
     assert!(!store.fence_holds("r", "w2", 2));
 }
+
+/// A run's step history is one value (one B-tree insert however long the run), and the
+/// histories earlier builds wrote, a row per key, still read.
+#[test]
+fn a_history_is_one_value_and_old_per_row_histories_still_read() {
+    let dir = TempDir::new("packed-history");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    for seq in 0..50 {
+        store.append_blocking(row("long", seq, "S")).unwrap();
+    }
+    wait(|d| store.end_run("long", b"{}", true, d)).unwrap();
+    let stored = store.load_run_blocking(Namespace::History.key("long")).unwrap();
+    assert_eq!(stored.len(), 1, "one value for the whole history");
+    assert_eq!(stored[0].sequence, codec::PACKED);
+    let history = wait(|d| store.timed_rows("long", true, d)).unwrap();
+    assert_eq!(
+        history.iter().map(|(r, _)| r.sequence).collect::<Vec<_>>(),
+        (0..50).collect::<Vec<_>>()
+    );
+    assert!(history
+        .iter()
+        .all(|(r, at)| r.workflow_id == Namespace::History.key("long") && *at > 0));
+
+    // As an earlier build wrote it: a row per key under the history's key.
+    let old = Namespace::History.key("old");
+    for seq in 0..3 {
+        store.append_blocking(row(&old, seq, "T")).unwrap();
+    }
+    let history = wait(|d| store.timed_rows("old", true, d)).unwrap();
+    assert_eq!(states(&history), [(0, "T".into()), (1, "T".into()), (2, "T".into())]);
+    store.close().unwrap();
+}

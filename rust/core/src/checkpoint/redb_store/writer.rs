@@ -23,7 +23,7 @@ use crate::checkpoint::overlay::{
     scan_logged, Base, InRedb, Overlay, ReadSource,
 };
 use crate::checkpoint::reads::{list_runs, load_run, load_run_timed, scan, Timed};
-use crate::checkpoint::row::Entry;
+use crate::checkpoint::row::{Entry, RowKind};
 use crate::checkpoint::schema::{Namespace, META, META_GENERATION, META_WAL_ALLOCATED, TABLE};
 use crate::checkpoint::wal::Wal;
 
@@ -116,26 +116,24 @@ fn found(rows: Vec<Timed>) -> Option<Vec<u8>> {
     rows.into_iter().next().map(|(row, _)| row.output.unwrap_or_default())
 }
 
-/// The rows of `rows` (a run's log) as rows of its step history, with their times.
-fn history_entries(workflow_id: &str, rows: Vec<Timed>) -> Vec<Entry> {
+/// The rows of `rows` (a run's log), with their times, as its step history: one value (see
+/// [`codec::pack_rows`]).
+fn history_entry(workflow_id: &str, rows: &[Timed]) -> Entry {
     let key = Namespace::History.key(workflow_id);
-    rows.into_iter()
-        .map(|(row, at)| {
-            let mut envelope = Vec::new();
-            codec::encode_fields(
-                &key,
-                row.sequence,
-                row.kind,
-                row.workflow_version,
-                &row.state,
-                &row.task_id,
-                row.output.as_deref(),
-                at,
-                &mut envelope,
-            );
-            Entry { workflow_id: key.clone(), sequence: row.sequence, envelope }
-        })
-        .collect()
+    let packed = codec::pack_rows(&key, rows);
+    let mut envelope = Vec::with_capacity(packed.len() + 24);
+    codec::encode_fields(
+        &key,
+        codec::PACKED,
+        RowKind::StateEntry,
+        0,
+        "",
+        "",
+        Some(&packed),
+        codec::now_micros(),
+        &mut envelope,
+    );
+    Entry { workflow_id: key, sequence: codec::PACKED, envelope }
 }
 
 /// A write's changes with every `Archive` spelled out as the clears and puts it makes:
@@ -153,7 +151,7 @@ fn expand(
             Op::Archive(id) => {
                 let rows = load(&id)?;
                 out.push(Op::Clear(Namespace::History.key(&id)));
-                out.extend(history_entries(&id, rows).into_iter().map(Op::Put));
+                out.push(Op::Put(history_entry(&id, &rows)));
                 out.push(Op::Clear(id));
             }
             other => out.push(other),
