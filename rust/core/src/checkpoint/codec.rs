@@ -69,15 +69,20 @@ pub fn encode(row: &Row) -> Vec<u8> {
 /// [`encode`] into `out` (cleared first), reusing its allocation.
 pub fn encode_into(row: &Row, out: &mut Vec<u8>) {
     out.clear();
+    encode_row(&row.workflow_id, row, now_micros(), out);
+}
+
+/// Appends the envelope of `row`, keyed `(key, row.sequence)` and stamped `at_micros`.
+fn encode_row(key: &str, row: &Row, at_micros: u64, out: &mut Vec<u8>) {
     encode_fields(
-        &row.workflow_id,
+        key,
         row.sequence,
         row.kind,
         row.workflow_version,
         &row.state,
         &row.task_id,
         row.output.as_deref(),
-        now_micros(),
+        at_micros,
         out,
     );
 }
@@ -214,17 +219,7 @@ pub fn pack_rows(key: &str, rows: &[(Row, u64)]) -> Vec<u8> {
     let mut envelope = Vec::new();
     for (row, at) in rows {
         envelope.clear();
-        encode_fields(
-            key,
-            row.sequence,
-            row.kind,
-            row.workflow_version,
-            &row.state,
-            &row.task_id,
-            row.output.as_deref(),
-            *at,
-            &mut envelope,
-        );
+        encode_row(key, row, *at, &mut envelope);
         put_varint(&mut out, row.sequence);
         put_bytes(&mut out, &envelope);
     }
