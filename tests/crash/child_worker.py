@@ -2,8 +2,9 @@
 ``.redb`` file, or ``postgresql://…#SCHEMA``.
 
 Usage: ``child_worker.py STORE JOURNAL WORKER_ID [--hang STATE] [--lease S] [--poll S]
-[--concurrency N] [--sleep S] [--saga] [--fail] [--wait STATE]``. Each state's task notes
-``start``/``end`` in the journal; with ``--hang STATE`` this process prints ``READY <id>
+[--concurrency N] [--sleep S] [--saga] [--fail] [--wait STATE] [--note-cancel]``. Each
+state's task notes ``start``/``end`` in the journal (and, with ``--note-cancel``,
+``cancelled`` when it is cancelled); with ``--hang STATE`` this process prints ``READY <id>
 STATE`` on entering that state and then sleeps ``--sleep`` seconds (default: for ever)
 before finishing it. ``--saga`` makes RESERVE a saga step whose compensation notes
 ``undo``; ``--fail`` makes the hanging state raise after its sleep (a failure that
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--saga", action="store_true")
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--wait", default="")
+    parser.add_argument("--note-cancel", action="store_true")
     args = parser.parse_args()
     journal = Journal(args.journal)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
@@ -51,9 +53,14 @@ def main() -> None:
             journal.note("start", run_id, state.name, f"{time.time():.6f}")
             if state.name == args.hang:
                 ready(f"{run_id} {state.name}")
-                if args.sleep is None:
-                    await asyncio.Event().wait()  # killed or frozen here
-                await asyncio.sleep(args.sleep)
+                try:
+                    if args.sleep is None:
+                        await asyncio.Event().wait()  # killed, frozen or cancelled here
+                    await asyncio.sleep(args.sleep)
+                except asyncio.CancelledError:
+                    if args.note_cancel:
+                        journal.note("cancelled", run_id, state.name, f"{time.time():.6f}")
+                    raise
                 if args.fail:
                     journal.note("fail", run_id, state.name, f"{time.time():.6f}")
                     raise RuntimeError(f"{state.name} failed")

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -130,6 +131,52 @@ def test_a_frozen_worker_writes_nothing_after_the_takeover(
     assert info.status is cano.RunStatus.COMPLETED and info.attempts == 2
     assert [(s.sequence, s.state) for s in after] == [(s.sequence, s.state) for s in before]
     assert "abandoned run order-9" in frozen.stderr or "could not renew" in frozen.stderr
+
+
+def timed_events(log: Path) -> list[tuple[str, str, str, str, float]]:
+    """(pid, event, run id, state, time.time()) for every journal line, in order."""
+    out = []
+    for line in log.read_text().splitlines():
+        pid, event, run_id, state, at = line.split()
+        out.append((pid, event, run_id, state, float(at)))
+    return out
+
+
+def test_a_worker_cut_off_its_database_stops_its_run_before_another_takes_it(
+    pg: str, tmp_path: Path, children: list[Child]
+) -> None:
+    """Self-fencing across a network partition: the worker is alive, but its database
+    answers nothing (a proxy between them frozen). Its lease cannot be renewed, so it stops
+    the run itself before the lease can expire; only then may another worker take the run
+    over. The two never run the state at once."""
+    log = tmp_path / "journal"
+    dsn, _, schema = pg.partition("#")
+    where = urllib.parse.urlsplit(dsn)
+    proxy = spawn(children, "tcp_proxy.py", where.hostname, where.port)
+    port = proxy.wait_for("READY").split()[1]
+    cut_off = where._replace(netloc=f"{where.username}@127.0.0.1:{port}").geturl() + "#" + schema
+    enqueue(pg, "order-5")
+    options = ("--hang", "CHARGE", "--note-cancel", "--lease", "2", "--poll", "0.2")
+    partitioned = serving(children, cut_off, log, "w1", *options)
+    assert partitioned.wait_for("READY", timeout=30) == "READY order-5 CHARGE"
+    os.kill(proxy.proc.pid, signal.SIGSTOP)  # the partition: nothing comes back
+    try:
+        taker = serving(children, pg, log, "w2", "--lease", "2", "--poll", "0.2")
+        [done] = ask(pg, ("wait", ("order-5",), {"timeout": 60}))
+        assert done.status is cano.RunStatus.COMPLETED and done.attempts == 2
+    finally:
+        os.kill(proxy.proc.pid, signal.SIGCONT)
+    stop(taker)
+    os.kill(partitioned.proc.pid, signal.SIGTERM)
+    partitioned.finish()
+    mine = [e for e in timed_events(log) if e[0] == str(partitioned.proc.pid)]
+    theirs = [e for e in timed_events(log) if e[0] == str(taker.proc.pid)]
+    stopped = [e[4] for e in mine if e[1:4] == ("cancelled", "order-5", "CHARGE")]
+    retaken = [e[4] for e in theirs if e[1:4] == ("start", "order-5", "CHARGE")]
+    assert len(stopped) == 1 and len(retaken) == 1, (mine, theirs)
+    assert stopped[0] < retaken[0], "the cut-off worker still ran CHARGE when it was taken"
+    assert ("end", "CHARGE") not in [(e[1], e[3]) for e in mine]
+    assert "could not renew its lease on run order-5 in time" in partitioned.stderr
 
 
 def test_a_database_restart_strands_no_run(pg: str, tmp_path: Path, children: list[Child]) -> None:
