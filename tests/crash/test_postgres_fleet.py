@@ -156,12 +156,12 @@ def test_a_worker_cut_off_its_database_stops_its_run_before_another_takes_it(
     port = proxy.wait_for("READY").split()[1]
     cut_off = where._replace(netloc=f"{where.username}@127.0.0.1:{port}").geturl() + "#" + schema
     enqueue(pg, "order-5")
-    options = ("--hang", "CHARGE", "--note-cancel", "--lease", "2", "--poll", "0.2")
+    options = ("--hang", "CHARGE", "--note-cancel", "--lease", "3", "--poll", "0.5")
     partitioned = serving(children, cut_off, log, "w1", *options)
     assert partitioned.wait_for("READY", timeout=30) == "READY order-5 CHARGE"
     os.kill(proxy.proc.pid, signal.SIGSTOP)  # the partition: nothing comes back
     try:
-        taker = serving(children, pg, log, "w2", "--lease", "2", "--poll", "0.2")
+        taker = serving(children, pg, log, "w2", "--lease", "3", "--poll", "0.2")
         [done] = ask(pg, ("wait", ("order-5",), {"timeout": 60}))
         assert done.status is cano.RunStatus.COMPLETED and done.attempts == 2
     finally:
