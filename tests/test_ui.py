@@ -563,3 +563,21 @@ def test_every_store_is_served(kind: str, tmp_path: Path) -> None:
                 await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_store_that_cannot_answer_is_a_page_saying_so(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = cano.SqliteCheckpointStore(tmp_path / "gone.db")
+        server = UiServer(store, port=0)
+        server.start()
+        store.close()  # as if its disk went away under the page
+        try:
+            status, _, page = await asyncio.to_thread(http, server.url)
+            assert status == 503 and b"the store could not answer" in page
+            assert b"is closed" in page
+            status, _, body = await asyncio.to_thread(http, server.url + "api/runs")
+            assert status == 503 and "is closed" in json.loads(body)["error"]
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())

@@ -199,11 +199,21 @@ def create_app(
         Route("/api/actions/{action:str}", api_action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
+
+    async def store_failed(request: Request, exc: Exception) -> Response:
+        """The store could not answer (unreachable, closed, damaged): say so, not a 500."""
+        message = f"the store could not answer: {_message(exc)}"
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=503)
+        return page(request, "error.html", 503, message=message)
+
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
     if token:
         middleware.append(Middleware(_TokenGate, token=token))
     middleware.append(Middleware(_Headers))
-    return Starlette(routes=routes, middleware=middleware)
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={CanoError: store_failed}
+    )
 
 
 _LIVE = {RunStatus.PENDING, RunStatus.RUNNING}
