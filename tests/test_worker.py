@@ -220,6 +220,41 @@ async def test_a_write_under_a_lost_lease_is_refused_and_the_run_abandoned(store
     assert info is not None and info.status is RunStatus.RUNNING and info.owner == "new"
 
 
+async def test_a_run_whose_lease_is_taken_mid_state_writes_no_further_row(store: Any) -> None:
+    """The lease is lost while a state's task runs: the next state's row is refused
+    (LeaseLostError), that state never runs, and the log ends where the old owner left it."""
+    client = cano.Client(store)
+    await client.enqueue("orders", S.A, workflow_id="taken-mid-run")
+    [claim] = await store.claim_runs("old", ("orders",), ("default",), 1, 0.05)
+    in_a, go_on = asyncio.Event(), asyncio.Event()
+    ran_b: list[str] = []
+
+    async def a(res: cano.Resources) -> S:
+        in_a.set()
+        await go_on.wait()
+        return S.B
+
+    async def b(res: cano.Resources) -> S:
+        ran_b.append("b")
+        return S.DONE
+
+    async def as_old_owner() -> None:
+        FENCE.set(("old", claim.epoch))
+        flow = orders(a=a, b=b).with_checkpoint_store(store)
+        await flow.orchestrate(S.A, workflow_id="taken-mid-run")
+
+    running = asyncio.create_task(as_old_owner())
+    await in_a.wait()  # A's row is written under the old lease
+    await asyncio.sleep(0.1)  # which expires
+    [again] = await store.claim_runs("new", ("orders",), ("default",), 1, 30)
+    assert again.epoch == claim.epoch + 1
+    go_on.set()
+    with pytest.raises(cano.LeaseLostError):
+        await running
+    assert ran_b == []
+    assert [r.state for r in await store.load_run("taken-mid-run")] == ["A"]
+
+
 async def test_a_worker_that_lost_its_run_compensates_nothing(
     store: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

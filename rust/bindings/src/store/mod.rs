@@ -33,7 +33,7 @@ mod wake;
 use std::sync::Arc;
 
 use cano_core::checkpoint::{
-    codec, Completion, Durability, Entry, Namespace, OpenOptions, RedbStore, Row, StoreError,
+    codec, Completion, Durability, Entry, Fence, Namespace, OpenOptions, RedbStore, Row, StoreError,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -110,8 +110,8 @@ pub struct RunLog {
     event_loop: Py<PyAny>,
     workflow_id: String,
     /// The lease the run is held under (`cano.records.FENCE` when the run's log was
-    /// resolved): every append checks it still holds.
-    fence: Option<(String, u64)>,
+    /// resolved) and its cell: every append checks it still holds (one atomic load).
+    fence: Option<(Arc<Fence>, u64)>,
 }
 
 crate::gc_traverse!(RunLog { event_loop });
@@ -130,8 +130,8 @@ impl RunLog {
         output: Option<&[u8]>,
         version: u32,
     ) -> PyResult<Bound<'py, Waiter>> {
-        if let Some((owner, epoch)) = &self.fence {
-            if !self.store.fence_holds(&self.workflow_id, owner, *epoch) {
+        if let Some((cell, epoch)) = &self.fence {
+            if !cell.holds(*epoch) {
                 return Err(errors::lease_lost(py, &self.workflow_id));
             }
         }
@@ -175,13 +175,15 @@ impl RedbCheckpointStore {
     pub fn run_log(&self, py: Python<'_>, workflow_id: &str) -> PyResult<RunLog> {
         let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
         let channel = self.shared.channel(&event_loop)?;
+        let fence = current_fence(py)?
+            .map(|(owner, epoch)| (self.store.fence(workflow_id, &owner, epoch), epoch));
         Ok(RunLog {
             store: self.store.clone(),
             shared: self.shared.clone(),
             channel,
             event_loop: event_loop.unbind(),
             workflow_id: workflow_id.to_owned(),
-            fence: current_fence(py)?,
+            fence,
         })
     }
 

@@ -185,9 +185,28 @@ pub struct RedbStore {
     replayed: usize,
     read_only: bool,
     repair: Option<RepairReport>,
-    /// `workflow id → (owner, lease epoch)` of the runs workers of this process hold (see
+    /// `workflow id → (owner, lease)` of the runs workers of this process hold (see
     /// [`set_fence`](Self::set_fence)).
-    fences: Mutex<HashMap<String, (String, u64)>>,
+    fences: Mutex<HashMap<String, (String, Arc<Fence>)>>,
+}
+
+/// The lease epoch a worker of this process holds one run under, shared with that run's
+/// appends ([`RedbStore::fence`]): checking a row against it is one atomic load — no lock,
+/// no lookup by id. Epochs of one run only grow, so an epoch names one claim.
+#[derive(Debug)]
+pub struct Fence(AtomicU64);
+
+impl Fence {
+    const NOT_HELD: u64 = u64::MAX;
+
+    fn not_held() -> Self {
+        Fence(AtomicU64::new(Self::NOT_HELD))
+    }
+
+    /// True while the run is held under lease `epoch`.
+    pub fn holds(&self, epoch: u64) -> bool {
+        epoch != Self::NOT_HELD && self.0.load(Ordering::Acquire) == epoch
+    }
 }
 
 /// How to open a store.
@@ -603,23 +622,39 @@ impl RedbStore {
     }
 
     /// Records that a worker of this process holds `workflow_id` under lease `(owner, epoch)`
-    /// (`None`: nobody does any more). [`fence_holds`](Self::fence_holds) checks a write
-    /// against it.
+    /// (`None`: nobody does any more). [`fence_holds`](Self::fence_holds) and the
+    /// [`Fence`] of [`fence`](Self::fence) check a write against it.
     pub fn set_fence(&self, workflow_id: &str, fence: Option<(String, u64)>) {
         let mut fences = self.fences.lock();
         match fence {
-            Some(f) => {
-                fences.insert(workflow_id.to_owned(), f);
+            Some((owner, epoch)) => {
+                let held = fences
+                    .entry(workflow_id.to_owned())
+                    .or_insert_with(|| (String::new(), Arc::new(Fence::not_held())));
+                held.0 = owner;
+                held.1 .0.store(epoch, Ordering::Release);
             }
             None => {
-                fences.remove(workflow_id);
+                if let Some((_, cell)) = fences.remove(workflow_id) {
+                    cell.0.store(Fence::NOT_HELD, Ordering::Release);
+                }
             }
         }
     }
 
     /// True while `(owner, epoch)` is the lease `workflow_id` is held under.
     pub fn fence_holds(&self, workflow_id: &str, owner: &str, epoch: u64) -> bool {
-        self.fences.lock().get(workflow_id).is_some_and(|(o, e)| o == owner && *e == epoch)
+        self.fences.lock().get(workflow_id).is_some_and(|(o, f)| o == owner && f.holds(epoch))
+    }
+
+    /// The lease cell of `workflow_id`, for a run held under `(owner, epoch)` to check each
+    /// of its appends with [`Fence::holds`]`(epoch)`. A lease that does not hold now gets a
+    /// cell that never will.
+    pub fn fence(&self, workflow_id: &str, owner: &str, epoch: u64) -> Arc<Fence> {
+        match self.fences.lock().get(workflow_id) {
+            Some((o, cell)) if o == owner && cell.holds(epoch) => cell.clone(),
+            _ => Arc::new(Fence::not_held()),
+        }
     }
 
     /// [`append`](Self::append), waiting for the outcome.

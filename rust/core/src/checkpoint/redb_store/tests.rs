@@ -1034,3 +1034,26 @@ fn a_history_is_one_value_and_old_per_row_histories_still_read() {
     assert_eq!(states(&history), [(0, "T".into()), (1, "T".into()), (2, "T".into())]);
     store.close().unwrap();
 }
+
+/// A run's lease cell follows its claims: it holds for the epoch it was taken under, and
+/// stops holding once the run is claimed again (a new epoch, any owner) or released; a
+/// lease that did not hold when asked for gets a cell that never holds.
+#[test]
+fn a_fence_cell_holds_only_for_its_claim() {
+    let dir = TempDir::new("fence-cell");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.set_fence("r", Some(("w1".into(), 1)));
+    let first = store.fence("r", "w1", 1);
+    assert!(first.holds(1) && store.fence_holds("r", "w1", 1));
+    assert!(!store.fence("r", "w2", 1).holds(1), "another owner's claim is not this one");
+    store.set_fence("r", Some(("w2".into(), 2))); // taken over
+    assert!(!first.holds(1) && !store.fence_holds("r", "w1", 1));
+    let second = store.fence("r", "w2", 2);
+    assert!(second.holds(2));
+    store.set_fence("r", None); // released
+    assert!(!second.holds(2) && !store.fence_holds("r", "w2", 2));
+    store.set_fence("r", Some(("w2".into(), 2))); // a new entry: the old cell stays dead
+    assert!(!second.holds(2) && store.fence("r", "w2", 2).holds(2));
+    assert!(!store.fence("nobody", "w1", 1).holds(1));
+    store.close().unwrap();
+}
