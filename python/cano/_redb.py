@@ -263,10 +263,7 @@ class RedbCheckpointStore(_core.RedbCheckpointStore):
         if workflow_id in self._active:
             return await self.get_run(workflow_id)
         now = time.time()
-        record = Record(workflow_id, workflow_name, 0, RunStatus.PENDING, initial, now, now)
-        record.attempts = 0
-        record.input = None if input is None else orjson.loads(input)
-        record.queue = queue
+        record = Record.pending(workflow_id, workflow_name, initial, input, queue, now)
         q = Queued(initial, priority, not_before)
         # Known here at once (an enqueue of the same id meanwhile finds it), claimable once
         # stored: the file may hold an ended run of that id, which the insert finds instead.

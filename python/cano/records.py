@@ -253,6 +253,31 @@ class Record:
     wake_at: float | None = None
 
     @classmethod
+    def pending(
+        cls,
+        workflow_id: str,
+        workflow_name: str,
+        initial: str,
+        input: bytes | None,
+        queue: str,
+        now: float,
+    ) -> Record:
+        """The record of a run just enqueued: PENDING in ``initial``, never attempted, with
+        its JSON ``input`` decoded."""
+        return cls(
+            workflow_id,
+            workflow_name,
+            0,
+            RunStatus.PENDING,
+            initial,
+            now,
+            now,
+            attempts=0,
+            input=None if input is None else orjson.loads(input),
+            queue=queue,
+        )
+
+    @classmethod
     def from_columns(cls, row: Sequence[Any]) -> Record:
         """A record from the columns the SQL stores select, in this order: workflow_id,
         workflow_name, workflow_version, status, state, final_state, error, error_type,

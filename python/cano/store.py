@@ -30,8 +30,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
-import orjson
-
 from cano._leases import LeaseBook, Queued, claim_of, take_signal
 from cano._redb import RedbCheckpointStore
 from cano.errors import CheckpointError
@@ -368,10 +366,7 @@ class InMemoryCheckpointStore:
         """Stores a PENDING run unless ``workflow_id`` exists; returns the record."""
         if workflow_id not in self._records:
             now = time.time()
-            record = Record(workflow_id, workflow_name, 0, RunStatus.PENDING, initial, now, now)
-            record.attempts = 0
-            record.input = None if input is None else orjson.loads(input)
-            record.queue = queue
+            record = Record.pending(workflow_id, workflow_name, initial, input, queue, now)
             self._records[workflow_id] = record
             self._leases.add(record, Queued(initial, priority, not_before))
         return await self.get_run(workflow_id)

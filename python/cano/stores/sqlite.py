@@ -680,10 +680,7 @@ class _Engine:
             (workflow_id, name, initial, data, queue_name, now, now, initial, priority, not_before),
         ).rowcount
         if inserted:  # the record is what was just written: no need to read it back
-            record = Record(workflow_id, name, 0, RunStatus.PENDING, initial, now, now, attempts=0)
-            record.input = None if data is None else orjson.loads(data)
-            record.queue = queue_name
-            return record.info()
+            return Record.pending(workflow_id, name, initial, data, queue_name, now).info()
         return self._get(workflow_id, now)  # it existed: as it stands
 
     def _claim(self, args: tuple[Any, ...], now: float) -> list[Claim]:
