@@ -559,6 +559,15 @@ def test_every_store_is_served(kind: str, tmp_path: Path) -> None:
                 assert status == 200 and b"is cancelled" in done
                 info = await client.get("queued-1")
                 assert info is not None and info.status is RunStatus.CANCELLED
+                # Prune: the cancelled run has ended, so an age of 0 s takes it.
+                status, _, done = await asyncio.to_thread(
+                    http,
+                    server.url + "actions/prune",
+                    method="POST",
+                    body=b"confirmed=yes&older_than=0s&csrf=" + csrf,
+                )
+                assert status == 200 and b"Deleted 1 run." in done
+                assert await client.get("queued-1") is None
             finally:
                 await server.stop()
 
