@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cano._cli_common import age_seconds, since_time
 from cano._graph import mermaid
@@ -43,6 +43,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_COOKIE = "cano_ui_token"
 PAGE_SIZE = 50
 REFRESH_SECONDS = 3
+
+_LIVE = {RunStatus.PENDING, RunStatus.RUNNING}
+"""Statuses whose page refreshes itself (a WAITING one does not: its form is being filled)."""
 
 _MARK = {
     RunStatus.PENDING: "current",
@@ -214,9 +217,6 @@ def create_app(
     return Starlette(
         routes=routes, middleware=middleware, exception_handlers={CanoError: store_failed}
     )
-
-
-_LIVE = {RunStatus.PENDING, RunStatus.RUNNING}
 
 
 # ----- actions ---------------------------------------------------------------------------
@@ -443,7 +443,7 @@ class _Headers:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def with_headers(message: dict[str, Any]) -> None:
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [
@@ -455,8 +455,4 @@ class _Headers:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, _sender(with_headers))
-
-
-def _sender(fn: Callable[[dict[str, Any]], Awaitable[None]]) -> Send:
-    return fn  # type: ignore[return-value]
+        await self.app(scope, receive, with_headers)
