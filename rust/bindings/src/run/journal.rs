@@ -108,14 +108,27 @@ impl Run {
         if let Some(redb) = &store.redb {
             let seq = journal.sequence();
             let label = plan.labels[self.cursor.state() as usize].bind(py);
+            let parker = &mut self.parker;
             let appended = (|| {
                 if journal.redb.is_none() {
                     let id = journal.workflow_id.bind(py).to_str()?;
                     journal.redb = Some(redb.get().run_log(py, id)?);
                 }
                 let log = journal.redb.as_ref().expect("made above");
+                let (waiter, generation) = Run::row_waiter(parker, slf, log)?;
                 let output = blob.as_ref().map(|b| b.as_bytes());
-                log.append(py, seq, kind, label.to_str()?, task_id.to_str()?, output, plan.version)
+                log.append(
+                    py,
+                    &waiter,
+                    generation,
+                    seq,
+                    kind,
+                    label.to_str()?,
+                    task_id.to_str()?,
+                    output,
+                    plan.version,
+                )?;
+                Ok::<_, PyErr>(waiter)
             })();
             return match appended {
                 Ok(waiter) => {

@@ -24,6 +24,7 @@ mod events;
 mod failures;
 mod interrupts;
 mod journal;
+mod parked;
 mod protocol;
 mod records;
 mod saga;
@@ -175,6 +176,11 @@ pub struct Run {
     split: Option<Box<split::SplitRun>>,
     /// Resources seen by the join state's task (with the split result), by state.
     overlay: Option<(StateId, Py<PyAny>)>,
+    /// The run's own waiter for its durable rows (see [`parked`]).
+    parker: Option<Py<crate::store::Waiter>>,
+    /// What a run driven while its task was parked has for the task's next step: the
+    /// awaitable to yield, or the exception (`StopIteration` at the end) to raise.
+    handoff: Option<Result<Py<PyAny>, Py<PyAny>>>,
 }
 
 gc_traverse!(Run {
@@ -196,7 +202,9 @@ gc_traverse!(Run {
     res_args,
     branch,
     split,
-    overlay
+    overlay,
+    parker,
+    handoff
 });
 
 impl Run {
@@ -244,6 +252,8 @@ impl Run {
             branch: None,
             split: None,
             overlay: None,
+            parker: None,
+            handoff: None,
         }
     }
 
@@ -266,6 +276,14 @@ impl Run {
 
     fn drive(&mut self, slf: &Bound<'_, Self>, mut input: Input) -> PyResult<Py<PyAny>> {
         let py = slf.py();
+        if let Some(handoff) = self.handoff.take() {
+            match (handoff, input) {
+                (Ok(awaitable), Input::Send(_)) => return Ok(awaitable),
+                // Thrown in instead: it goes where the run waits.
+                (Ok(_), thrown) => input = thrown,
+                (Err(exc), _) => return Err(PyErr::from_value(exc.into_bound(py))),
+            }
+        }
         loop {
             match self.inner.take() {
                 Some(inner) => {
@@ -541,6 +559,7 @@ impl Run {
             return; // ends once the store has recorded the outcome
         }
         self.disarm(py);
+        self.parker = None;
         if std::mem::take(&mut self.began) {
             self.finished_event(py, outcome.as_ref());
         }
@@ -597,6 +616,8 @@ impl Run {
         let py = slf.py();
         let mut run = slf.try_borrow_mut().map_err(|_| already_running())?;
         let inner = run.inner.take();
+        run.handoff = None;
+        run.parker = None;
         let was_acquired = run.acquired && run.phase != Phase::Teardown;
         run.disarm(py);
         run.phase = Phase::Done;
@@ -688,6 +709,8 @@ impl Run {
         self.res_args = None;
         self.split = None;
         self.overlay = None;
+        self.parker = None;
+        self.handoff = None;
         self.phase = Phase::Done;
     }
 }

@@ -117,19 +117,27 @@ pub struct RunLog {
 crate::gc_traverse!(RunLog { event_loop });
 
 impl RunLog {
-    /// Queues one row of this run; the returned waiter completes once it is durable (or
-    /// committed, with `durability="eventual"`).
+    /// A run's waiter on this handle's loop (see [`Waiter::for_run`]): `resumer` moves the
+    /// run on when a row is durable while its task is parked on the waiter.
+    pub fn waiter<'py>(&self, py: Python<'py>, resumer: Py<PyAny>) -> PyResult<Bound<'py, Waiter>> {
+        Waiter::for_run(py, self.event_loop.clone_ref(py), resumer)
+    }
+
+    /// Queues one row of this run; `waiter` (armed for `generation`) learns once it is
+    /// durable (or committed, with `durability="eventual"`).
     #[allow(clippy::too_many_arguments)]
-    pub fn append<'py>(
+    pub fn append(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
+        waiter: &Bound<'_, Waiter>,
+        generation: u64,
         sequence: u64,
         kind: cano_core::RowKind,
         state: &str,
         task_id: &str,
         output: Option<&[u8]>,
         version: u32,
-    ) -> PyResult<Bound<'py, Waiter>> {
+    ) -> PyResult<()> {
         if let Some((cell, epoch)) = &self.fence {
             if !cell.holds(*epoch) {
                 return Err(errors::lease_lost(py, &self.workflow_id));
@@ -148,10 +156,9 @@ impl RunLog {
             &mut envelope,
         );
         let entry = Entry { workflow_id: self.workflow_id.clone(), sequence, envelope };
-        let waiter = Bound::new(py, Waiter::new(self.event_loop.clone_ref(py)))?;
         let shared = self.shared.clone();
         let channel = self.channel;
-        let target = Target::Waiter(waiter.clone().unbind());
+        let target = Target::Waiter(waiter.clone().unbind(), generation);
         let done = move |result: Result<(), StoreError>| {
             let outcome = match result {
                 Ok(()) => Outcome::Done,
@@ -159,8 +166,7 @@ impl RunLog {
             };
             shared.pending.lock().push(Pending { channel, target, outcome });
         };
-        self.store.append_entry(entry, done).map_err(|e| checkpoint_error(py, &e))?;
-        Ok(waiter)
+        self.store.append_entry(entry, done).map_err(|e| checkpoint_error(py, &e))
     }
 
     /// True while this handle may be used from the running loop (a run is driven by one
@@ -399,7 +405,7 @@ impl RedbCheckpointStore {
         let channel = self.shared.channel(&event_loop)?;
         let waiter = Bound::new(py, Waiter::new(event_loop.unbind()))?;
         let shared = self.shared.clone();
-        let target = Target::Waiter(waiter.clone().unbind());
+        let target = Target::Waiter(waiter.clone().unbind(), 0);
         let done = move |result: Result<(), StoreError>| {
             let outcome = match result {
                 Ok(()) => Outcome::Done,

@@ -60,6 +60,15 @@ pub(super) struct WaiterInner {
     state: WaiterState,
     blocking: bool,
     callbacks: Callbacks,
+    /// Which append of its run the waiter stands for (a run's waiter is re-armed for each
+    /// row; an outcome of an earlier generation is stale).
+    generation: u64,
+    /// The row of this generation is durable, but the task parked on the waiter has not
+    /// been told: its run goes on without waking it (see [`Waiter::finish`]).
+    row_done: bool,
+    /// The `asyncio.Task` whose wake-up is the only callback (its `__self__`), when it is
+    /// one: the task a resumer may drive the run for.
+    task: Option<Py<PyAny>>,
 }
 
 /// What `_append_raw` returns: an awaitable that completes (with `None`) once the row is
@@ -67,40 +76,173 @@ pub(super) struct WaiterInner {
 /// `wait_for`, `shield`): `done`, `result`, `exception`, `cancel`, `cancelled`,
 /// `add_done_callback`, `remove_done_callback`, `get_loop`. Cancelling it stops the wait,
 /// not the append. Only touched on its loop's thread.
+///
+/// **A run's waiter.** The dispatcher gives each run one waiter with a *resumer* (see
+/// [`Waiter::for_run`]) and re-arms it for every row. When a row is durable and the run's
+/// task is parked on the waiter, [`finish`](Self::finish) does not wake the task: it calls
+/// the resumer in the task's context, which moves the run on (the state's task runs, the
+/// next row is appended) and re-arms the waiter, the task still parked on it. The task is
+/// woken only when the run needs it: another awaitable, the end of the run, an error.
 #[pyclass(frozen, module = "cano._core", name = "_DurableWaiter")]
 pub struct Waiter {
     pub(super) event_loop: Py<PyAny>,
+    /// Called as `resumer(waiter)`, in the parked task's context, when a row is durable;
+    /// returns true if the task stays parked (the waiter was re-armed for the next row).
+    resumer: Option<Py<PyAny>>,
     pub(super) inner: Mutex<WaiterInner>,
+}
+
+static TASK_TYPES: PyOnceLock<(Py<PyType>, Py<PyType>)> = PyOnceLock::new();
+
+/// `(asyncio.Task, asyncio.tasks._PyTask)`.
+fn task_types(py: Python<'_>) -> PyResult<&(Py<PyType>, Py<PyType>)> {
+    TASK_TYPES.get_or_try_init(py, || {
+        let tasks = py.import("asyncio.tasks")?;
+        Ok((
+            tasks.getattr("Task")?.cast_into::<PyType>()?.unbind(),
+            tasks.getattr("_PyTask")?.cast_into::<PyType>()?.unbind(),
+        ))
+    })
 }
 
 impl Waiter {
     pub(super) fn new(event_loop: Py<PyAny>) -> Self {
+        Self::with_resumer(event_loop, None)
+    }
+
+    fn with_resumer(event_loop: Py<PyAny>, resumer: Option<Py<PyAny>>) -> Self {
         Waiter {
             event_loop,
+            resumer,
             inner: Mutex::new(WaiterInner {
                 state: WaiterState::Pending,
                 blocking: false,
                 callbacks: Callbacks::default(),
+                generation: 0,
+                row_done: false,
+                task: None,
             }),
         }
     }
 
-    /// Records the append's outcome and runs the done-callbacks right away (see the module
-    /// docs); a cancelled waiter ignores it.
-    pub(super) fn finish(slf: &Bound<'_, Self>, outcome: Outcome) {
+    /// A run's waiter (see the type's docs), pending for generation 0.
+    pub fn for_run(
+        py: Python<'_>,
+        event_loop: Py<PyAny>,
+        resumer: Py<PyAny>,
+    ) -> PyResult<Bound<'_, Self>> {
+        Bound::new(py, Self::with_resumer(event_loop, Some(resumer)))
+    }
+
+    /// Makes a run's waiter pending again, for its next row, and returns that row's
+    /// generation — if the run may reuse it: the last row is done (its task was woken, or
+    /// is parked and a resumer is driving the run). `None` when it was cancelled or failed
+    /// (the task has that outcome to take) or is still waiting.
+    pub fn rearm(&self) -> Option<u64> {
+        let mut inner = self.inner.lock();
+        let reusable = match inner.state {
+            WaiterState::Done => true,
+            WaiterState::Pending => inner.row_done,
+            _ => false,
+        };
+        if !reusable {
+            return None;
+        }
+        inner.state = WaiterState::Pending;
+        inner.row_done = false;
+        inner.blocking = false;
+        inner.generation += 1;
+        Some(inner.generation)
+    }
+
+    /// The loop the waiter belongs to.
+    pub fn event_loop(&self) -> &Py<PyAny> {
+        &self.event_loop
+    }
+
+    /// True while the waiter waits for a row (its task, if any, parked on it).
+    pub fn is_waiting(&self) -> bool {
+        let inner = self.inner.lock();
+        matches!(inner.state, WaiterState::Pending) && !inner.row_done
+    }
+
+    /// The task parked on this waiter, as recorded by `add_done_callback`.
+    pub fn parked_task(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.lock().task.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Records the outcome of the row of `generation` (stale generations and cancelled
+    /// waiters ignore it). A durable row of a run's waiter whose task is parked on it goes
+    /// to the resumer; otherwise the waiter completes and its done-callbacks run right away
+    /// (see the module docs).
+    pub(super) fn finish(slf: &Bound<'_, Self>, outcome: Outcome, generation: u64) {
         let py = slf.py();
+        let resume = {
+            let mut inner = slf.get().inner.lock();
+            if inner.generation != generation
+                || inner.row_done
+                || !matches!(inner.state, WaiterState::Pending)
+            {
+                return;
+            }
+            let resume = match (&outcome, &slf.get().resumer, &inner.task, &inner.callbacks) {
+                (
+                    Outcome::Done,
+                    Some(resumer),
+                    Some(_),
+                    Callbacks { first: Some((_, Some(context))), rest },
+                ) if rest.is_empty() => Some((resumer.clone_ref(py), context.clone_ref(py))),
+                _ => None,
+            };
+            if resume.is_some() {
+                inner.row_done = true;
+            }
+            resume
+        };
+        if let Some((resumer, context)) = resume {
+            let parked = context
+                .bind(py)
+                .call_method1(intern!(py, "run"), (resumer, slf))
+                .and_then(|r| r.is_truthy());
+            match parked {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => e.write_unraisable(py, Some(slf.as_any())),
+            }
+            return Self::wake(slf);
+        }
         let state = match outcome {
             Outcome::Failed(err) => WaiterState::Failed(checkpoint_error(py, &err).into_value(py)),
             _ => WaiterState::Done,
         };
         let callbacks = {
             let mut inner = slf.get().inner.lock();
+            inner.state = state;
+            inner.task = None;
+            std::mem::take(&mut inner.callbacks)
+        };
+        Self::run_callbacks(slf, callbacks);
+    }
+
+    /// Completes a pending waiter (whatever its row) and runs its done-callbacks right away:
+    /// its task has something to take from the run. A cancelled waiter has already
+    /// scheduled them.
+    pub fn wake(slf: &Bound<'_, Self>) {
+        let callbacks = {
+            let mut inner = slf.get().inner.lock();
             if !matches!(inner.state, WaiterState::Pending) {
                 return;
             }
-            inner.state = state;
+            inner.state = WaiterState::Done;
+            inner.row_done = false;
+            inner.task = None;
             std::mem::take(&mut inner.callbacks)
         };
+        Self::run_callbacks(slf, callbacks);
+    }
+
+    fn run_callbacks(slf: &Bound<'_, Self>, callbacks: Callbacks) {
+        let py = slf.py();
         let Callbacks { first, rest } = callbacks;
         for (callback, context) in first.into_iter().chain(rest) {
             let ran = match &context {
@@ -155,6 +297,17 @@ impl Waiter {
     }
 }
 
+/// The task `callback` wakes up, if it is an `asyncio.Task`'s wake-up method.
+fn parked_task(callback: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    let py = callback.py();
+    let Ok(owner) = callback.getattr(intern!(py, "__self__")) else {
+        return Ok(None);
+    };
+    let (task, py_task) = task_types(py)?;
+    let is_task = owner.is_instance(task.bind(py))? || owner.is_instance(py_task.bind(py))?;
+    Ok(is_task.then(|| owner.unbind()))
+}
+
 pub(super) fn report_callback_error(waiter: &Bound<'_, Waiter>, callback: &Py<PyAny>, err: PyErr) {
     let py = waiter.py();
     let reported = (|| -> PyResult<()> {
@@ -192,6 +345,7 @@ impl Waiter {
         let py = slf.py();
         let mut inner = slf.get().inner.lock();
         match &inner.state {
+            WaiterState::Pending if inner.row_done => Ok(None),
             WaiterState::Pending => {
                 inner.blocking = true;
                 Ok(Some(slf.clone()))
@@ -268,9 +422,17 @@ impl Waiter {
         callback: Py<PyAny>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
+        let py = slf.py();
+        // A run's waiter notes the task that parks on it (the `__self__` of its wake-up).
+        let task = match &slf.get().resumer {
+            Some(_) if context.is_some() => parked_task(callback.bind(py))?,
+            _ => None,
+        };
         {
             let mut inner = slf.get().inner.lock();
             if matches!(inner.state, WaiterState::Pending) {
+                let first = inner.callbacks.first.is_none() && inner.callbacks.rest.is_empty();
+                inner.task = if first { task } else { None };
                 inner.callbacks.push((callback, context));
                 return Ok(());
             }
@@ -304,6 +466,7 @@ impl Waiter {
             kept.push(added);
         }
         inner.callbacks = kept;
+        inner.task = None;
         drop(inner);
         match failed {
             Some(e) => Err(e),
@@ -319,6 +482,8 @@ impl Waiter {
                 return Ok(false);
             }
             inner.state = WaiterState::Cancelled(msg);
+            inner.row_done = false;
+            inner.task = None;
             std::mem::take(&mut inner.callbacks).into_vec()
         };
         Self::schedule_callbacks(slf, callbacks)?;
@@ -336,7 +501,13 @@ impl Waiter {
 
     pub(super) fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
+        if let Some(resumer) = &self.resumer {
+            visit.call(resumer)?;
+        }
         let inner = self.inner.lock();
+        if let Some(task) = &inner.task {
+            visit.call(task)?;
+        }
         match &inner.state {
             WaiterState::Failed(e) => visit.call(e)?,
             WaiterState::Cancelled(Some(m)) => visit.call(m)?,
@@ -353,13 +524,14 @@ impl Waiter {
         let dropped = {
             let mut inner = self.inner.lock();
             let callbacks = std::mem::take(&mut inner.callbacks);
+            let task = inner.task.take();
             let state = match inner.state {
                 WaiterState::Failed(_) | WaiterState::Cancelled(Some(_)) => {
                     Some(std::mem::replace(&mut inner.state, WaiterState::Cancelled(None)))
                 }
                 _ => None,
             };
-            (callbacks, state)
+            (callbacks, task, state)
         };
         drop(dropped);
     }

@@ -35,7 +35,8 @@ pub(super) enum Outcome {
 /// What a finished request resolves.
 pub(super) enum Target {
     Future(Py<PyAny>),
-    Waiter(Py<Waiter>),
+    /// A waiter, and the generation the row was appended for.
+    Waiter(Py<Waiter>, u64),
 }
 
 /// A finished request waiting for its loop to drain it.
@@ -71,7 +72,7 @@ impl PyGcTraverse for Target {
     fn py_gc_traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Target::Future(f) => visit.call(f),
-            Target::Waiter(w) => visit.call(w),
+            Target::Waiter(w, _) => visit.call(w),
         }
     }
 }
@@ -366,7 +367,9 @@ impl Drain {
                         e.write_unraisable(py, Some(future.bind(py)));
                     }
                 }
-                Target::Waiter(waiter) => Waiter::finish(waiter.bind(py), p.outcome),
+                Target::Waiter(waiter, generation) => {
+                    Waiter::finish(waiter.bind(py), p.outcome, generation)
+                }
             }
         }
         #[cfg(unix)]
