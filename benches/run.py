@@ -1004,7 +1004,7 @@ WORKLOADS: dict[str, Workload] = {
             "{n:,} durable transitions, concurrent runs, one store",
             "checkpointed transitions/s",
             "higher",
-            20.0,
+            40.0,
             setup_w4c,
             n=10_000,
             n_quick=1_000,

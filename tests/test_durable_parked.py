@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def chain(store: Any, body: Any) -> cano.Workflow[S]:
         return task
 
     wf = cano.Workflow[S].bare()
-    for here, there in zip(CHAIN, CHAIN[1:], strict=False):
+    for here, there in itertools.pairwise(CHAIN):
         wf = wf.register(here, step(here, there))
     return wf.add_exit_state(S.DONE).with_checkpoint_store(store)
 
@@ -181,7 +182,7 @@ async def test_a_failing_state_after_durable_states_raises_its_error(store: Any)
         if here is S.D:
             raise Boom("D failed")
 
-    with pytest.raises(cano.RetryExhaustedError, match="in state D .*Boom: D failed") as caught:
+    with pytest.raises(cano.RetryExhaustedError, match=r"in state D .*Boom: D failed") as caught:
         await chain(store, body).orchestrate(S.A, workflow_id="boom")
     assert isinstance(caught.value.__cause__, Boom)
     rows = [r.state for r in await store.load_run("boom")]
