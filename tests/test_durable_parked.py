@@ -99,6 +99,8 @@ async def test_states_share_the_context_of_the_task_and_not_the_caller(store: An
 
     async def body(here: S) -> None:
         seen.append(TRACE.get())
+        if here is S.B:
+            await asyncio.sleep(0)  # a bare yield to the loop in the middle
         TRACE.set((*TRACE.get(), here.name))
 
     wf = chain(store, body)
@@ -206,3 +208,41 @@ async def test_many_concurrent_runs_each_see_their_own_task(store: Any) -> None:
     for i, (end, task) in enumerate(results):
         assert end is S.DONE
         assert seen[f"r{i}"] == {task}
+
+
+def long_chain(store: Any, n: int) -> tuple[cano.Workflow[Any], Any, Any]:
+    """``n`` durable no-op states, then an exit: most of a run's time is spent parked."""
+    states = enum.Enum("Long", [f"S{i}" for i in range(n + 1)])  # type: ignore[misc]
+    members: list[Any] = list(states)
+
+    def step(there: Any) -> Any:
+        async def task() -> Any:
+            return there
+
+        return task
+
+    wf = cano.Workflow[Any].bare()
+    for here, there in itertools.pairwise(members):
+        wf = wf.register(here, step(there))
+    return wf.add_exit_state(members[-1]).with_checkpoint_store(store), members[0], members[-1]
+
+
+async def test_a_total_timeout_stops_a_parked_run_and_it_resumes(store: Any) -> None:
+    timed, first, _ = long_chain(store, 5_000)
+    with pytest.raises(cano.WorkflowTimeoutError):
+        await timed.with_total_timeout(0.05).orchestrate(first, workflow_id="total")
+    rows = await store.load_run("total")
+    assert 0 < len(rows) < 5_001
+    plain, _, last = long_chain(store, 5_000)
+    assert await plain.resume_from("total") is last
+
+
+async def test_a_token_cancels_a_parked_run_and_it_resumes(store: Any) -> None:
+    wf, first, last = long_chain(store, 5_000)
+    token, handle = cano.CancellationToken.new()
+    asyncio.get_running_loop().call_later(0.05, handle.cancel)
+    with pytest.raises(cano.WorkflowCancelledError):
+        await wf.orchestrate(first, workflow_id="token", cancel=token)
+    rows = await store.load_run("token")
+    assert 0 < len(rows) < 5_001
+    assert await wf.resume_from("token") is last
