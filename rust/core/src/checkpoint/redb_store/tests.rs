@@ -405,14 +405,16 @@ fn contents(store: &RedbStore) -> Vec<(String, Vec<(u64, String)>)> {
 fn record_copies(log: &[u8]) -> Vec<(usize, usize, usize)> {
     let mut copies = Vec::new();
     let mut at = 0;
+    let page = |at: usize| at.div_ceil(wal::PAGE as usize) * wal::PAGE as usize;
     while at + 8 <= log.len() {
         let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize + 8;
         if len == 8 || at + len > log.len() {
             break;
         }
-        let second = (at + len).div_ceil(wal::PAGE as usize) * wal::PAGE as usize;
+        let second = page(at + len);
         copies.push((at, second, len));
-        at = second + len;
+        // Records start on page boundaries.
+        at = page(second + len);
     }
     copies
 }
