@@ -715,10 +715,6 @@ mod tests {
         [log_of(&ops, 7, 3, true), log_of(&ops, 7, 3, false)]
     }
 
-    fn six() -> Vec<u8> {
-        six_both()[0].clone()
-    }
-
     #[test]
     fn records_of_another_generation_or_store_are_not_read() {
         for bytes in six_both() {
