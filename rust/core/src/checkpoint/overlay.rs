@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase};
 
 use super::codec;
 use super::error::StoreError;
-use super::reads::{load_run_timed, scan, Timed, FIRST_RUN};
+use super::reads::{load_run_timed, pack_run, scan, Timed, FIRST_RUN};
 use super::row::{Entry, Row, RunSummary};
 use super::schema::{is_hidden, Namespace, TABLE};
 
@@ -50,17 +50,6 @@ pub struct Overlay {
     rows: usize,
 }
 
-/// What [`Overlay::lookup`] knows about a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    /// The row exists (here).
-    Taken,
-    /// No such row, here or in redb.
-    Free,
-    /// Not here; redb decides. `run_known` tells whether redb is known to hold rows of the run.
-    AskRedb { run_known: bool },
-}
-
 impl Overlay {
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
@@ -69,15 +58,6 @@ impl Overlay {
     /// How many rows the overlay holds.
     pub fn rows(&self) -> usize {
         self.rows
-    }
-
-    pub fn lookup(&self, workflow_id: &str, sequence: u64) -> Lookup {
-        match self.runs.get(workflow_id) {
-            Some(run) if run.rows.contains_key(&sequence) => Lookup::Taken,
-            Some(run) if run.in_redb == InRedb::Nothing => Lookup::Free,
-            Some(run) => Lookup::AskRedb { run_known: run.in_redb == InRedb::Rows },
-            None => Lookup::AskRedb { run_known: false },
-        }
     }
 
     /// Records what redb holds for a run (learnt while checking a key).
@@ -197,35 +177,60 @@ impl Base<'_> {
     }
 }
 
-/// Checks that `entry`'s key is free, in the overlay and then in redb.
+/// Appends `entry` if its key is free, in the overlay and then in redb: `log` gets the row
+/// first (for the batch's log record), then its envelope moves into the overlay. One lookup
+/// of the run and one of the sequence, for a run the overlay already holds.
 pub(super) fn append_logged(
     overlay: &mut Overlay,
     base: &mut Base<'_>,
-    entry: &Entry,
+    entry: &mut Entry,
+    log: impl FnOnce(&Entry),
 ) -> Result<(), StoreError> {
     let id = entry.workflow_id.as_str();
-    let taken = match overlay.lookup(id, entry.sequence) {
-        Lookup::Taken => true,
-        Lookup::Free => false,
-        Lookup::AskRedb { run_known: true } => base.has_row(id, entry.sequence)?,
-        Lookup::AskRedb { run_known: false } => {
-            // First look at this run since the checkpoint: one range probe tells whether any
-            // later key of it needs a lookup at all (a new run's never do).
+    let sequence = entry.sequence;
+    let conflict = |entry: &Entry| StoreError::Conflict {
+        workflow_id: entry.workflow_id.clone(),
+        sequence: entry.sequence,
+    };
+    let Overlay { runs, rows: count } = overlay;
+    let Some(run) = runs.get_mut(id) else {
+        // First look at this run since the checkpoint: one range probe tells whether any
+        // later key of it needs a lookup at all (a new run's never do).
+        let in_redb = if base.has_run(id)? { InRedb::Rows } else { InRedb::Nothing };
+        if in_redb == InRedb::Rows && base.has_row(id, sequence)? {
+            overlay.learn(id, in_redb);
+            return Err(conflict(entry));
+        }
+        log(entry);
+        let mut rows = BTreeMap::new();
+        rows.insert(sequence, std::mem::take(&mut entry.envelope));
+        runs.insert(id.to_owned(), RunChanges { cleared: false, in_redb, rows });
+        *count += 1;
+        return Ok(());
+    };
+    let RunChanges { rows, in_redb, .. } = run;
+    let std::collections::btree_map::Entry::Vacant(slot) = rows.entry(sequence) else {
+        return Err(conflict(entry));
+    };
+    let taken = match *in_redb {
+        InRedb::Nothing => false,
+        InRedb::Rows => base.has_row(id, sequence)?,
+        InRedb::Unknown => {
             if base.has_run(id)? {
-                overlay.learn(id, InRedb::Rows);
-                base.has_row(id, entry.sequence)?
+                *in_redb = InRedb::Rows;
+                base.has_row(id, sequence)?
             } else {
-                overlay.learn(id, InRedb::Nothing);
+                *in_redb = InRedb::Nothing;
                 false
             }
         }
     };
     if taken {
-        return Err(StoreError::Conflict {
-            workflow_id: entry.workflow_id.clone(),
-            sequence: entry.sequence,
-        });
+        return Err(conflict(entry));
     }
+    log(entry);
+    slot.insert(std::mem::take(&mut entry.envelope));
+    *count += 1;
     Ok(())
 }
 
@@ -261,6 +266,66 @@ pub(super) fn load_run_timed_logged(
         rows.sort_by_key(|(r, _)| r.sequence);
     }
     Ok(rows)
+}
+
+/// A run's rows, redb's (unless cleared since the checkpoint) then the overlay's, packed
+/// under `key` (see [`codec::pack_row`]): each envelope checked and keyed again, none
+/// decoded.
+pub(super) fn pack_run_logged(
+    overlay: &Overlay,
+    base: &mut Base<'_>,
+    workflow_id: &str,
+    key: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let changes = overlay.run(workflow_id);
+    let mut out = Vec::new();
+    let mut last_stored = None;
+    let path = base.path;
+    if !changes.is_some_and(|run| run.in_redb == InRedb::Nothing) {
+        last_stored = pack_run(base.table()?, workflow_id, key, path, &mut out)?;
+    }
+    if let Some(run) = changes {
+        if let (Some(last), Some(first)) = (last_stored, run.rows.keys().next()) {
+            if *first < last {
+                // Overlay keys never collide with redb's, but may sort before them (the
+                // store's own keys are cleared and written again): merge, rarely.
+                let rows: Vec<(u64, &[u8])> =
+                    run.rows.iter().map(|(s, e)| (*s, e.as_slice())).collect();
+                return merge_packed(base.table()?, workflow_id, key, path, &rows);
+            }
+        }
+        for (sequence, envelope) in &run.rows {
+            codec::pack_row(&mut out, key, workflow_id, *sequence, envelope)?;
+        }
+    }
+    Ok(out)
+}
+
+/// [`pack_run_logged`] when overlay rows sort among redb's: every row, merged by sequence.
+fn merge_packed(
+    table: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    workflow_id: &str,
+    key: &str,
+    path: &Path,
+    overlay_rows: &[(u64, &[u8])],
+) -> Result<Vec<u8>, StoreError> {
+    let mut stored: Vec<(u64, Vec<u8>)> = Vec::new();
+    for entry in table
+        .range((workflow_id, 0u64)..=(workflow_id, u64::MAX))
+        .map_err(|e| StoreError::from_redb(path, e))?
+    {
+        let (k, v) = entry.map_err(|e| StoreError::from_redb(path, e))?;
+        stored.push((k.value().1, v.value().to_vec()));
+    }
+    let mut all: Vec<(u64, &[u8])> = stored.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+    all.extend_from_slice(overlay_rows);
+    all.sort_by_key(|(s, _)| *s);
+    let mut out = Vec::new();
+    for (sequence, value) in all {
+        codec::pack_row(&mut out, key, workflow_id, sequence, value)
+            .map_err(|e| e.damaged_in(path))?;
+    }
+    Ok(out)
 }
 
 /// How many bytes a run's rows take, redb's and the overlay's (to size a log record that
@@ -367,41 +432,115 @@ pub(super) fn list_runs_logged(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::error::StoreError;
+    use std::cell::Cell;
+
+    /// A database with the rows table, holding `rows`.
+    fn database(name: &str, rows: &[(&str, u64)]) -> (std::path::PathBuf, Database) {
+        let path =
+            std::env::temp_dir().join(format!("cano-overlay-{}-{name}.redb", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(TABLE).unwrap();
+            for key in rows {
+                table.insert(*key, &[0u8][..]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        (path, db)
+    }
+
+    fn entry(id: &str, sequence: u64) -> Entry {
+        Entry { workflow_id: id.into(), sequence, envelope: vec![sequence as u8] }
+    }
+
+    /// Appends through `append_logged`; whether the row was handed to the log.
+    fn append(
+        o: &mut Overlay,
+        base: &mut Base<'_>,
+        id: &str,
+        sequence: u64,
+    ) -> (Result<(), StoreError>, bool) {
+        let logged = Cell::new(false);
+        let mut e = entry(id, sequence);
+        let result = append_logged(o, base, &mut e, |_| logged.set(true));
+        (result, logged.get())
+    }
 
     #[test]
-    fn lookups_follow_appends_learning_and_clears() {
+    fn appends_check_the_overlay_then_redb_and_clears_free_keys() {
+        let (path, db) = database("appends", &[("r", 5)]);
+        let mut base = Base { db: &db, path: &path, table: None };
         let mut o = Overlay::default();
-        assert_eq!(o.lookup("w", 0), Lookup::AskRedb { run_known: false });
-        o.learn("w", InRedb::Nothing);
-        assert_eq!(o.lookup("w", 0), Lookup::Free);
-        o.insert("w", 0, vec![1]);
-        assert_eq!(o.lookup("w", 0), Lookup::Taken);
+
+        assert!(matches!(append(&mut o, &mut base, "w", 0), (Ok(()), true)));
+        assert!(matches!(
+            append(&mut o, &mut base, "w", 0),
+            (Err(StoreError::Conflict { sequence: 0, .. }), false)
+        ));
+        assert_eq!(o.run("w").unwrap().in_redb, InRedb::Nothing);
         assert_eq!(o.rows(), 1);
         // Nothing in redb: a clear forgets the run.
         o.clear("w");
-        assert!(o.is_empty());
-        assert_eq!(o.rows(), 0);
+        assert!(o.is_empty() && o.rows() == 0);
 
-        o.learn("r", InRedb::Rows);
-        assert_eq!(o.lookup("r", 5), Lookup::AskRedb { run_known: true });
-        o.insert("r", 5, vec![2]);
+        // A key redb holds is taken; the run is then known to have rows there.
+        assert!(matches!(
+            append(&mut o, &mut base, "r", 5),
+            (Err(StoreError::Conflict { sequence: 5, .. }), false)
+        ));
+        assert_eq!(o.run("r").unwrap().in_redb, InRedb::Rows);
+        assert!(matches!(append(&mut o, &mut base, "r", 6), (Ok(()), true)));
         o.clear("r");
         // Cleared: redb's rows no longer count, the clear is kept for the checkpoint.
-        assert_eq!(o.lookup("r", 5), Lookup::Free);
         let run = o.run("r").unwrap();
         assert!(run.cleared && run.rows.is_empty());
-        o.insert("r", 0, vec![3]);
+        assert!(matches!(append(&mut o, &mut base, "r", 5), (Ok(()), true)));
         let taken = o.take();
-        assert_eq!(taken["r"].rows.len(), 1);
+        assert_eq!(taken["r"].rows.keys().copied().collect::<Vec<_>>(), [5]);
         assert!(taken["r"].cleared);
         assert!(o.is_empty() && o.rows() == 0);
+        drop(base);
+        drop(db);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_run_learnt_unknown_asks_redb_once_then_knows() {
+        let (path, db) = database("learn", &[("k", 0)]);
+        let mut base = Base { db: &db, path: &path, table: None };
+        let mut o = Overlay::default();
+        o.insert("k", 3, vec![3]); // replayed from the log: what redb holds is not known
+        assert_eq!(o.run("k").unwrap().in_redb, InRedb::Unknown);
+        assert!(matches!(
+            append(&mut o, &mut base, "k", 0),
+            (Err(StoreError::Conflict { sequence: 0, .. }), false)
+        ));
+        assert_eq!(o.run("k").unwrap().in_redb, InRedb::Rows);
+        assert!(matches!(
+            append(&mut o, &mut base, "k", 3),
+            (Err(StoreError::Conflict { sequence: 3, .. }), false)
+        ));
+        assert!(matches!(append(&mut o, &mut base, "k", 4), (Ok(()), true)));
+        assert_eq!(o.rows(), 2);
+        drop(base);
+        drop(db);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
     fn clearing_an_unknown_run_is_kept_for_the_checkpoint() {
+        let (path, db) = database("unknown", &[("x", 0)]);
+        let mut base = Base { db: &db, path: &path, table: None };
         let mut o = Overlay::default();
         o.clear("x");
         assert!(o.run("x").unwrap().cleared);
-        assert_eq!(o.lookup("x", 0), Lookup::Free);
+        // Its redb rows no longer count.
+        assert!(matches!(append(&mut o, &mut base, "x", 0), (Ok(()), true)));
+        drop(base);
+        drop(db);
+        let _ = std::fs::remove_file(&path);
     }
 }

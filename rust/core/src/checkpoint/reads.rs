@@ -44,6 +44,29 @@ pub(super) fn load_run_timed(
     Ok(rows)
 }
 
+/// The rows redb holds for `workflow_id`, packed under `key` (see [`codec::pack_row`]) onto
+/// `out`, ascending by sequence; the last sequence packed.
+pub(super) fn pack_run(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    workflow_id: &str,
+    key: &str,
+    path: &Path,
+    out: &mut Vec<u8>,
+) -> Result<Option<u64>, StoreError> {
+    let range = table
+        .range((workflow_id, 0u64)..=(workflow_id, u64::MAX))
+        .map_err(|e| StoreError::from_redb(path, e))?;
+    let mut last = None;
+    for entry in range {
+        let (stored, value) = entry.map_err(|e| StoreError::from_redb(path, e))?;
+        let sequence = stored.value().1;
+        codec::pack_row(out, key, workflow_id, sequence, value.value())
+            .map_err(|e| e.damaged_in(path))?;
+        last = Some(sequence);
+    }
+    Ok(last)
+}
+
 /// Every row of every key in `namespace`, ordered by key.
 pub(super) fn scan(
     table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,

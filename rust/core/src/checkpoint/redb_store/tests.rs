@@ -1059,3 +1059,38 @@ fn a_fence_cell_holds_only_for_its_claim() {
     assert!(!store.fence("nobody", "w1", 1).holds(1));
     store.close().unwrap();
 }
+
+/// A run whose rows are partly in redb (before a reopen) and partly in the log is moved into
+/// its history whole and in order, with each row's time, even when a later append has a
+/// lower sequence than a row already in redb.
+#[test]
+fn a_history_gathers_rows_from_redb_and_the_log_in_order() {
+    for durability in [Durability::Immediate, Durability::Eventual] {
+        let dir = TempDir::new("history-split");
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        for (seq, state) in [(1, "B"), (5, "F")] {
+            store.append_blocking(row("r", seq, state)).unwrap();
+        }
+        store.close().unwrap(); // everything into redb
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        for (seq, state) in [(3, "D"), (0, "A"), (7, "H")] {
+            store.append_blocking(row("r", seq, state)).unwrap();
+        }
+        let live = wait(|d| store.timed_rows("r", false, d)).unwrap();
+        wait(|d| store.end_run("r", b"{}", true, d)).unwrap();
+        let history = wait(|d| store.timed_rows("r", true, d)).unwrap();
+        assert_eq!(
+            states(&history),
+            [(0, "A".into()), (1, "B".into()), (3, "D".into()), (5, "F".into()), (7, "H".into())],
+            "{durability:?}"
+        );
+        let same = |rows: &[Timed]| -> Vec<(u64, String, u64)> {
+            rows.iter().map(|(r, at)| (r.sequence, r.state.clone(), *at)).collect()
+        };
+        assert_eq!(same(&history), same(&live), "{durability:?}: the same rows and times");
+        store.close().unwrap();
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        assert_eq!(same(&wait(|d| store.timed_rows("r", true, d)).unwrap()), same(&live));
+        assert!(store.load_run_blocking("r").unwrap().is_empty());
+    }
+}

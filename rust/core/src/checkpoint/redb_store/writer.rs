@@ -19,10 +19,10 @@ use crate::checkpoint::codec;
 use crate::checkpoint::contain::contain;
 use crate::checkpoint::error::{path_text, StoreError};
 use crate::checkpoint::overlay::{
-    append_logged, list_runs_logged, load_run_logged, load_run_timed_logged, run_bytes_logged,
-    scan_logged, Base, InRedb, Overlay, ReadSource,
+    append_logged, list_runs_logged, load_run_logged, load_run_timed_logged, pack_run_logged,
+    run_bytes_logged, scan_logged, Base, InRedb, Overlay, ReadSource,
 };
-use crate::checkpoint::reads::{list_runs, load_run, load_run_timed, scan, Timed};
+use crate::checkpoint::reads::{list_runs, load_run, load_run_timed, pack_run, scan, Timed};
 use crate::checkpoint::row::{Entry, RowKind};
 use crate::checkpoint::schema::{Namespace, META, META_GENERATION, META_WAL_ALLOCATED, TABLE};
 use crate::checkpoint::wal::Wal;
@@ -116,11 +116,9 @@ fn found(rows: Vec<Timed>) -> Option<Vec<u8>> {
     rows.into_iter().next().map(|(row, _)| row.output.unwrap_or_default())
 }
 
-/// The rows of `rows` (a run's log), with their times, as its step history: one value (see
-/// [`codec::pack_rows`]).
-fn history_entry(workflow_id: &str, rows: &[Timed]) -> Entry {
-    let key = Namespace::History.key(workflow_id);
-    let packed = codec::pack_rows(&key, rows);
+/// A run's log, packed under its history key by `pack` (see [`codec::pack_row`]), as its
+/// step history: one value.
+fn history_entry(key: String, packed: &[u8]) -> Entry {
     let mut envelope = Vec::with_capacity(packed.len() + 24);
     codec::encode_fields(
         &key,
@@ -129,7 +127,7 @@ fn history_entry(workflow_id: &str, rows: &[Timed]) -> Entry {
         0,
         "",
         "",
-        Some(&packed),
+        Some(packed),
         codec::now_micros(),
         &mut envelope,
     );
@@ -137,10 +135,11 @@ fn history_entry(workflow_id: &str, rows: &[Timed]) -> Entry {
 }
 
 /// A write's changes with every `Archive` spelled out as the clears and puts it makes:
-/// `load` reads a run's log (only reads can fail, so nothing is applied before they are done).
+/// `pack` packs a run's log under a key (only reads can fail, so nothing is applied before
+/// they are done).
 fn expand(
     ops: &mut Vec<Op>,
-    mut load: impl FnMut(&str) -> Result<Vec<Timed>, StoreError>,
+    mut pack: impl FnMut(&str, &str) -> Result<Vec<u8>, StoreError>,
 ) -> Result<(), StoreError> {
     if !ops.iter().any(|op| matches!(op, Op::Archive(_))) {
         return Ok(());
@@ -149,9 +148,10 @@ fn expand(
     for op in ops.drain(..) {
         match op {
             Op::Archive(id) => {
-                let rows = load(&id)?;
-                out.push(Op::Clear(Namespace::History.key(&id)));
-                out.push(Op::Put(history_entry(&id, &rows)));
+                let key = Namespace::History.key(&id);
+                let packed = pack(&id, &key)?;
+                out.push(Op::Clear(key.clone()));
+                out.push(Op::Put(history_entry(key, &packed)));
                 out.push(Op::Clear(id));
             }
             other => out.push(other),
@@ -498,14 +498,11 @@ impl Writer {
         for request in requests.iter_mut() {
             answers.push(match request {
                 Request::Append(entry, _) => {
-                    let appended = append_logged(overlay, &mut base, entry);
-                    if appended.is_ok() {
-                        wal.push_append(&entry.workflow_id, entry.sequence, &entry.envelope);
-                        // The request only needs its completion from here on.
-                        let envelope = std::mem::take(&mut entry.envelope);
-                        overlay.insert(&entry.workflow_id, entry.sequence, envelope);
-                    }
-                    Answer::Unit(appended)
+                    // The request only needs its completion from here on: the envelope moves
+                    // into the overlay.
+                    Answer::Unit(append_logged(overlay, &mut base, entry, |e| {
+                        wal.push_append(&e.workflow_id, e.sequence, &e.envelope)
+                    }))
                 }
                 Request::Clear(id, _) => {
                     wal.push_clear(id);
@@ -513,7 +510,8 @@ impl Writer {
                     Answer::Unit(Ok(()))
                 }
                 Request::Write(ops, _) => {
-                    let expanded = expand(ops, |id| load_run_timed_logged(overlay, &mut base, id));
+                    let expanded =
+                        expand(ops, |id, key| pack_run_logged(overlay, &mut base, id, key));
                     if expanded.is_ok() {
                         for op in ops.drain(..) {
                             match op {
@@ -814,7 +812,11 @@ fn write_eventual(
     ops: &mut Vec<Op>,
     path: &Path,
 ) -> Result<(), StoreError> {
-    expand(ops, |id| load_run_timed(&*table, id, path))?;
+    expand(ops, |id, key| {
+        let mut out = Vec::new();
+        pack_run(&*table, id, key, path, &mut out)?;
+        Ok(out)
+    })?;
     for op in ops.drain(..) {
         match op {
             Op::Put(entry) => {
