@@ -246,3 +246,59 @@ async def test_a_token_cancels_a_parked_run_and_it_resumes(store: Any) -> None:
     rows = await store.load_run("token")
     assert 0 < len(rows) < 5_001
     assert await wf.resume_from("token") is last
+
+
+INTERRUPTED_RUN = """
+import asyncio, enum, itertools, sys
+import cano
+from cano.store import RedbCheckpointStore
+
+S = enum.Enum("S", "A B C D DONE")
+kind, path, raised = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def open_store():
+    return RedbCheckpointStore(path) if kind == "redb" else cano.SqliteCheckpointStore(path)
+
+def chain(store, fail):
+    def step(here, there):
+        async def task():
+            if fail and here is S.C:
+                raise {"KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}[raised]()
+            return there
+        return task
+    wf = cano.Workflow[S].bare()
+    for here, there in itertools.pairwise(list(S)):
+        wf = wf.register(here, step(here, there))
+    return wf.add_exit_state(S.DONE).with_checkpoint_store(store)
+
+store = open_store()
+try:
+    asyncio.run(chain(store, fail=True).orchestrate(S.A, workflow_id="stopped"))
+    print("returned")
+except BaseException as exc:
+    print("raised", type(exc).__name__)
+store.close()
+store = open_store()
+print("resumed", asyncio.run(chain(store, fail=False).resume_from("stopped")).name)
+store.close()
+"""
+
+
+@pytest.mark.parametrize("raised", ["KeyboardInterrupt", "SystemExit"])
+@pytest.mark.parametrize("kind", ["redb", "sqlite"])
+def test_a_keyboard_interrupt_in_a_state_stops_the_loop_and_the_run_resumes(
+    kind: str, raised: str, tmp_path: Path
+) -> None:
+    # asyncio lets these two out of a task step and stops the loop only because they
+    # propagate; swallowed, `asyncio.run` would wait forever. A real process, with a timeout.
+    import subprocess
+    import sys
+
+    path = tmp_path / ("stopped.redb" if kind == "redb" else "stopped.db")
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_RUN, kind, str(path), raised],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split("\n")[:2] == [f"raised {raised}", "resumed DONE"], done.stderr

@@ -1,7 +1,7 @@
 //! [`Waiter`]: the small future-compatible awaitable a durable row's append returns.
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyBaseException;
+use pyo3::exceptions::{PyBaseException, PyKeyboardInterrupt, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -174,8 +174,14 @@ impl Waiter {
     /// Records the outcome of the row of `generation` (stale generations and cancelled
     /// waiters ignore it). A durable row of a run's waiter whose task is parked on it goes
     /// to the resumer; otherwise the waiter completes and its done-callbacks run right away
-    /// (see the module docs).
-    pub(super) fn finish(slf: &Bound<'_, Self>, outcome: Outcome, generation: u64) {
+    /// (see the module docs). A `KeyboardInterrupt` or `SystemExit` raised by a callback is
+    /// returned, for the loop callback to raise once every outcome is delivered, as an
+    /// asyncio callback would (the loop only stops for them because they propagate).
+    pub(super) fn finish(
+        slf: &Bound<'_, Self>,
+        outcome: Outcome,
+        generation: u64,
+    ) -> Option<PyErr> {
         let py = slf.py();
         let resume = {
             let mut inner = slf.get().inner.lock();
@@ -183,7 +189,7 @@ impl Waiter {
                 || inner.row_done
                 || !matches!(inner.state, WaiterState::Pending)
             {
-                return;
+                return None;
             }
             let resume = match (&outcome, &slf.get().resumer, &inner.task, &inner.callbacks) {
                 (
@@ -204,12 +210,17 @@ impl Waiter {
                 .bind(py)
                 .call_method1(intern!(py, "run"), (resumer, slf))
                 .and_then(|r| r.is_truthy());
-            match parked {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => e.write_unraisable(py, Some(slf.as_any())),
-            }
-            return Self::wake(slf);
+            let interrupt = match parked {
+                Ok(true) => return None,
+                Ok(false) => None,
+                Err(e) if is_interrupt(py, &e) => Some(e),
+                Err(e) => {
+                    e.write_unraisable(py, Some(slf.as_any()));
+                    None
+                }
+            };
+            let woken = Self::wake(slf);
+            return interrupt.or(woken);
         }
         let state = match outcome {
             Outcome::Failed(err) => WaiterState::Failed(checkpoint_error(py, &err).into_value(py)),
@@ -221,38 +232,45 @@ impl Waiter {
             inner.task = None;
             std::mem::take(&mut inner.callbacks)
         };
-        Self::run_callbacks(slf, callbacks);
+        Self::run_callbacks(slf, callbacks)
     }
 
     /// Completes a pending waiter (whatever its row) and runs its done-callbacks right away:
     /// its task has something to take from the run. A cancelled waiter has already
-    /// scheduled them.
-    pub fn wake(slf: &Bound<'_, Self>) {
+    /// scheduled them. Returns an interrupt a callback raised (see [`finish`](Self::finish)).
+    fn wake(slf: &Bound<'_, Self>) -> Option<PyErr> {
         let callbacks = {
             let mut inner = slf.get().inner.lock();
             if !matches!(inner.state, WaiterState::Pending) {
-                return;
+                return None;
             }
             inner.state = WaiterState::Done;
             inner.row_done = false;
             inner.task = None;
             std::mem::take(&mut inner.callbacks)
         };
-        Self::run_callbacks(slf, callbacks);
+        Self::run_callbacks(slf, callbacks)
     }
 
-    fn run_callbacks(slf: &Bound<'_, Self>, callbacks: Callbacks) {
+    /// Runs the callbacks, reporting their errors to the loop as asyncio does; the first
+    /// `KeyboardInterrupt` or `SystemExit` is returned instead (after the other callbacks
+    /// ran), to be raised from the loop's callback.
+    fn run_callbacks(slf: &Bound<'_, Self>, callbacks: Callbacks) -> Option<PyErr> {
         let py = slf.py();
         let Callbacks { first, rest } = callbacks;
+        let mut interrupt = None;
         for (callback, context) in first.into_iter().chain(rest) {
             let ran = match &context {
                 Some(ctx) => ctx.bind(py).call_method1(intern!(py, "run"), (&callback, slf)),
                 None => callback.bind(py).call1((slf,)),
             };
-            if let Err(e) = ran {
-                report_callback_error(slf, &callback, e);
+            match ran {
+                Err(e) if interrupt.is_none() && is_interrupt(py, &e) => interrupt = Some(e),
+                Err(e) => report_callback_error(slf, &callback, e),
+                Ok(_) => {}
             }
         }
+        interrupt
     }
 
     /// Schedules the done-callbacks with `loop.call_soon`, as `asyncio.Future` does.
@@ -295,6 +313,11 @@ impl Waiter {
             Err(e) => e,
         }
     }
+}
+
+/// True for the exceptions asyncio lets out of a callback: they stop the loop.
+pub(super) fn is_interrupt(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
 /// The task `callback` wakes up, if it is an `asyncio.Task`'s wake-up method.

@@ -360,6 +360,9 @@ impl Drain {
         let gone = self.read_signal();
         self.armed.store(false, Ordering::SeqCst);
         let items = self.shared.take_channel(self.channel);
+        // A `KeyboardInterrupt` or `SystemExit` from a task is raised once every outcome is
+        // delivered: nothing taken here is lost, and the loop stops as it would for the task.
+        let mut interrupt = None;
         for p in items {
             match p.target {
                 Target::Future(future) => {
@@ -368,7 +371,12 @@ impl Drain {
                     }
                 }
                 Target::Waiter(waiter, generation) => {
-                    Waiter::finish(waiter.bind(py), p.outcome, generation)
+                    let raised = Waiter::finish(waiter.bind(py), p.outcome, generation);
+                    match (raised, &interrupt) {
+                        (Some(e), None) => interrupt = Some(e),
+                        (Some(e), Some(_)) => e.write_unraisable(py, Some(waiter.bind(py))),
+                        (None, _) => {}
+                    }
                 }
             }
         }
@@ -382,7 +390,7 @@ impl Drain {
             }
         }
         let _ = gone;
-        Ok(())
+        interrupt.map_or(Ok(()), Err)
     }
 }
 
