@@ -30,15 +30,19 @@ mod rows;
 mod waiter;
 mod wake;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use cano_core::checkpoint::{
-    codec, Completion, Durability, Entry, Fence, Namespace, OpenOptions, RedbStore, Row, StoreError,
+    codec, Completion, Durability, Entry, Fence, Namespace, OpenOptions, RedbStore, Row, RunRows,
+    StoreError,
 };
+use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors;
 use rows::{checkpoint_error, row_kind, store_path};
@@ -102,19 +106,55 @@ pub struct RedbCheckpointStore {
 /// What one run needs to append its rows, resolved once (on the run's first row, on the
 /// loop that drives it): the store, the loop's wake-up channel and the run's id. The
 /// dispatcher appends through it directly from Rust — no Python method call, argument
-/// tuple, running-loop lookup or channel search per row.
+/// tuple, running-loop lookup or channel search per row, and no allocation but the row's
+/// envelope.
 pub struct RunLog {
     store: Arc<RedbStore>,
-    shared: Arc<Shared>,
-    channel: u64,
+    /// The run's handle on the store (see [`RunRows`]); the same `Arc` as `rows_handle`.
+    rows: Arc<RunWaiters>,
+    rows_handle: Arc<dyn RunRows>,
     event_loop: Py<PyAny>,
-    workflow_id: String,
     /// The lease the run is held under (`cano.records.FENCE` when the run's log was
     /// resolved) and its cell: every append checks it still holds (one atomic load).
     fence: Option<(Arc<Fence>, u64)>,
 }
 
-crate::gc_traverse!(RunLog { event_loop });
+/// The run's id, its loop's channel, and the waiter (with the generation it is armed for)
+/// of each of its rows in flight, oldest first: the store finishes a run's rows in the order
+/// they were queued, so each finished row is the oldest one here. Shared by the run's
+/// [`RunLog`] (which alone visits it for the garbage collector) and its rows in flight.
+struct RunWaiters {
+    workflow_id: String,
+    shared: Arc<Shared>,
+    channel: u64,
+    waiting: Mutex<VecDeque<(Py<Waiter>, u64)>>,
+}
+
+impl RunRows for RunWaiters {
+    fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+
+    /// On the writer thread: the row's waiter moves into the loop's outcomes (no reference
+    /// count changes, so no interpreter needed).
+    fn finished(&self, result: Result<(), StoreError>) {
+        let Some((waiter, generation)) = self.waiting.lock().pop_front() else { return };
+        let outcome = match result {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(e),
+        };
+        let target = Target::Waiter(waiter, generation);
+        self.shared.pending.lock().push(Pending { channel: self.channel, target, outcome });
+    }
+}
+
+impl crate::gc::PyGcTraverse for Arc<RunWaiters> {
+    fn py_gc_traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.waiting.lock().iter().try_for_each(|(waiter, _)| visit.call(waiter))
+    }
+}
+
+crate::gc_traverse!(RunLog { event_loop, rows });
 
 impl RunLog {
     /// A run's waiter on this handle's loop (see [`Waiter::for_run`]): `resumer` moves the
@@ -140,12 +180,12 @@ impl RunLog {
     ) -> PyResult<()> {
         if let Some((cell, epoch)) = &self.fence {
             if !cell.holds(*epoch) {
-                return Err(errors::lease_lost(py, &self.workflow_id));
+                return Err(errors::lease_lost(py, &self.rows.workflow_id));
             }
         }
         let mut envelope = Vec::with_capacity(24 + state.len() + task_id.len());
         codec::encode_fields(
-            &self.workflow_id,
+            &self.rows.workflow_id,
             sequence,
             kind,
             version,
@@ -155,24 +195,13 @@ impl RunLog {
             codec::now_micros(),
             &mut envelope,
         );
-        let entry = Entry { workflow_id: self.workflow_id.clone(), sequence, envelope };
-        let shared = self.shared.clone();
-        let channel = self.channel;
-        let target = Target::Waiter(waiter.clone().unbind(), generation);
-        let done = move |result: Result<(), StoreError>| {
-            let outcome = match result {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::Failed(e),
-            };
-            shared.pending.lock().push(Pending { channel, target, outcome });
-        };
-        self.store.append_entry(entry, done).map_err(|e| checkpoint_error(py, &e))
-    }
-
-    /// True while this handle may be used from the running loop (a run is driven by one
-    /// loop; a handle made on another is not reused).
-    pub fn serves(&self, event_loop: &Bound<'_, PyAny>) -> bool {
-        self.event_loop.bind(event_loop.py()).is(event_loop)
+        self.rows.waiting.lock().push_back((waiter.clone().unbind(), generation));
+        if let Err(e) = self.store.append_run(&self.rows_handle, sequence, envelope) {
+            // Nothing was queued: the waiter just pushed is still the newest.
+            drop(self.rows.waiting.lock().pop_back());
+            return Err(checkpoint_error(py, &e));
+        }
+        Ok(())
     }
 }
 
@@ -183,12 +212,17 @@ impl RedbCheckpointStore {
         let channel = self.shared.channel(&event_loop)?;
         let fence = current_fence(py)?
             .map(|(owner, epoch)| (self.store.fence(workflow_id, &owner, epoch), epoch));
-        Ok(RunLog {
-            store: self.store.clone(),
+        let rows = Arc::new(RunWaiters {
+            workflow_id: workflow_id.to_owned(),
             shared: self.shared.clone(),
             channel,
+            waiting: Mutex::new(VecDeque::new()),
+        });
+        Ok(RunLog {
+            store: self.store.clone(),
+            rows_handle: rows.clone(),
+            rows,
             event_loop: event_loop.unbind(),
-            workflow_id: workflow_id.to_owned(),
             fence,
         })
     }

@@ -25,7 +25,7 @@ pub mod wal;
 
 pub use error::StoreError;
 pub use reads::Timed;
-pub use redb_store::{BatchHook, Completion, Durability, Fence, OpenOptions, RedbStore};
+pub use redb_store::{BatchHook, Completion, Durability, Fence, OpenOptions, RedbStore, RunRows};
 pub use replay::RepairReport;
 pub use resume::{resume_point, ResumeError, ResumePoint};
 pub use row::{Entry, Row, RowKind, RunSummary};

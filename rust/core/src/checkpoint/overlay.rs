@@ -18,7 +18,7 @@ use redb::{Database, ReadableDatabase};
 use super::codec;
 use super::error::StoreError;
 use super::reads::{load_run_timed, pack_run, scan, Timed, FIRST_RUN};
-use super::row::{Entry, Row, RunSummary};
+use super::row::{Row, RunSummary};
 use super::schema::{is_hidden, Namespace, TABLE};
 
 /// What redb holds for a run, as far as the overlay knows (redb only changes at checkpoints,
@@ -177,21 +177,19 @@ impl Base<'_> {
     }
 }
 
-/// Appends `entry` if its key is free, in the overlay and then in redb: `log` gets the row
-/// first (for the batch's log record), then its envelope moves into the overlay. One lookup
-/// of the run and one of the sequence, for a run the overlay already holds.
+/// Appends row `(id, sequence)` if its key is free, in the overlay and then in redb: `log`
+/// gets the envelope first (for the batch's log record), then the envelope moves into the
+/// overlay. One lookup of the run and one of the sequence, for a run the overlay already
+/// holds.
 pub(super) fn append_logged(
     overlay: &mut Overlay,
     base: &mut Base<'_>,
-    entry: &mut Entry,
-    log: impl FnOnce(&Entry),
+    id: &str,
+    sequence: u64,
+    envelope: &mut Vec<u8>,
+    log: impl FnOnce(&[u8]),
 ) -> Result<(), StoreError> {
-    let id = entry.workflow_id.as_str();
-    let sequence = entry.sequence;
-    let conflict = |entry: &Entry| StoreError::Conflict {
-        workflow_id: entry.workflow_id.clone(),
-        sequence: entry.sequence,
-    };
+    let conflict = || StoreError::Conflict { workflow_id: id.to_owned(), sequence };
     let Overlay { runs, rows: count } = overlay;
     let Some(run) = runs.get_mut(id) else {
         // First look at this run since the checkpoint: one range probe tells whether any
@@ -199,18 +197,18 @@ pub(super) fn append_logged(
         let in_redb = if base.has_run(id)? { InRedb::Rows } else { InRedb::Nothing };
         if in_redb == InRedb::Rows && base.has_row(id, sequence)? {
             overlay.learn(id, in_redb);
-            return Err(conflict(entry));
+            return Err(conflict());
         }
-        log(entry);
+        log(envelope);
         let mut rows = BTreeMap::new();
-        rows.insert(sequence, std::mem::take(&mut entry.envelope));
+        rows.insert(sequence, std::mem::take(envelope));
         runs.insert(id.to_owned(), RunChanges { cleared: false, in_redb, rows });
         *count += 1;
         return Ok(());
     };
     let RunChanges { rows, in_redb, .. } = run;
     let std::collections::btree_map::Entry::Vacant(slot) = rows.entry(sequence) else {
-        return Err(conflict(entry));
+        return Err(conflict());
     };
     let taken = match *in_redb {
         InRedb::Nothing => false,
@@ -226,10 +224,10 @@ pub(super) fn append_logged(
         }
     };
     if taken {
-        return Err(conflict(entry));
+        return Err(conflict());
     }
-    log(entry);
-    slot.insert(std::mem::take(&mut entry.envelope));
+    log(envelope);
+    slot.insert(std::mem::take(envelope));
     *count += 1;
     Ok(())
 }
@@ -433,6 +431,7 @@ pub(super) fn list_runs_logged(
 mod tests {
     use super::*;
     use crate::checkpoint::error::StoreError;
+    use crate::checkpoint::row::Entry;
     use std::cell::Cell;
 
     /// A database with the rows table, holding `rows`.
@@ -465,7 +464,7 @@ mod tests {
     ) -> (Result<(), StoreError>, bool) {
         let logged = Cell::new(false);
         let mut e = entry(id, sequence);
-        let result = append_logged(o, base, &mut e, |_| logged.set(true));
+        let result = append_logged(o, base, id, sequence, &mut e.envelope, |_| logged.set(true));
         (result, logged.get())
     }
 

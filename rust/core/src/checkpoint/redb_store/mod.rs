@@ -84,8 +84,55 @@ impl Durability {
     }
 }
 
+/// A run's handle for appending its rows through [`RedbStore::append_run`]: the run's id,
+/// and who hears that each of its appends finished. The store calls
+/// [`finished`](Self::finished) once per row appended through it, on the writer thread, in
+/// the order the rows were queued — so a row costs no allocation but its envelope.
+pub trait RunRows: Send + Sync {
+    fn workflow_id(&self) -> &str;
+    fn finished(&self, result: Result<(), StoreError>);
+}
+
+/// A row to append: an entry with a completion of its own, or a row of a run that appends
+/// through a [`RunRows`] handle.
+enum AppendRow {
+    Entry(Entry, Completion<()>),
+    Run(Arc<dyn RunRows>, u64, Vec<u8>),
+}
+
+impl AppendRow {
+    fn workflow_id(&self) -> &str {
+        match self {
+            AppendRow::Entry(entry, _) => &entry.workflow_id,
+            AppendRow::Run(run, _, _) => run.workflow_id(),
+        }
+    }
+
+    /// The key, and the envelope (which the writer may move out once it is applied).
+    fn parts(&mut self) -> (&str, u64, &mut Vec<u8>) {
+        match self {
+            AppendRow::Entry(entry, _) => (&entry.workflow_id, entry.sequence, &mut entry.envelope),
+            AppendRow::Run(run, sequence, envelope) => (run.workflow_id(), *sequence, envelope),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            AppendRow::Entry(entry, _) => entry.workflow_id.len() + entry.envelope.len(),
+            AppendRow::Run(run, _, envelope) => run.workflow_id().len() + envelope.len(),
+        }
+    }
+
+    fn complete(self, result: Result<(), StoreError>) {
+        match self {
+            AppendRow::Entry(_, done) => done(result),
+            AppendRow::Run(run, _, _) => run.finished(result),
+        }
+    }
+}
+
 enum Request {
-    Append(Entry, Completion<()>),
+    Append(AppendRow),
     Clear(String, Completion<()>),
     /// Changes to the store's own keys (see [`Namespace`]), applied together, in order.
     Write(Vec<Op>, Completion<()>),
@@ -425,7 +472,19 @@ impl RedbStore {
         entry: Entry,
         done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.submit(Request::Append(entry, Box::new(done)))
+        self.submit(Request::Append(AppendRow::Entry(entry, Box::new(done))))
+    }
+
+    /// Queues row `sequence` of the run `run` appends for, encoded by the caller (see
+    /// [`codec::encode_fields`], keyed by the run's id): `run` hears how it went (see
+    /// [`RunRows`]). An `Err` here means nothing was queued, and `run` hears nothing of it.
+    pub fn append_run(
+        &self,
+        run: &Arc<dyn RunRows>,
+        sequence: u64,
+        envelope: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.submit(Request::Append(AppendRow::Run(Arc::clone(run), sequence, envelope)))
     }
 
     /// Queues the removal of every row of `workflow_id` (a no-op for an unknown id).

@@ -1094,3 +1094,52 @@ fn a_history_gathers_rows_from_redb_and_the_log_in_order() {
         assert!(store.load_run_blocking("r").unwrap().is_empty());
     }
 }
+
+/// A run's rows appended through its handle: each finishes once, in the order queued, with
+/// its own outcome (a taken key is a conflict), and reads back like any appended row.
+#[test]
+fn a_runs_rows_appended_through_its_handle_finish_in_order() {
+    struct Heard {
+        id: String,
+        outcomes: std::sync::Mutex<Vec<Result<(), StoreError>>>,
+        all: std::sync::mpsc::Sender<()>,
+    }
+    impl RunRows for Heard {
+        fn workflow_id(&self) -> &str {
+            &self.id
+        }
+        fn finished(&self, result: Result<(), StoreError>) {
+            self.outcomes.lock().unwrap().push(result);
+            let _ = self.all.send(());
+        }
+    }
+    for durability in [Durability::Immediate, Durability::Eventual] {
+        let dir = TempDir::new("run-rows");
+        let store = RedbStore::open(dir.file(), durability).unwrap();
+        let (all, heard) = std::sync::mpsc::channel();
+        let run = Arc::new(Heard { id: "r".into(), outcomes: Default::default(), all });
+        let handle: Arc<dyn RunRows> = run.clone();
+        let rows = [(0, "A"), (1, "B"), (1, "X"), (2, "C")];
+        for (seq, state) in rows {
+            store.append_run(&handle, seq, codec::encode(&row("r", seq, state))).unwrap();
+        }
+        for _ in rows {
+            heard.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        }
+        let outcomes = run.outcomes.lock().unwrap();
+        assert!(outcomes[0].is_ok() && outcomes[1].is_ok() && outcomes[3].is_ok());
+        assert!(
+            matches!(outcomes[2], Err(StoreError::Conflict { sequence: 1, .. })),
+            "{durability:?}: {:?}",
+            outcomes[2]
+        );
+        drop(outcomes);
+        let states: Vec<String> =
+            store.load_run_blocking("r").unwrap().into_iter().map(|r| r.state).collect();
+        assert_eq!(states, ["A", "B", "C"], "{durability:?}");
+        store.close().unwrap();
+        // Closed: nothing is queued, and the handle hears nothing.
+        assert!(store.append_run(&handle, 3, codec::encode(&row("r", 3, "D"))).is_err());
+        assert_eq!(run.outcomes.lock().unwrap().len(), 4);
+    }
+}

@@ -421,7 +421,10 @@ impl Writer {
             let mut table = tx.open_table(TABLE).map_err(|e| redb_err(e.into()))?;
             for request in requests.iter_mut() {
                 answers.push(match request {
-                    Request::Append(entry, _) => Answer::Unit(append(&mut table, entry, &path)),
+                    Request::Append(row) => {
+                        let (id, sequence, envelope) = row.parts();
+                        Answer::Unit(append(&mut table, id, sequence, envelope, &path))
+                    }
                     Request::Clear(id, _) => {
                         let id = id.as_str();
                         Answer::Unit(
@@ -497,11 +500,12 @@ impl Writer {
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests.iter_mut() {
             answers.push(match request {
-                Request::Append(entry, _) => {
+                Request::Append(row) => {
                     // The request only needs its completion from here on: the envelope moves
                     // into the overlay.
-                    Answer::Unit(append_logged(overlay, &mut base, entry, |e| {
-                        wal.push_append(&e.workflow_id, e.sequence, &e.envelope)
+                    let (id, sequence, envelope) = row.parts();
+                    Answer::Unit(append_logged(overlay, &mut base, id, sequence, envelope, |e| {
+                        wal.push_append(id, sequence, e)
                     }))
                 }
                 Request::Clear(id, _) => {
@@ -625,7 +629,7 @@ impl Writer {
             let (rows, bytes) = run_bytes_logged(&self.overlay, &mut base, id)?;
             let batch: u64 = requests
                 .iter()
-                .filter(|r| matches!(r, Request::Append(e, _) if e.workflow_id == id))
+                .filter(|r| matches!(r, Request::Append(row) if row.workflow_id() == id))
                 .map(record_bound)
                 .sum();
             // Each row again under the history's key, plus the two clears.
@@ -765,7 +769,8 @@ impl Writer {
 fn record_bound(request: &Request) -> u64 {
     let append = |entry: &Entry| 1 + 10 + entry.workflow_id.len() + 10 + 10 + entry.envelope.len();
     let bytes = match request {
-        Request::Append(entry, _) | Request::Insert(entry, _) => append(entry),
+        Request::Append(row) => 1 + 10 + row.bytes() + 10 + 10,
+        Request::Insert(entry, _) => append(entry),
         Request::Clear(id, _) => 1 + 10 + id.len(),
         Request::Write(ops, _) => ops
             .iter()
@@ -839,30 +844,29 @@ fn write_eventual(
 /// Inserts `entry` unless its key is taken.
 fn append(
     table: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
-    entry: &Entry,
+    workflow_id: &str,
+    sequence: u64,
+    envelope: &[u8],
     path: &Path,
 ) -> Result<(), StoreError> {
-    let key = (entry.workflow_id.as_str(), entry.sequence);
+    let key = (workflow_id, sequence);
     // One lookup: insert, and in the rare case the key was taken, put the stored row back
     // (nobody can see the transaction in between).
     let previous = table
-        .insert(key, entry.envelope.as_slice())
+        .insert(key, envelope)
         .map_err(|e| StoreError::from_redb(path, e))?
         .map(|old| old.value().to_vec());
     if let Some(old) = previous {
         table.insert(key, old.as_slice()).map_err(|e| StoreError::from_redb(path, e))?;
-        return Err(StoreError::Conflict {
-            workflow_id: entry.workflow_id.clone(),
-            sequence: entry.sequence,
-        });
+        return Err(StoreError::Conflict { workflow_id: workflow_id.to_owned(), sequence });
     }
     Ok(())
 }
 
 fn complete(request: Request, answer: Answer) {
     match (request, answer) {
-        (Request::Append(_, done), Answer::Unit(r))
-        | (Request::Clear(_, done), Answer::Unit(r))
+        (Request::Append(row), Answer::Unit(r)) => row.complete(r),
+        (Request::Clear(_, done), Answer::Unit(r))
         | (Request::Write(_, done), Answer::Unit(r))
         | (Request::Flush(done), Answer::Unit(r))
         | (Request::Close(done), Answer::Unit(r)) => done(r),
