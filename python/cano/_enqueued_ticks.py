@@ -13,6 +13,7 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from cano._cancel import stop_if_cancelled
 from cano._registration import state_label
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ async def enqueue_every(client: Client, flow: _Flow, clock: Clock, interval: flo
         await clock.sleep(max(0.0, (fire - now).total_seconds()))
         last = fire
         await enqueue_tick(client, flow, fire)
+        stop_if_cancelled()  # a cancellation the store's driver swallowed
 
 
 async def enqueue_cron(client: Client, flow: _Flow, clock: Clock) -> None:
@@ -75,3 +77,4 @@ async def enqueue_cron(client: Client, flow: _Flow, clock: Clock) -> None:
         await clock.sleep(max(0.0, (fire - now).total_seconds()))
         last = fire
         await enqueue_tick(client, flow, fire)
+        stop_if_cancelled()  # a cancellation the store's driver swallowed

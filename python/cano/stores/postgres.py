@@ -33,6 +33,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
+from cano._cancel import stop_if_cancelled
 from cano._leases import renewal_outcome
 from cano.errors import CheckpointError, ConfigurationError, LeaseLostError
 from cano.records import (
@@ -1016,10 +1017,15 @@ class PostgresCheckpointStore:
                 async with conn:
                     await conn.execute("LISTEN cano_wake")
                     wake()
-                    async for _ in conn.notifies():
-                        wake()
+                    while True:
+                        # Windows of a second: a cancellation psycopg swallowed (see
+                        # cano._cancel) is seen at the end of the window it landed in.
+                        async for _ in conn.notifies(timeout=1.0):
+                            wake()
+                        stop_if_cancelled()
             except (psycopg.Error, OSError):
                 await asyncio.sleep(1.0)
+            stop_if_cancelled()
 
     async def set_queue_cap(self, name: str, concurrency: int | None) -> None:
         """Caps the runs of queue ``name`` RUNNING at once, fleet-wide (None: no cap)."""
