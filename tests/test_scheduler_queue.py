@@ -76,37 +76,3 @@ async def test_a_scheduler_with_a_client_needs_named_workflows(tmp_path: Path) -
     [info] = await client.list()
     assert info.status is cano.RunStatus.PENDING and info.workflow_id.startswith("m:")
     await running.stop()
-
-
-class SwallowingStore(cano.InMemoryCheckpointStore):
-    """Enqueues slowly, and swallows a cancellation that lands meanwhile without
-    ``uncancel()`` — what ``asyncio.wait_for`` inside psycopg does on Python 3.11 when the
-    cancellation coincides with the end of its wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inside = asyncio.Event()
-        self.swallowed = 0
-
-    async def enqueue_run(self, *args: Any) -> Any:
-        self.inside.set()
-        try:
-            await asyncio.sleep(0.05)
-        except asyncio.CancelledError:
-            self.swallowed += 1
-        return await super().enqueue_run(*args)
-
-
-async def test_a_cancellation_the_store_swallowed_still_stops_the_scheduler() -> None:
-    async def go() -> S:
-        return S.DONE
-
-    flow = cano.Workflow[S](cano.Resources.empty(), name="sync").register(S.GO, go)
-    store = SwallowingStore()
-    scheduler = cano.Scheduler(client=cano.Client(store))
-    running = await scheduler.every("sync", flow.add_exit_state(S.DONE), S.GO, 0.01).start()
-    await store.inside.wait()  # the loop is inside the store: stop() cancels it there
-    stop = asyncio.ensure_future(running.stop())
-    done, _ = await asyncio.wait({stop}, timeout=10)
-    assert done, "stop() waited for a loop whose cancellation the store swallowed"
-    assert store.swallowed == 1

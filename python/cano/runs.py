@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from cano._cancel import stop_if_cancelled
 from cano._codec import same
 from cano._registration import state_label
 from cano._values import Duration, count, seconds
@@ -252,6 +253,7 @@ class Client:
         pause = 0.05
         while True:
             info = await self.get(workflow_id)
+            stop_if_cancelled()  # a cancellation the store's driver swallowed
             if info is not None and info.status.terminal:
                 return info
             if deadline is not None and time.monotonic() >= deadline:

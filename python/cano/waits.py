@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_check
 
 import orjson
 
+from cano._cancel import stop_if_cancelled
 from cano._core import TaskConfig
 from cano._values import Duration, seconds
 from cano.errors import ConfigurationError, RunParked
@@ -174,5 +175,6 @@ class WaitStep(SteppedTask[Any, dict[str, Any]]):
                     signal=self.task.signal,
                     wake_at=deadline,
                 )
+            stop_if_cancelled()  # a cancellation the store's driver swallowed
             left = _POLL if deadline is None else min(_POLL, deadline - now)
             await _until_signalled(run_id, left)
