@@ -431,28 +431,26 @@ pub(super) fn list_runs_logged(
 mod tests {
     use super::*;
     use crate::checkpoint::error::StoreError;
-    use crate::checkpoint::row::Entry;
     use std::cell::Cell;
 
-    /// A database with the rows table, holding `rows`.
-    fn database(name: &str, rows: &[(&str, u64)]) -> (std::path::PathBuf, Database) {
+    /// Runs `test` against a database whose rows table holds `rows` (deleted afterwards).
+    fn with_database(name: &str, rows: &[(&str, u64)], test: impl FnOnce(&mut Base<'_>)) {
         let path =
             std::env::temp_dir().join(format!("cano-overlay-{}-{name}.redb", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let db = Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
         {
-            let mut table = tx.open_table(TABLE).unwrap();
-            for key in rows {
-                table.insert(*key, &[0u8][..]).unwrap();
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut table = tx.open_table(TABLE).unwrap();
+                for key in rows {
+                    table.insert(*key, &[0u8][..]).unwrap();
+                }
             }
+            tx.commit().unwrap();
+            test(&mut Base { db: &db, path: &path, table: None });
         }
-        tx.commit().unwrap();
-        (path, db)
-    }
-
-    fn entry(id: &str, sequence: u64) -> Entry {
-        Entry { workflow_id: id.into(), sequence, envelope: vec![sequence as u8] }
+        let _ = std::fs::remove_file(&path);
     }
 
     /// Appends through `append_logged`; whether the row was handed to the log.
@@ -463,83 +461,74 @@ mod tests {
         sequence: u64,
     ) -> (Result<(), StoreError>, bool) {
         let logged = Cell::new(false);
-        let mut e = entry(id, sequence);
-        let result = append_logged(o, base, id, sequence, &mut e.envelope, |_| logged.set(true));
+        let mut envelope = vec![sequence as u8];
+        let result = append_logged(o, base, id, sequence, &mut envelope, |_| logged.set(true));
         (result, logged.get())
     }
 
     #[test]
     fn appends_check_the_overlay_then_redb_and_clears_free_keys() {
-        let (path, db) = database("appends", &[("r", 5)]);
-        let mut base = Base { db: &db, path: &path, table: None };
-        let mut o = Overlay::default();
+        with_database("appends", &[("r", 5)], |base| {
+            let mut o = Overlay::default();
 
-        assert!(matches!(append(&mut o, &mut base, "w", 0), (Ok(()), true)));
-        assert!(matches!(
-            append(&mut o, &mut base, "w", 0),
-            (Err(StoreError::Conflict { sequence: 0, .. }), false)
-        ));
-        assert_eq!(o.run("w").unwrap().in_redb, InRedb::Nothing);
-        assert_eq!(o.rows(), 1);
-        // Nothing in redb: a clear forgets the run.
-        o.clear("w");
-        assert!(o.is_empty() && o.rows() == 0);
+            assert!(matches!(append(&mut o, base, "w", 0), (Ok(()), true)));
+            assert!(matches!(
+                append(&mut o, base, "w", 0),
+                (Err(StoreError::Conflict { sequence: 0, .. }), false)
+            ));
+            assert_eq!(o.run("w").unwrap().in_redb, InRedb::Nothing);
+            assert_eq!(o.rows(), 1);
+            // Nothing in redb: a clear forgets the run.
+            o.clear("w");
+            assert!(o.is_empty() && o.rows() == 0);
 
-        // A key redb holds is taken; the run is then known to have rows there.
-        assert!(matches!(
-            append(&mut o, &mut base, "r", 5),
-            (Err(StoreError::Conflict { sequence: 5, .. }), false)
-        ));
-        assert_eq!(o.run("r").unwrap().in_redb, InRedb::Rows);
-        assert!(matches!(append(&mut o, &mut base, "r", 6), (Ok(()), true)));
-        o.clear("r");
-        // Cleared: redb's rows no longer count, the clear is kept for the checkpoint.
-        let run = o.run("r").unwrap();
-        assert!(run.cleared && run.rows.is_empty());
-        assert!(matches!(append(&mut o, &mut base, "r", 5), (Ok(()), true)));
-        let taken = o.take();
-        assert_eq!(taken["r"].rows.keys().copied().collect::<Vec<_>>(), [5]);
-        assert!(taken["r"].cleared);
-        assert!(o.is_empty() && o.rows() == 0);
-        drop(base);
-        drop(db);
-        let _ = std::fs::remove_file(&path);
+            // A key redb holds is taken; the run is then known to have rows there.
+            assert!(matches!(
+                append(&mut o, base, "r", 5),
+                (Err(StoreError::Conflict { sequence: 5, .. }), false)
+            ));
+            assert_eq!(o.run("r").unwrap().in_redb, InRedb::Rows);
+            assert!(matches!(append(&mut o, base, "r", 6), (Ok(()), true)));
+            o.clear("r");
+            // Cleared: redb's rows no longer count, the clear is kept for the checkpoint.
+            let run = o.run("r").unwrap();
+            assert!(run.cleared && run.rows.is_empty());
+            assert!(matches!(append(&mut o, base, "r", 5), (Ok(()), true)));
+            let taken = o.take();
+            assert_eq!(taken["r"].rows.keys().copied().collect::<Vec<_>>(), [5]);
+            assert!(taken["r"].cleared);
+            assert!(o.is_empty() && o.rows() == 0);
+        });
     }
 
     #[test]
     fn a_run_learnt_unknown_asks_redb_once_then_knows() {
-        let (path, db) = database("learn", &[("k", 0)]);
-        let mut base = Base { db: &db, path: &path, table: None };
-        let mut o = Overlay::default();
-        o.insert("k", 3, vec![3]); // replayed from the log: what redb holds is not known
-        assert_eq!(o.run("k").unwrap().in_redb, InRedb::Unknown);
-        assert!(matches!(
-            append(&mut o, &mut base, "k", 0),
-            (Err(StoreError::Conflict { sequence: 0, .. }), false)
-        ));
-        assert_eq!(o.run("k").unwrap().in_redb, InRedb::Rows);
-        assert!(matches!(
-            append(&mut o, &mut base, "k", 3),
-            (Err(StoreError::Conflict { sequence: 3, .. }), false)
-        ));
-        assert!(matches!(append(&mut o, &mut base, "k", 4), (Ok(()), true)));
-        assert_eq!(o.rows(), 2);
-        drop(base);
-        drop(db);
-        let _ = std::fs::remove_file(&path);
+        with_database("learn", &[("k", 0)], |base| {
+            let mut o = Overlay::default();
+            o.insert("k", 3, vec![3]); // replayed from the log: what redb holds is not known
+            assert_eq!(o.run("k").unwrap().in_redb, InRedb::Unknown);
+            assert!(matches!(
+                append(&mut o, base, "k", 0),
+                (Err(StoreError::Conflict { sequence: 0, .. }), false)
+            ));
+            assert_eq!(o.run("k").unwrap().in_redb, InRedb::Rows);
+            assert!(matches!(
+                append(&mut o, base, "k", 3),
+                (Err(StoreError::Conflict { sequence: 3, .. }), false)
+            ));
+            assert!(matches!(append(&mut o, base, "k", 4), (Ok(()), true)));
+            assert_eq!(o.rows(), 2);
+        });
     }
 
     #[test]
     fn clearing_an_unknown_run_is_kept_for_the_checkpoint() {
-        let (path, db) = database("unknown", &[("x", 0)]);
-        let mut base = Base { db: &db, path: &path, table: None };
-        let mut o = Overlay::default();
-        o.clear("x");
-        assert!(o.run("x").unwrap().cleared);
-        // Its redb rows no longer count.
-        assert!(matches!(append(&mut o, &mut base, "x", 0), (Ok(()), true)));
-        drop(base);
-        drop(db);
-        let _ = std::fs::remove_file(&path);
+        with_database("unknown", &[("x", 0)], |base| {
+            let mut o = Overlay::default();
+            o.clear("x");
+            assert!(o.run("x").unwrap().cleared);
+            // Its redb rows no longer count.
+            assert!(matches!(append(&mut o, base, "x", 0), (Ok(()), true)));
+        });
     }
 }

@@ -158,7 +158,7 @@ pub fn scan(bytes: &[u8], store_id: u64, generation: u64) -> Result<LogScan, Str
         // after it (this build), or failing both, its other copy on a later page boundary.
         let mut found = None;
         let aligned = align_up(at as u64) as usize;
-        for start in [at, aligned] {
+        for start in [Some(at), (aligned != at).then_some(aligned)].into_iter().flatten() {
             if let Some((number, ops, len)) = record_at(bytes, start, store_id, generation)? {
                 if number == expect {
                     found = Some((ops, start + len));
