@@ -31,7 +31,7 @@ mod waiter;
 mod wake;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use cano_core::checkpoint::{
     codec, Completion, Durability, Entry, Fence, Namespace, OpenOptions, RedbStore, Row, RunRows,
@@ -123,11 +123,19 @@ pub struct RunLog {
 /// of each of its rows in flight, oldest first: the store finishes a run's rows in the order
 /// they were queued, so each finished row is the oldest one here. Shared by the run's
 /// [`RunLog`] (which alone visits it for the garbage collector) and its rows in flight.
-struct RunWaiters {
+pub(super) struct RunWaiters {
     workflow_id: String,
-    shared: Arc<Shared>,
+    /// Weak: the loop's outcomes (in `Shared`) hold runs in turn.
+    shared: Weak<Shared>,
     channel: u64,
     waiting: Mutex<VecDeque<(Py<Waiter>, u64)>>,
+}
+
+impl RunWaiters {
+    /// On the loop: the waiter of the run's oldest row in flight, which just finished.
+    pub(super) fn oldest(&self) -> Option<(Py<Waiter>, u64)> {
+        self.waiting.lock().pop_front()
+    }
 }
 
 impl RunRows for RunWaiters {
@@ -135,16 +143,19 @@ impl RunRows for RunWaiters {
         &self.workflow_id
     }
 
-    /// On the writer thread: the row's waiter moves into the loop's outcomes (no reference
-    /// count changes, so no interpreter needed).
-    fn finished(&self, result: Result<(), StoreError>) {
-        let Some((waiter, generation)) = self.waiting.lock().pop_front() else { return };
+    /// On the writer thread: the row's reference to the run moves into the loop's outcomes,
+    /// and the loop takes the run's oldest waiter when it drains them (the writer touches
+    /// neither the waiters nor a reference count).
+    fn finished(self: Arc<Self>, result: Result<(), StoreError>) {
         let outcome = match result {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e),
         };
-        let target = Target::Waiter(waiter, generation);
-        self.shared.pending.lock().push(Pending { channel: self.channel, target, outcome });
+        // `Shared` is counted here instead of the run: its count stays in this thread's cache.
+        // (The writer's batch hook holds it: it is there while the writer runs.)
+        let Some(shared) = self.shared.upgrade() else { return };
+        let channel = self.channel;
+        shared.pending.lock().push(Pending { channel, target: Target::Row(self), outcome });
     }
 }
 
@@ -214,7 +225,7 @@ impl RedbCheckpointStore {
             .map(|(owner, epoch)| (self.store.fence(workflow_id, &owner, epoch), epoch));
         let rows = Arc::new(RunWaiters {
             workflow_id: workflow_id.to_owned(),
-            shared: self.shared.clone(),
+            shared: Arc::downgrade(&self.shared),
             channel,
             waiting: Mutex::new(VecDeque::new()),
         });

@@ -16,7 +16,7 @@ use crate::gc::PyGcTraverse;
 
 use super::rows::{checkpoint_error, rows_to_python, summaries_to_python, timed_to_python};
 use super::waiter::Waiter;
-use super::GET_RUNNING_LOOP;
+use super::{RunWaiters, GET_RUNNING_LOOP};
 
 /// What a finished request gives its future, still as Rust data.
 pub(super) enum Outcome {
@@ -37,6 +37,10 @@ pub(super) enum Target {
     Future(Py<PyAny>),
     /// A waiter, and the generation the row was appended for.
     Waiter(Py<Waiter>, u64),
+    /// The oldest row in flight of a run appending through its `RunLog`: its waiter is taken
+    /// from the run's queue on the loop. Not visited here: the run's `RunLog` visits the
+    /// queue, and this reference only keeps it until the loop drains it.
+    Row(Arc<RunWaiters>),
 }
 
 /// A finished request waiting for its loop to drain it.
@@ -73,6 +77,7 @@ impl PyGcTraverse for Target {
         match self {
             Target::Future(f) => visit.call(f),
             Target::Waiter(w, _) => visit.call(w),
+            Target::Row(_) => Ok(()),
         }
     }
 }
@@ -121,7 +126,9 @@ impl Shared {
     pub(super) fn take_channel(&self, channel: u64) -> Vec<Pending> {
         let mut pending = self.pending.lock();
         if pending.iter().all(|p| p.channel == channel) {
-            return std::mem::take(&mut *pending);
+            // Room for as many next time, allocated here rather than grown by the writer.
+            let room = pending.len();
+            return std::mem::replace(&mut *pending, Vec::with_capacity(room));
         }
         let (mine, rest) =
             std::mem::take(&mut *pending).into_iter().partition(|p| p.channel == channel);
@@ -364,20 +371,24 @@ impl Drain {
         // delivered: nothing taken here is lost, and the loop stops as it would for the task.
         let mut interrupt = None;
         for p in items {
-            match p.target {
+            let (waiter, generation) = match p.target {
                 Target::Future(future) => {
                     if let Err(e) = resolve(py, future.bind(py), p.outcome) {
                         e.write_unraisable(py, Some(future.bind(py)));
                     }
+                    continue;
                 }
-                Target::Waiter(waiter, generation) => {
-                    let raised = Waiter::finish(waiter.bind(py), p.outcome, generation);
-                    match (raised, &interrupt) {
-                        (Some(e), None) => interrupt = Some(e),
-                        (Some(e), Some(_)) => e.write_unraisable(py, Some(waiter.bind(py))),
-                        (None, _) => {}
-                    }
-                }
+                Target::Waiter(waiter, generation) => (waiter, generation),
+                Target::Row(run) => match run.oldest() {
+                    Some(oldest) => oldest,
+                    None => continue,
+                },
+            };
+            let raised = Waiter::finish(waiter.bind(py), p.outcome, generation);
+            match (raised, &interrupt) {
+                (Some(e), None) => interrupt = Some(e),
+                (Some(e), Some(_)) => e.write_unraisable(py, Some(waiter.bind(py))),
+                (None, _) => {}
             }
         }
         #[cfg(unix)]

@@ -10,7 +10,7 @@
 //! functions at the end check keys and read runs through it, with `Base` giving read
 //! access to redb's committed rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase};
@@ -40,13 +40,95 @@ pub struct RunChanges {
     pub cleared: bool,
     pub in_redb: InRedb,
     /// Rows appended since the checkpoint (or since the clear), by sequence: envelopes.
-    pub rows: BTreeMap<u64, Vec<u8>>,
+    pub rows: Rows,
 }
 
-/// The changes of every run since the checkpoint, ordered by workflow id.
+/// A run's rows in the overlay, ordered by sequence. A run appends its rows in order, so
+/// adding one is a push at the end (a search only for a row that sorts before the last).
+#[derive(Debug, Default)]
+pub struct Rows(Vec<(u64, Vec<u8>)>);
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, (u64, Vec<u8>)> {
+        self.0.iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &u64> {
+        self.0.iter().map(|(sequence, _)| sequence)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.0.iter().map(|(_, envelope)| envelope)
+    }
+
+    pub fn last_key_value(&self) -> Option<(&u64, &Vec<u8>)> {
+        self.0.last().map(|(sequence, envelope)| (sequence, envelope))
+    }
+
+    /// Where a row `sequence` goes, or `None` if the run has one.
+    fn slot(&self, sequence: u64) -> Option<usize> {
+        match self.0.last() {
+            None => Some(0),
+            Some((last, _)) if *last < sequence => Some(self.0.len()),
+            _ => self.0.binary_search_by_key(&sequence, |(s, _)| *s).err(),
+        }
+    }
+
+    /// Adds a row at the `slot` found for it.
+    fn insert_at(&mut self, slot: usize, sequence: u64, envelope: Vec<u8>) {
+        if slot == self.0.len() {
+            self.0.push((sequence, envelope));
+        } else {
+            self.0.insert(slot, (sequence, envelope));
+        }
+    }
+
+    /// Adds or replaces row `sequence`; whether it is new.
+    fn insert(&mut self, sequence: u64, envelope: Vec<u8>) -> bool {
+        match self.slot(sequence) {
+            Some(slot) => {
+                self.insert_at(slot, sequence, envelope);
+                true
+            }
+            None => {
+                let at = self.0.binary_search_by_key(&sequence, |(s, _)| *s).unwrap_or_default();
+                self.0[at].1 = envelope;
+                false
+            }
+        }
+    }
+
+    fn one(sequence: u64, envelope: Vec<u8>) -> Self {
+        Rows(vec![(sequence, envelope)])
+    }
+}
+
+impl<'a> IntoIterator for &'a Rows {
+    type Item = &'a (u64, Vec<u8>);
+    type IntoIter = std::slice::Iter<'a, (u64, Vec<u8>)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// The changes of every run since the checkpoint, by workflow id (hashed: an append finds its
+/// run without comparing ids along a tree; what needs an order sorts).
 #[derive(Debug, Default)]
 pub struct Overlay {
-    runs: BTreeMap<String, RunChanges>,
+    runs: HashMap<String, RunChanges>,
     rows: usize,
 }
 
@@ -67,7 +149,7 @@ impl Overlay {
 
     /// Adds a row whose key [`lookup`](Self::lookup) (and redb) found free.
     pub fn insert(&mut self, workflow_id: &str, sequence: u64, envelope: Vec<u8>) {
-        if self.run_mut(workflow_id).rows.insert(sequence, envelope).is_none() {
+        if self.run_mut(workflow_id).rows.insert(sequence, envelope) {
             self.rows += 1;
         }
     }
@@ -89,7 +171,7 @@ impl Overlay {
             None => {
                 self.runs.insert(
                     workflow_id.to_owned(),
-                    RunChanges { cleared: true, in_redb: InRedb::Nothing, rows: BTreeMap::new() },
+                    RunChanges { cleared: true, in_redb: InRedb::Nothing, rows: Rows::default() },
                 );
             }
         }
@@ -100,22 +182,25 @@ impl Overlay {
         self.runs.get(workflow_id)
     }
 
-    /// Every run with changes, ordered by id.
+    /// Every run with changes, in no particular order.
     pub fn runs(&self) -> impl Iterator<Item = (&String, &RunChanges)> {
         self.runs.iter()
     }
 
-    /// Empties the overlay (for a checkpoint), handing over its changes.
-    pub fn take(&mut self) -> BTreeMap<String, RunChanges> {
+    /// Empties the overlay (for a checkpoint), handing over its changes ordered by id.
+    pub fn take(&mut self) -> Vec<(String, RunChanges)> {
         self.rows = 0;
-        std::mem::take(&mut self.runs)
+        let mut runs: Vec<(String, RunChanges)> =
+            std::mem::take(&mut self.runs).into_iter().collect();
+        runs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        runs
     }
 
     fn run_mut(&mut self, workflow_id: &str) -> &mut RunChanges {
         if !self.runs.contains_key(workflow_id) {
             self.runs.insert(
                 workflow_id.to_owned(),
-                RunChanges { cleared: false, in_redb: InRedb::Unknown, rows: BTreeMap::new() },
+                RunChanges { cleared: false, in_redb: InRedb::Unknown, rows: Rows::default() },
             );
         }
         self.runs.get_mut(workflow_id).expect("inserted above")
@@ -200,14 +285,13 @@ pub(super) fn append_logged(
             return Err(conflict());
         }
         log(envelope);
-        let mut rows = BTreeMap::new();
-        rows.insert(sequence, std::mem::take(envelope));
+        let rows = Rows::one(sequence, std::mem::take(envelope));
         runs.insert(id.to_owned(), RunChanges { cleared: false, in_redb, rows });
         *count += 1;
         return Ok(());
     };
     let RunChanges { rows, in_redb, .. } = run;
-    let std::collections::btree_map::Entry::Vacant(slot) = rows.entry(sequence) else {
+    let Some(slot) = rows.slot(sequence) else {
         return Err(conflict());
     };
     let taken = match *in_redb {
@@ -227,7 +311,7 @@ pub(super) fn append_logged(
         return Err(conflict());
     }
     log(envelope);
-    slot.insert(std::mem::take(envelope));
+    rows.insert_at(slot, sequence, std::mem::take(envelope));
     *count += 1;
     Ok(())
 }
@@ -495,9 +579,31 @@ mod tests {
             assert!(run.cleared && run.rows.is_empty());
             assert!(matches!(append(&mut o, base, "r", 5), (Ok(()), true)));
             let taken = o.take();
-            assert_eq!(taken["r"].rows.keys().copied().collect::<Vec<_>>(), [5]);
-            assert!(taken["r"].cleared);
+            let (id, r) = &taken[0];
+            assert_eq!((id.as_str(), r.rows.keys().copied().collect::<Vec<_>>()), ("r", vec![5]));
+            assert!(r.cleared && taken.len() == 1);
             assert!(o.is_empty() && o.rows() == 0);
+        });
+    }
+
+    #[test]
+    fn a_runs_rows_stay_ordered_by_sequence_whatever_order_they_come_in() {
+        with_database("order", &[], |base| {
+            let mut o = Overlay::default();
+            for sequence in [5, 6, 2, 9, 0, 7] {
+                assert!(matches!(append(&mut o, base, "w", sequence), (Ok(()), true)));
+            }
+            for taken in [0, 2, 5, 9] {
+                assert!(matches!(
+                    append(&mut o, base, "w", taken),
+                    (Err(StoreError::Conflict { .. }), false)
+                ));
+            }
+            o.insert("w", 6, vec![66]); // replayed again: replaces, adds nothing
+            let rows = &o.run("w").unwrap().rows;
+            assert_eq!(rows.keys().copied().collect::<Vec<_>>(), [0, 2, 5, 6, 7, 9]);
+            assert_eq!(rows.iter().find(|(s, _)| *s == 6).unwrap().1, [66]);
+            assert_eq!(o.rows(), 6);
         });
     }
 

@@ -87,10 +87,12 @@ impl Durability {
 /// A run's handle for appending its rows through [`RedbStore::append_run`]: the run's id,
 /// and who hears that each of its appends finished. The store calls
 /// [`finished`](Self::finished) once per row appended through it, on the writer thread, in
-/// the order the rows were queued — so a row costs no allocation but its envelope.
+/// the order the rows were queued — so a row costs no allocation but its envelope. Each row
+/// holds a reference to the handle, which `finished` takes over: the writer thread neither
+/// counts nor drops it.
 pub trait RunRows: Send + Sync {
     fn workflow_id(&self) -> &str;
-    fn finished(&self, result: Result<(), StoreError>);
+    fn finished(self: Arc<Self>, result: Result<(), StoreError>);
 }
 
 /// A row to append: an entry with a completion of its own, or a row of a run that appends

@@ -1108,7 +1108,7 @@ fn a_runs_rows_appended_through_its_handle_finish_in_order() {
         fn workflow_id(&self) -> &str {
             &self.id
         }
-        fn finished(&self, result: Result<(), StoreError>) {
+        fn finished(self: Arc<Self>, result: Result<(), StoreError>) {
             self.outcomes.lock().unwrap().push(result);
             let _ = self.all.send(());
         }
