@@ -128,7 +128,20 @@ pub(super) struct RunWaiters {
     /// Weak: the loop's outcomes (in `Shared`) hold runs in turn.
     shared: Weak<Shared>,
     channel: u64,
-    waiting: Mutex<VecDeque<(Py<Waiter>, u64)>>,
+    waiting: OwnLine<Mutex<VecDeque<(Py<Waiter>, u64)>>>,
+}
+
+/// A value on a cache line of its own: the loop changes a run's waiters on every row, and
+/// the writer thread reads the run's id beside them as often.
+#[repr(align(64))]
+struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl RunWaiters {
@@ -227,7 +240,7 @@ impl RedbCheckpointStore {
             workflow_id: workflow_id.to_owned(),
             shared: Arc::downgrade(&self.shared),
             channel,
-            waiting: Mutex::new(VecDeque::new()),
+            waiting: OwnLine(Mutex::new(VecDeque::new())),
         });
         Ok(RunLog {
             store: self.store.clone(),

@@ -377,7 +377,7 @@ pub(super) fn pack_run_logged(
             }
         }
         for (sequence, envelope) in &run.rows {
-            codec::pack_row(&mut out, key, workflow_id, *sequence, envelope)?;
+            codec::pack_own_row(&mut out, key, workflow_id, *sequence, envelope)?;
         }
     }
     Ok(out)

@@ -213,7 +213,8 @@ impl Writer {
                 }
             }
             let closing = batch.iter().any(|r| matches!(r, Request::Close(_)));
-            self.process(std::mem::take(&mut batch), closing);
+            // The batch's vector is kept, emptied, for the next one.
+            self.process(&mut batch, closing);
             if self.unsynced_rows >= EVENTUAL_ROWS
                 || self.unsynced_since.is_some_and(|t| t.elapsed() >= EVENTUAL_WINDOW)
             {
@@ -258,9 +259,9 @@ impl Writer {
 
     /// Applies a batch, makes it durable (one log sync, a checkpoint, or with
     /// `Durability::Eventual` one redb commit), then completes its requests in order.
-    fn process(&mut self, mut requests: Vec<Request>, closing: bool) {
+    fn process(&mut self, requests: &mut Vec<Request>, closing: bool) {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        let applied = contain(|| self.apply(&mut requests, closing));
+        let applied = contain(|| self.apply(requests, closing));
         let (mut answers, durable) = match applied {
             Ok(Ok(done)) => done,
             Ok(Err(err)) => {
@@ -294,7 +295,7 @@ impl Writer {
                     // Whether the record reached the disk is unknown, and so is what a retried
                     // sync would mean (the kernel may have dropped the dirty pages): stop here.
                     poison(&mut self.failed, &self.path, &err);
-                    fail_succeeded(&mut answers, &requests, &err);
+                    fail_succeeded(&mut answers, requests, &err);
                 }
             }
         }
@@ -310,7 +311,7 @@ impl Writer {
             // Release the file before anyone hears that the store is closed.
             self.db = None;
         }
-        for (request, answer) in requests.into_iter().zip(answers) {
+        for (request, answer) in requests.drain(..).zip(answers) {
             complete(request, answer);
         }
     }
