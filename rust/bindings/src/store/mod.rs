@@ -128,8 +128,11 @@ pub(super) struct RunWaiters {
     /// Weak: the loop's outcomes (in `Shared`) hold runs in turn.
     shared: Weak<Shared>,
     channel: u64,
-    waiting: OwnLine<Mutex<VecDeque<(Py<Waiter>, u64)>>>,
+    waiting: OwnLine<Mutex<VecDeque<Armed>>>,
 }
+
+/// A row's waiter, and the generation it is armed for.
+type Armed = (Py<Waiter>, u64);
 
 /// A value on a cache line of its own: the loop changes a run's waiters on every row, and
 /// the writer thread reads the run's id beside them as often.
@@ -146,7 +149,7 @@ impl<T> std::ops::Deref for OwnLine<T> {
 
 impl RunWaiters {
     /// On the loop: the waiter of the run's oldest row in flight, which just finished.
-    pub(super) fn oldest(&self) -> Option<(Py<Waiter>, u64)> {
+    pub(super) fn oldest(&self) -> Option<Armed> {
         self.waiting.lock().pop_front()
     }
 }
