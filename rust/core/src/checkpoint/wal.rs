@@ -443,11 +443,25 @@ impl Wal {
     }
 
     pub fn push_append(&mut self, workflow_id: &str, sequence: u64, envelope: &[u8]) {
-        self.buf.push(OP_APPEND);
-        put_bytes(&mut self.buf, workflow_id.as_bytes());
-        put_varint(&mut self.buf, sequence);
-        put_bytes(&mut self.buf, envelope);
+        encode_append(&mut self.buf, workflow_id, sequence, envelope);
         self.ops += 1;
+    }
+
+    /// Stages `count` operations encoded elsewhere (see [`encode_append`]).
+    pub fn push_ops(&mut self, ops: &[u8], count: usize) {
+        self.buf.extend_from_slice(ops);
+        self.ops += count;
+    }
+
+    /// How many bytes of operations the next record may hold without growing the log: the
+    /// next record goes after the staged one when `staged` (it is about to be written),
+    /// otherwise where the staged one would have gone.
+    pub fn room_after(&self, staged: bool) -> u64 {
+        let start =
+            if staged { self.end_of((self.buf.len() - HEADER) as u64) } else { self.offset };
+        // A record of `p` bytes of operations ends at most `2 * (HEADER + 10 + p) + 2 * PAGE`
+        // after its start (two copies, each rounded up to a page).
+        (self.allocated.saturating_sub(start + 2 * PAGE) / 2).saturating_sub(HEADER as u64 + 10)
     }
 
     pub fn push_clear(&mut self, workflow_id: &str) {
@@ -596,6 +610,19 @@ fn lock(file: &File, path: &Path) -> Result<(), StoreError> {
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { path: path_text(path) }),
         Err(std::fs::TryLockError::Error(e)) => Err(io_error(path, "lock the write-ahead log", &e)),
     }
+}
+
+/// Encodes an append as a record holds it.
+pub fn encode_append(buf: &mut Vec<u8>, workflow_id: &str, sequence: u64, envelope: &[u8]) {
+    buf.push(OP_APPEND);
+    put_bytes(buf, workflow_id.as_bytes());
+    put_varint(buf, sequence);
+    put_bytes(buf, envelope);
+}
+
+/// At most the bytes [`encode_append`] adds for a row of `id_len` and `envelope_len` bytes.
+pub fn append_bound(id_len: usize, envelope_len: usize) -> u64 {
+    (1 + 10 + id_len + 10 + 10 + envelope_len) as u64
 }
 
 /// Deletes the log at `path` if there is one.

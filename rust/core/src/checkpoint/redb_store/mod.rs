@@ -25,6 +25,7 @@
 //! `flush` and `close` commit durably.
 
 mod fork;
+mod front;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ use super::row::{Entry, Row, RowKind, RunSummary};
 use super::schema::Namespace;
 use super::wal::{self, Wal, WalOp};
 use fork::fork_generation;
+use front::{Front, Staged};
 use writer::{Db, Writer};
 
 /// With a write-ahead log, a checkpoint is also due once the overlay holds this many rows.
@@ -118,6 +120,13 @@ impl AppendRow {
         }
     }
 
+    fn envelope_len(&self) -> usize {
+        match self {
+            AppendRow::Entry(entry, _) => entry.envelope.len(),
+            AppendRow::Run(_, _, envelope) => envelope.len(),
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             AppendRow::Entry(entry, _) => entry.workflow_id.len() + entry.envelope.len(),
@@ -145,6 +154,8 @@ enum Request {
     ListRuns(Completion<Vec<RunSummary>>),
     Flush(Completion<()>),
     Close(Completion<()>),
+    /// Rows were staged in the [`Front`] while the writer waited: nothing to answer.
+    Wake,
 }
 
 /// One change of a [`Request::Write`].
@@ -237,6 +248,8 @@ pub struct RedbStore {
     /// `workflow id → (owner, lease)` of the runs workers of this process hold (see
     /// [`set_fence`](Self::set_fence)).
     fences: Mutex<HashMap<String, (String, Arc<Fence>)>>,
+    /// Where appending threads apply their rows themselves (see [`front`]).
+    front: Arc<Front>,
 }
 
 /// The lease epoch a worker of this process holds one run under, shared with that run's
@@ -374,12 +387,13 @@ impl RedbStore {
                     None
                 }
             };
-            (Db::Write(db), wal, Overlay::default(), opened.replayed, repair)
+            (Db::Write(Arc::new(db)), wal, Overlay::default(), opened.replayed, repair)
         };
 
         let stats = Arc::new(Stats::default());
         let (sender, receiver) = mpsc::channel();
-        let writer = Writer::new(db, path.clone(), stats.clone(), hook, wal, overlay);
+        let front = Arc::new(Front::new(overlay));
+        let writer = Writer::new(db, path.clone(), stats.clone(), hook, wal, front.clone());
         let handle = std::thread::Builder::new()
             .name("cano-checkpoint-writer".into())
             .spawn(move || writer.run(receiver))
@@ -398,6 +412,7 @@ impl RedbStore {
             replayed,
             repair,
             fences: Mutex::new(HashMap::new()),
+            front,
         })
     }
 
@@ -474,7 +489,7 @@ impl RedbStore {
         entry: Entry,
         done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.submit(Request::Append(AppendRow::Entry(entry, Box::new(done))))
+        self.append_row(AppendRow::Entry(entry, Box::new(done)))
     }
 
     /// Queues row `sequence` of the run `run` appends for, encoded by the caller (see
@@ -486,7 +501,25 @@ impl RedbStore {
         sequence: u64,
         envelope: Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.submit(Request::Append(AppendRow::Run(Arc::clone(run), sequence, envelope)))
+        self.append_row(AppendRow::Run(Arc::clone(run), sequence, envelope))
+    }
+
+    /// Applies `row` on this thread when it can without waiting (see [`front`]), otherwise
+    /// queues it for the writer.
+    fn append_row(&self, row: AppendRow) -> Result<(), StoreError> {
+        self.check_process()?;
+        match self.front.try_append(row, &self.path) {
+            Staged::Done => Ok(()),
+            Staged::Wake => {
+                // A closed channel means the writer is gone: it failed the staged row itself
+                // or never will; either way this row is answered by the close.
+                if let Some(sender) = self.sender.lock().as_ref() {
+                    let _ = sender.send(Request::Wake);
+                }
+                Ok(())
+            }
+            Staged::Refused(row) => self.submit(Request::Append(row)),
+        }
     }
 
     /// Queues the removal of every row of `workflow_id` (a no-op for an unknown id).
@@ -534,7 +567,13 @@ impl RedbStore {
         let sender = self.sender.lock().take();
         match sender {
             None => Err(self.closed()),
-            Some(s) => s.send(Request::Close(Box::new(done))).map_err(|_| self.writer_gone()),
+            Some(s) => {
+                self.front.queued.fetch_add(1, Ordering::AcqRel);
+                s.send(Request::Close(Box::new(done))).map_err(|_| {
+                    self.front.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.writer_gone()
+                })
+            }
         }
     }
 
@@ -770,7 +809,14 @@ impl RedbStore {
         let sender = self.sender.lock();
         match sender.as_ref() {
             None => Err(self.closed()),
-            Some(s) => s.send(request).map_err(|_| self.writer_gone()),
+            Some(s) => {
+                // Counted before it is sent: no row is applied ahead of it from here on.
+                self.front.queued.fetch_add(1, Ordering::AcqRel);
+                s.send(request).map_err(|_| {
+                    self.front.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.writer_gone()
+                })
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadOnlyDatabase, WriteTransaction};
 
+use super::front::Front;
 use super::{Answer, BatchHook, Op, Request, Source, Stats, CHECKPOINT_ROWS, MAX_BATCH};
 use crate::checkpoint::codec;
 use crate::checkpoint::contain::contain;
@@ -35,9 +36,13 @@ pub const EVENTUAL_WINDOW: Duration = Duration::from_secs(1);
 /// ...or once this many rows are waiting, whichever comes first.
 pub const EVENTUAL_ROWS: usize = 10_000;
 
+/// At most this many bytes of operations are staged by appending threads for one record.
+const MAX_STAGED: u64 = 4 << 20;
+
 /// The database, as the writer holds it.
 pub(super) enum Db {
-    Write(Database),
+    /// Shared with the [`Front`], which looks keys up in it.
+    Write(Arc<Database>),
     /// Opened read-only: reads only, served through the overlay (which holds what the log
     /// held), nothing ever written.
     Read(ReadOnlyDatabase),
@@ -46,7 +51,7 @@ pub(super) enum Db {
 impl Db {
     fn source(&self) -> &dyn ReadSource {
         match self {
-            Db::Write(db) => db,
+            Db::Write(db) => &**db,
             Db::Read(db) => db,
         }
     }
@@ -72,16 +77,24 @@ pub(super) struct Writer {
     /// which says nothing of the cause (a full disk, say); this does.
     first_io: Option<StoreError>,
     /// With a write-ahead log (or read-only): what the log holds that redb does not (see
-    /// `overlay`). Batches need no redb write at all until the next checkpoint.
+    /// `overlay`). Batches need no redb write at all until the next checkpoint. It lives in
+    /// the [`Front`], and is here only while a batch is applied.
     overlay: Overlay,
+    /// Where appending threads stage rows they applied themselves (see [`super::front`]).
+    front: Arc<Front>,
+    /// The staged operations of the batch being applied (the front's buffer, swapped).
+    staged_ops: Vec<u8>,
+    staged_count: usize,
 }
 
 /// What applying a batch left to do before its requests may complete.
 enum Durable {
     /// Nothing: no mutation, or the batch's commit was durable itself.
     Now,
-    /// The batch's log record is written; it is durable once the log is synced.
-    AfterSync,
+    /// The batch's log record is staged; it is durable once written (and synced).
+    Log,
+    /// The batch did not become durable: every row and request that succeeded fails so.
+    Lost(StoreError),
 }
 
 /// Records that the store can no longer guarantee what it acknowledges.
@@ -168,8 +181,12 @@ impl Writer {
         stats: Arc<Stats>,
         hook: Option<BatchHook>,
         wal: Option<Wal>,
-        overlay: Overlay,
+        front: Arc<Front>,
     ) -> Self {
+        if let (Db::Write(db), Some(_)) = (&db, &wal) {
+            // Rows are applied by their threads only with a log (no redb write per batch).
+            front.state.lock().db = Some(db.clone());
+        }
         Writer {
             db: Some(db),
             path,
@@ -180,7 +197,22 @@ impl Writer {
             wal,
             failed: None,
             first_io: None,
-            overlay,
+            overlay: Overlay::default(),
+            front,
+            staged_ops: Vec::new(),
+            staged_count: 0,
+        }
+    }
+
+    /// True when rows are staged in the front; otherwise the writer is about to wait for
+    /// requests, and the next staged row wakes it.
+    fn rows_staged(&self) -> bool {
+        let mut state = self.front.state.lock();
+        if state.rows.is_empty() {
+            state.idle = true;
+            false
+        } else {
+            true
         }
     }
 
@@ -188,11 +220,13 @@ impl Writer {
         let mut batch = Vec::new();
         loop {
             let first = match self.unsynced_since {
+                // Rows staged by their threads are work: only look at the channel.
+                None if self.rows_staged() => receiver.try_recv().ok(),
                 // Eventual commits are waiting: wait for work at most until they are due.
                 Some(since) => {
                     let due = EVENTUAL_WINDOW.saturating_sub(since.elapsed());
                     match receiver.recv_timeout(due) {
-                        Ok(request) => request,
+                        Ok(request) => Some(request),
                         Err(RecvTimeoutError::Timeout) => {
                             self.make_eventual_durable();
                             continue;
@@ -201,17 +235,19 @@ impl Writer {
                     }
                 }
                 None => match receiver.recv() {
-                    Ok(request) => request,
+                    Ok(request) => Some(request),
                     Err(_) => break,
                 },
             };
-            batch.push(first);
+            batch.extend(first);
             while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
             }
+            // A wake-up only says that rows are staged.
+            batch.retain(|r| !matches!(r, Request::Wake));
             let closing = batch.iter().any(|r| matches!(r, Request::Close(_)));
             // The batch's vector is kept, emptied, for the next one.
             self.process(&mut batch, closing);
@@ -229,11 +265,17 @@ impl Writer {
         }
         // Every sender is gone without a `Close` (cannot happen through `RedbStore`, whose
         // drop closes): still make what was acknowledged durable in redb.
+        let front = self.front.clone();
+        let mut state = front.state.lock();
+        std::mem::swap(&mut self.overlay, &mut state.overlay);
+        state.room = 0;
         if self.db.is_some() && self.failed.is_none() && contain(|| self.sync()).is_ok() {
             if let Some(wal) = self.wal.take() {
                 let _ = wal.remove();
             }
         }
+        std::mem::swap(&mut self.overlay, &mut state.overlay);
+        state.db = None;
     }
 
     /// The eventual loss window ends: one durable (empty) commit persists every commit made
@@ -257,14 +299,40 @@ impl Writer {
         self.unsynced_rows = 0;
     }
 
-    /// Applies a batch, makes it durable (one log sync, a checkpoint, or with
-    /// `Durability::Eventual` one redb commit), then completes its requests in order.
+    /// Applies a batch — the rows staged in the front, then `requests` — makes it durable
+    /// (one log record, a checkpoint, or with `Durability::Eventual` one redb commit), then
+    /// completes its rows and requests in order.
     fn process(&mut self, requests: &mut Vec<Request>, closing: bool) {
+        let front = self.front.clone();
+        let mut state = front.state.lock();
+        state.idle = false;
+        if requests.is_empty() && state.rows.is_empty() {
+            return;
+        }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        // The overlay, the staged rows and their operations are the writer's until the lock
+        // is released; appending threads send their rows through the channel meanwhile.
+        std::mem::swap(&mut self.overlay, &mut state.overlay);
+        std::mem::swap(&mut self.staged_ops, &mut state.ops);
+        self.staged_count = std::mem::take(&mut state.op_count);
+        let staged = std::mem::take(&mut state.rows);
+        let mut staged_answers: Vec<Answer> = staged
+            .iter()
+            .map(|(_, refused)| Answer::Unit(refused.clone().map_or(Ok(()), Err)))
+            .collect();
+        let mut staged: Vec<Request> =
+            staged.into_iter().map(|(row, _)| Request::Append(row)).collect();
+
         let applied = contain(|| self.apply(requests, closing));
+        self.staged_ops.clear();
+        self.staged_count = 0;
+        // Every request taken from the channel is applied (or answered): rows applied by their
+        // threads from here on come after them.
+        front.queued.fetch_sub(requests.len(), Ordering::AcqRel);
         let (mut answers, durable) = match applied {
             Ok(Ok(done)) => done,
             Ok(Err(err)) => {
+                fail_succeeded(&mut staged_answers, &staged, &err);
                 let answers = requests.iter().map(|r| Answer::failed(r, err.clone())).collect();
                 (answers, Durable::Now)
             }
@@ -279,26 +347,16 @@ impl Writer {
                     // The overlay may hold part of the batch.
                     poison(&mut self.failed, &self.path, &err);
                 }
+                fail_succeeded(&mut staged_answers, &staged, &err);
                 let answers = requests.iter().map(|r| Answer::failed(r, err.clone())).collect();
                 (answers, Durable::Now)
             }
         };
-        self.explain_io_errors(&mut answers);
-        if let (Durable::AfterSync, Some(wal)) = (&durable, self.wal.as_ref()) {
-            // The batch's one fsync. Appends queued meanwhile wait in the channel, without
-            // waking anybody, and form the next batch.
-            match wal.sync() {
-                Ok(()) => {
-                    self.stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(err) => {
-                    // Whether the record reached the disk is unknown, and so is what a retried
-                    // sync would mean (the kernel may have dropped the dirty pages): stop here.
-                    poison(&mut self.failed, &self.path, &err);
-                    fail_succeeded(&mut answers, requests, &err);
-                }
-            }
+        if let Durable::Lost(err) = &durable {
+            fail_succeeded(&mut staged_answers, &staged, err);
+            fail_succeeded(&mut answers, requests, err);
         }
+        self.explain_io_errors(&mut answers);
         if closing {
             // The closing batch ended with a checkpoint that also recorded "no log": delete it
             // while the file lock is still ours. If anything failed, the log keeps the rows for
@@ -310,9 +368,47 @@ impl Writer {
             }
             // Release the file before anyone hears that the store is closed.
             self.db = None;
+            state.db = None;
+        }
+        state.room = self.room_for_staging(&durable, closing);
+        std::mem::swap(&mut self.overlay, &mut state.overlay);
+        drop(state);
+
+        if let (Durable::Log, Some(wal)) = (&durable, self.wal.as_mut()) {
+            // The batch's one durable write. Rows applied meanwhile wait in the front (and
+            // requests in the channel), without waking anybody, and form the next batch.
+            match wal.write().and_then(|()| wal.sync()) {
+                Ok(()) => {
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    // The batch is in the overlay, but whether its record reached the disk is
+                    // unknown (the kernel may have dropped the dirty pages): stop here; the
+                    // log still holds every batch acknowledged before.
+                    poison(&mut self.failed, &self.path, &err);
+                    front.state.lock().room = 0;
+                    fail_succeeded(&mut staged_answers, &staged, &err);
+                    fail_succeeded(&mut answers, requests, &err);
+                }
+            }
+        }
+        for (request, answer) in staged.drain(..).zip(staged_answers) {
+            complete(request, answer);
         }
         for (request, answer) in requests.drain(..).zip(answers) {
             complete(request, answer);
+        }
+    }
+
+    /// How many bytes of operations appending threads may stage for the next record: none
+    /// without a log (or writable database), once failed or closing.
+    fn room_for_staging(&self, durable: &Durable, closing: bool) -> u64 {
+        match (&self.wal, &self.db, &self.failed) {
+            (Some(wal), Some(Db::Write(_)), None) if !closing => {
+                wal.room_after(matches!(durable, Durable::Log)).min(MAX_STAGED)
+            }
+            _ => 0,
         }
     }
 
@@ -378,7 +474,7 @@ impl Writer {
                 Request::LoadRun(id, _) => Answer::Rows(load_run_logged(overlay, &mut base, id)),
                 Request::Read(source, _) => Answer::Timed(read_logged(overlay, &mut base, source)),
                 Request::ListRuns(_) => Answer::Runs(list_runs_logged(overlay, &mut base)),
-                Request::Flush(_) | Request::Close(_) => Answer::Unit(Ok(())),
+                Request::Flush(_) | Request::Close(_) | Request::Wake => Answer::Unit(Ok(())),
             })
             .collect()
     }
@@ -446,7 +542,7 @@ impl Writer {
                         Answer::Timed(scan(&table, *ns, &path))
                     }
                     Request::ListRuns(_) => Answer::Runs(list_runs(&table, &path)),
-                    Request::Flush(_) | Request::Close(_) => Answer::Unit(Ok(())),
+                    Request::Flush(_) | Request::Close(_) | Request::Wake => Answer::Unit(Ok(())),
                 });
             }
         }
@@ -479,15 +575,27 @@ impl Writer {
         closing: bool,
     ) -> Result<(Vec<Answer>, Durable), StoreError> {
         let path = self.path.clone();
-        if requests.iter().any(mutates) {
+        // Refuses the batch's requests (the rows staged in the front are logged all the same:
+        // they were given room when they were staged).
+        let mut refused = None;
+        if self.staged_count > 0 || requests.iter().any(mutates) {
             // Room for the record first (a read never needs any): a batch in the overlay that
             // cannot be logged would be rows nobody acknowledged. A log that grew has its new
             // size recorded durably before any record lands in the new space.
-            let mut bound: u64 = requests.iter().map(record_bound).sum();
-            bound += self.archive_bound(requests)?;
-            let wal = self.wal.as_mut().expect("checked by apply");
-            if let Some(allocated) = wal.reserve(bound)? {
-                self.record_log_size(allocated)?;
+            let staged = self.staged_ops.len() as u64;
+            let mut reserve = || {
+                let mut bound: u64 = requests.iter().map(record_bound).sum();
+                bound += self.archive_bound(requests)?;
+                let wal = self.wal.as_mut().expect("checked by apply");
+                if let Some(allocated) = wal.reserve(bound + staged)? {
+                    self.record_log_size(allocated)?;
+                }
+                Ok::<(), StoreError>(())
+            };
+            match reserve() {
+                Ok(()) => {}
+                Err(err) if self.staged_count == 0 => return Err(err),
+                Err(err) => refused = Some(err),
             }
         }
         let db: &Database = match &self.db {
@@ -496,10 +604,16 @@ impl Writer {
         };
         let wal = self.wal.as_mut().expect("checked by apply");
         wal.begin();
+        // The rows staged in the front were applied before every request of the batch.
+        wal.push_ops(&self.staged_ops, self.staged_count);
         let mut base = Base { db, path: &path, table: None };
         let overlay = &mut self.overlay;
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests.iter_mut() {
+            if let Some(err) = &refused {
+                answers.push(Answer::failed(request, err.clone()));
+                continue;
+            }
             answers.push(match request {
                 Request::Append(row) => {
                     // The request only needs its completion from here on: the envelope moves
@@ -557,7 +671,7 @@ impl Writer {
                 Request::LoadRun(id, _) => Answer::Rows(load_run_logged(overlay, &mut base, id)),
                 Request::Read(source, _) => Answer::Timed(read_logged(overlay, &mut base, source)),
                 Request::ListRuns(_) => Answer::Runs(list_runs_logged(overlay, &mut base)),
-                Request::Flush(_) | Request::Close(_) => Answer::Unit(Ok(())),
+                Request::Flush(_) | Request::Close(_) | Request::Wake => Answer::Unit(Ok(())),
             });
         }
         drop(base);
@@ -572,8 +686,7 @@ impl Writer {
                 let wal = self.wal.as_mut().expect("checked by apply");
                 if let Err(err) = wal.write().and_then(|()| wal.sync()) {
                     poison(&mut self.failed, &self.path, &err);
-                    fail_succeeded(&mut answers, requests, &err);
-                    return Ok((answers, Durable::Now));
+                    return Ok((answers, Durable::Lost(err)));
                 }
             }
             // A failed checkpoint poisons the writer, so the log is kept, not removed.
@@ -583,7 +696,7 @@ impl Writer {
         if logged && due {
             // A checkpoint makes this batch durable together with everything before it.
             if let Err(err) = self.checkpoint(false) {
-                fail_succeeded(&mut answers, requests, &err);
+                return Ok((answers, Durable::Lost(err)));
             }
             return Ok((answers, Durable::Now));
         }
@@ -592,17 +705,9 @@ impl Writer {
             // being synced: they complete after them, in order.
             return Ok((answers, Durable::Now));
         }
-        let wal = self.wal.as_mut().expect("checked by apply");
-        if let Err(err) = wal.write() {
-            // The batch is in the overlay but not in the log: stop here (the log still holds
-            // every batch acknowledged before).
-            poison(&mut self.failed, &self.path, &err);
-            fail_succeeded(&mut answers, requests, &err);
-            return Ok((answers, Durable::Now));
-        }
-        // One group commit: the batch is durable once the log is synced.
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        Ok((answers, Durable::AfterSync))
+        // One group commit, written once the front is released: the batch is durable once
+        // its record is written and synced.
+        Ok((answers, Durable::Log))
     }
 
     /// At most the bytes the `Archive`s of a batch add to its log record: the rows each run
@@ -875,6 +980,7 @@ fn complete(request: Request, answer: Answer) {
         (Request::Read(_, done), Answer::Timed(r)) => done(r),
         (Request::Insert(_, done), Answer::Found(r)) => done(r),
         (Request::ListRuns(done), Answer::Runs(r)) => done(r),
+        (Request::Wake, _) => {}
         // `apply` answers each request with its own variant.
         _ => unreachable!("checkpoint writer answered a request with the wrong kind"),
     }

@@ -1,0 +1,122 @@
+//! Rows applied by the threads that append them, while the writer thread writes the last
+//! batch: the *front* of a store with a write-ahead log.
+//!
+//! A batch's cycle on the writer thread is its log write (a device round trip or two) and
+//! the work around it. The work of applying a row — checking its key in the overlay, adding
+//! it there and encoding it for the log — needs nothing the writer alone has, so an appending
+//! thread does it itself, under the front's lock, while the writer is busy writing: the
+//! writer then only takes the operations staged here, writes them and completes their rows.
+//!
+//! Order stays total. A thread appends here only while no request sent through the channel
+//! is still waiting to be applied (`queued` is zero under the lock), so everything staged
+//! here was applied after every request sent before it, and before every request sent after
+//! it; the writer applies the channel's requests after the rows staged here. An appender
+//! never waits for the writer: when the lock is busy (the writer applies a batch, or takes
+//! a checkpoint), when a request is queued, or when the log has no room reserved for the row,
+//! the row goes through the channel as any request does.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redb::Database;
+
+use super::AppendRow;
+use crate::checkpoint::contain::contain;
+use crate::checkpoint::error::{path_text, StoreError};
+use crate::checkpoint::overlay::{append_logged, Base, Overlay};
+use crate::checkpoint::wal;
+
+/// Shared by a store's appending threads and its writer thread.
+pub(super) struct Front {
+    pub(super) state: Mutex<FrontState>,
+    /// Requests sent through the channel (wake-ups aside) and not yet applied.
+    pub(super) queued: AtomicUsize,
+}
+
+/// What the lock of a [`Front`] guards.
+pub(super) struct FrontState {
+    /// What the log holds that redb does not (see `overlay`); the writer takes it for the
+    /// time it applies a batch.
+    pub(super) overlay: Overlay,
+    /// The staged operations of rows appended here since the writer last took them...
+    pub(super) ops: Vec<u8>,
+    pub(super) op_count: usize,
+    /// ...and those rows, in order, each with the error that refused it (a taken key).
+    pub(super) rows: Vec<(AppendRow, Option<StoreError>)>,
+    /// Bytes of operations the log has room for beyond what the writer writes now; zero
+    /// turns appending here off (no log, read-only, failed, closing).
+    pub(super) room: u64,
+    /// The database, for the keys the overlay cannot answer (a run's first row since the
+    /// checkpoint); `None` once closed.
+    pub(super) db: Option<Arc<Database>>,
+    /// True while the writer waits for requests: the next row appended here wakes it.
+    pub(super) idle: bool,
+}
+
+/// What [`Front::try_append`] did with a row.
+pub(super) enum Staged {
+    /// Applied and staged; the writer was idle and needs a wake-up.
+    Wake,
+    /// Applied and staged; the writer will find it.
+    Done,
+    /// Not applied: it goes through the channel.
+    Refused(AppendRow),
+}
+
+impl Front {
+    pub(super) fn new(overlay: Overlay) -> Self {
+        Front {
+            state: Mutex::new(FrontState {
+                overlay,
+                ops: Vec::new(),
+                op_count: 0,
+                rows: Vec::new(),
+                room: 0,
+                db: None,
+                idle: false,
+            }),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Applies and stages `row` if it can be done now without waiting (see the module docs).
+    pub(super) fn try_append(&self, mut row: AppendRow, path: &Path) -> Staged {
+        let Some(mut state) = self.state.try_lock() else { return Staged::Refused(row) };
+        let bound = wal::append_bound(row.workflow_id().len(), row.envelope_len());
+        // Read under the lock, which the writer holds while it applies and counts requests.
+        if self.queued.load(Ordering::Acquire) != 0 || state.room < bound {
+            return Staged::Refused(row);
+        }
+        let Some(db) = state.db.clone() else { return Staged::Refused(row) };
+        let FrontState { overlay, ops, op_count, rows, room, idle, .. } = &mut *state;
+        let (id, sequence, envelope) = row.parts();
+        let applied = contain(|| {
+            let mut base = Base { db: &*db, path, table: None };
+            append_logged(overlay, &mut base, id, sequence, envelope, |e| {
+                wal::encode_append(ops, id, sequence, e);
+                *op_count += 1;
+            })
+        });
+        let refused = match applied {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err),
+            // A panic of redb while it looked the key up (a damaged file): nothing was
+            // applied.
+            Err(panic) => Some(StoreError::WriterFailed {
+                path: path_text(path),
+                reason: format!(
+                    "redb panicked while checking a key (is the file damaged?): {panic}"
+                ),
+            }),
+        };
+        *room -= bound;
+        rows.push((row, refused));
+        if std::mem::take(idle) {
+            Staged::Wake
+        } else {
+            Staged::Done
+        }
+    }
+}
