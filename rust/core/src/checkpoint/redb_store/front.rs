@@ -7,22 +7,24 @@
 //! thread does it itself, under the front's lock, while the writer is busy writing: the
 //! writer then only takes the operations staged here, writes them and completes their rows.
 //!
-//! Order stays total. A thread appends here only while no request sent through the channel
-//! is still waiting to be applied (`queued` is zero under the lock), so everything staged
-//! here was applied after every request sent before it, and before every request sent after
-//! it; the writer applies the channel's requests after the rows staged here. An appender
+//! Order stays what every caller sees. A row is applied here only while no request sent
+//! through the channel and still waiting to be applied could see it or conflict with it:
+//! one naming the same key (an append, a clear, a read of that run, a write of it), or one
+//! that reads or orders everything (a list of runs, a scan of a namespace, a flush, the
+//! close). So a row staged here comes after every request sent before it that concerns it,
+//! and the writer applies the channel's requests after the rows staged here. An appender
 //! never waits for the writer: when the lock is busy (the writer applies a batch, or takes
-//! a checkpoint), when a request is queued, or when the log has no room reserved for the row,
-//! the row goes through the channel as any request does.
+//! a checkpoint), when such a request is queued, or when the log has no room reserved for
+//! the row, the row goes through the channel as any request does.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use redb::Database;
 
-use super::AppendRow;
+use super::{AppendRow, Op, Request, Source};
 use crate::checkpoint::contain::contain;
 use crate::checkpoint::error::{path_text, StoreError};
 use crate::checkpoint::overlay::{append_logged, Base, Overlay};
@@ -31,8 +33,69 @@ use crate::checkpoint::wal;
 /// Shared by a store's appending threads and its writer thread.
 pub(super) struct Front {
     pub(super) state: Mutex<FrontState>,
-    /// Requests sent through the channel (wake-ups aside) and not yet applied.
-    pub(super) queued: AtomicUsize,
+    /// Requests sent through the channel and not yet applied, by what they concern.
+    pub(super) queued: Mutex<Queued>,
+}
+
+/// What the requests in the channel concern: keys, and how many concern everything.
+#[derive(Default)]
+pub(super) struct Queued {
+    everything: usize,
+    keys: HashMap<String, usize>,
+}
+
+impl Queued {
+    /// Counts `request`, about to be sent.
+    pub(super) fn add(&mut self, request: &Request) {
+        if concerns(request, |key| *self.keys.entry(key.to_owned()).or_default() += 1) {
+            self.everything += 1;
+        }
+    }
+
+    /// Uncounts `request`, taken from the channel.
+    pub(super) fn remove(&mut self, request: &Request) {
+        let keys = &mut self.keys;
+        let all = concerns(request, |key| {
+            if let Some(n) = keys.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    keys.remove(key);
+                }
+            }
+        });
+        if all {
+            self.everything -= 1;
+        }
+    }
+
+    fn blocks(&self, key: &str) -> bool {
+        self.everything > 0 || self.keys.contains_key(key)
+    }
+}
+
+/// Calls `key` with each key `request` reads or writes; true if it concerns every key.
+fn concerns(request: &Request, mut key: impl FnMut(&str)) -> bool {
+    match request {
+        Request::Append(row) => key(row.workflow_id()),
+        Request::Clear(id, _) | Request::LoadRun(id, _) | Request::Read(Source::Run(id), _) => {
+            key(id)
+        }
+        Request::Insert(entry, _) => key(&entry.workflow_id),
+        Request::Write(ops, _) => {
+            for op in ops {
+                match op {
+                    Op::Put(entry) => key(&entry.workflow_id),
+                    Op::Clear(id) | Op::Archive(id) => key(id),
+                }
+            }
+        }
+        Request::Wake => {}
+        Request::Read(Source::Namespace(_), _)
+        | Request::ListRuns(_)
+        | Request::Flush(_)
+        | Request::Close(_) => return true,
+    }
+    false
 }
 
 /// What the lock of a [`Front`] guards.
@@ -77,7 +140,7 @@ impl Front {
                 db: None,
                 idle: false,
             }),
-            queued: AtomicUsize::new(0),
+            queued: Mutex::new(Queued::default()),
         }
     }
 
@@ -85,8 +148,8 @@ impl Front {
     pub(super) fn try_append(&self, mut row: AppendRow, path: &Path) -> Staged {
         let Some(mut state) = self.state.try_lock() else { return Staged::Refused(row) };
         let bound = wal::append_bound(row.workflow_id().len(), row.envelope_len());
-        // Read under the lock, which the writer holds while it applies and counts requests.
-        if self.queued.load(Ordering::Acquire) != 0 || state.room < bound {
+        // Read under the lock, which the writer holds while it uncounts and applies requests.
+        if state.room < bound || self.queued.lock().blocks(row.workflow_id()) {
             return Staged::Refused(row);
         }
         let Some(db) = state.db.clone() else { return Staged::Refused(row) };

@@ -567,13 +567,7 @@ impl RedbStore {
         let sender = self.sender.lock().take();
         match sender {
             None => Err(self.closed()),
-            Some(s) => {
-                self.front.queued.fetch_add(1, Ordering::AcqRel);
-                s.send(Request::Close(Box::new(done))).map_err(|_| {
-                    self.front.queued.fetch_sub(1, Ordering::AcqRel);
-                    self.writer_gone()
-                })
-            }
+            Some(s) => self.send(&s, Request::Close(Box::new(done))),
         }
     }
 
@@ -809,13 +803,20 @@ impl RedbStore {
         let sender = self.sender.lock();
         match sender.as_ref() {
             None => Err(self.closed()),
-            Some(s) => {
-                // Counted before it is sent: no row is applied ahead of it from here on.
-                self.front.queued.fetch_add(1, Ordering::AcqRel);
-                s.send(request).map_err(|_| {
-                    self.front.queued.fetch_sub(1, Ordering::AcqRel);
-                    self.writer_gone()
-                })
+            Some(s) => self.send(s, request),
+        }
+    }
+
+    /// Sends `request` to the writer, counted first: from here on no row it concerns is
+    /// applied ahead of it (see [`front`]).
+    fn send(&self, sender: &Sender<Request>, request: Request) -> Result<(), StoreError> {
+        let mut queued = self.front.queued.lock();
+        queued.add(&request);
+        match sender.send(request) {
+            Ok(()) => Ok(()),
+            Err(mpsc::SendError(request)) => {
+                queued.remove(&request);
+                Err(self.writer_gone())
             }
         }
     }

@@ -310,6 +310,14 @@ impl Writer {
             return;
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        // Rows appended from here on come after the requests of this batch: their threads
+        // wait for the front, which is the writer's until it applied them.
+        {
+            let mut queued = front.queued.lock();
+            for request in requests.iter() {
+                queued.remove(request);
+            }
+        }
         // The overlay, the staged rows and their operations are the writer's until the lock
         // is released; appending threads send their rows through the channel meanwhile.
         std::mem::swap(&mut self.overlay, &mut state.overlay);
@@ -326,9 +334,6 @@ impl Writer {
         let applied = contain(|| self.apply(requests, closing));
         self.staged_ops.clear();
         self.staged_count = 0;
-        // Every request taken from the channel is applied (or answered): rows applied by their
-        // threads from here on come after them.
-        front.queued.fetch_sub(requests.len(), Ordering::AcqRel);
         let (mut answers, durable) = match applied {
             Ok(Ok(done)) => done,
             Ok(Err(err)) => {
