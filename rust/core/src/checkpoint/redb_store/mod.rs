@@ -227,6 +227,7 @@ struct Stats {
     batches: AtomicU64,
     checkpoints: AtomicU64,
     wal_syncs: AtomicU64,
+    staged: AtomicU64,
 }
 
 /// A redb checkpoint store. Cheap to share behind an `Arc`; every method may be called from
@@ -464,6 +465,12 @@ impl RedbStore {
         self.stats.wal_syncs.load(Ordering::Relaxed)
     }
 
+    /// How many rows their appending threads applied themselves, beside the writer thread
+    /// (see [`front`]); the others went through the writer's channel.
+    pub fn staged_row_count(&self) -> u64 {
+        self.stats.staged.load(Ordering::Relaxed)
+    }
+
     /// How many write-ahead log records opening the store replayed into the database (records
     /// a crash left behind before their checkpoint).
     pub fn replayed_records(&self) -> usize {
@@ -508,7 +515,11 @@ impl RedbStore {
     /// queues it for the writer.
     fn append_row(&self, row: AppendRow) -> Result<(), StoreError> {
         self.check_process()?;
-        match self.front.try_append(row, &self.path) {
+        let staged = self.front.try_append(row, &self.path);
+        if !matches!(staged, Staged::Refused(_)) {
+            self.stats.staged.fetch_add(1, Ordering::Relaxed);
+        }
+        match staged {
             Staged::Done => Ok(()),
             Staged::Wake => {
                 // A closed channel means the writer is gone: it failed the staged row itself

@@ -1143,3 +1143,103 @@ fn a_runs_rows_appended_through_its_handle_finish_in_order() {
         assert_eq!(run.outcomes.lock().unwrap().len(), 4);
     }
 }
+
+/// Appends from the test thread while the writer is parked, so that they are applied by this
+/// thread (once the first batch gave the log room): outcomes in order, a taken key refused.
+#[test]
+fn rows_appended_beside_a_busy_writer_are_applied_by_their_thread_in_order() {
+    let dir = TempDir::new("front");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("warm", 0, "S")).unwrap();
+    let release = hold_writer(&store);
+    let before = store.staged_row_count();
+    let (tx, rx) = mpsc::channel();
+    for (seq, state) in [(0, "A"), (0, "dup"), (1, "B")] {
+        let tx = tx.clone();
+        store.append(row("w", seq, state), move |r| tx.send((seq, r)).unwrap()).unwrap();
+    }
+    let staged = store.staged_row_count() - before;
+    release(); // before any assertion: a parked writer would hang the failing test
+    assert_eq!(staged, 3, "applied beside the parked writer");
+    let outcomes: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    assert!(matches!(outcomes[0], (0, Ok(()))));
+    assert!(matches!(outcomes[1], (0, Err(StoreError::Conflict { sequence: 0, .. }))));
+    assert!(matches!(outcomes[2], (1, Ok(()))));
+    assert_eq!(seqs_of(&store, "w"), [0, 1]);
+    assert_eq!(store.load_run_blocking("w").unwrap()[0].state, "A");
+    // They were logged like any row: a crash image replays them.
+    let image = TempDir::new("front-image");
+    let copy = crash_image(&store, &image);
+    let reopened = RedbStore::open(&copy, Durability::Immediate).unwrap();
+    assert_eq!(seqs_of(&reopened, "w"), [0, 1]);
+}
+
+/// A request still in the channel keeps the rows it concerns behind it: a read of a run sees
+/// exactly the rows appended before it, while other runs' rows go on beside the writer; a
+/// request that concerns everything holds every row back.
+#[test]
+fn a_queued_request_keeps_the_rows_it_concerns_behind_it() {
+    let dir = TempDir::new("front-order");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("warm", 0, "S")).unwrap();
+    let release = hold_writer(&store);
+    let ok = |_: Result<(), StoreError>| {};
+    store.append(row("x", 0, "A"), ok).unwrap();
+    let (seen_tx, seen) = mpsc::channel();
+    store.load_run("x", move |r| seen_tx.send(r).unwrap()).unwrap();
+    let mut staged = vec![store.staged_row_count()];
+    store.append(row("x", 1, "B"), ok).unwrap();
+    staged.push(store.staged_row_count());
+    store.append(row("y", 0, "C"), ok).unwrap();
+    staged.push(store.staged_row_count());
+    let (listed_tx, listed) = mpsc::channel();
+    store.list_runs(move |r| listed_tx.send(r).unwrap()).unwrap();
+    store.append(row("z", 0, "D"), ok).unwrap();
+    staged.push(store.staged_row_count());
+    release(); // before any assertion: a parked writer would hang the failing test
+    let s0 = staged[0];
+    // x waits behind the read of x, y does not, and everything waits behind a list.
+    assert_eq!(staged, [s0, s0, s0 + 1, s0 + 1]);
+    let rows = seen.recv().unwrap().unwrap();
+    assert_eq!(rows.iter().map(|r| r.sequence).collect::<Vec<_>>(), [0]);
+    let runs = listed.recv().unwrap().unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r.workflow_id.as_str()).collect();
+    assert_eq!(ids, ["warm", "x", "y"], "the list sees what was appended before it");
+    store.flush_blocking().unwrap();
+    assert_eq!(seqs_of(&store, "x"), [0, 1]);
+    assert_eq!(seqs_of(&store, "z"), [0]);
+}
+
+/// Many threads appending at once, with clears and reads of their own runs between: every
+/// caller sees its own operations in the order it made them.
+#[test]
+fn concurrent_appenders_each_see_their_own_order() {
+    let dir = TempDir::new("front-threads");
+    let store = Arc::new(RedbStore::open(dir.file(), Durability::Immediate).unwrap());
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let id = format!("run-{t}");
+                for round in 0..20u64 {
+                    let (tx, rx) = mpsc::channel();
+                    for seq in 0..10 {
+                        let tx = tx.clone();
+                        store.append(row(&id, seq, "S"), move |r| tx.send(r).unwrap()).unwrap();
+                    }
+                    let (seen_tx, seen) = mpsc::channel();
+                    store.load_run(id.clone(), move |r| seen_tx.send(r).unwrap()).unwrap();
+                    store.clear(id.clone(), |_| {}).unwrap();
+                    drop(tx);
+                    assert!(rx.iter().all(|r| r.is_ok()), "round {round} of {id}");
+                    let rows = seen.recv().unwrap().unwrap();
+                    assert_eq!(rows.len(), 10, "round {round} of {id}: {rows:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(store.list_runs_blocking().unwrap().is_empty());
+}
