@@ -207,7 +207,7 @@ fn decode_fields(workflow_id: &str, sequence: u64, value: &[u8]) -> Result<(Row,
 }
 
 /// The sequence under which a run's step history is stored, packed into one value (see
-/// [`pack_rows`]): one key per run, not per row, so that a history costs its store one
+/// `pack_rows`): one key per run, not per row, so that a history costs its store one
 /// B-tree insert however long the run was.
 pub const PACKED: u64 = u64::MAX;
 
@@ -248,7 +248,7 @@ pub fn pack_own_row(
 }
 
 /// Appends the row stored as `value` under `(workflow_id, sequence)` to `out`, packed under
-/// `key` as [`pack_rows`] packs it: the envelope is checked, and keyed `(key, sequence)`
+/// `key` as `pack_rows` packs it: the envelope is checked, and keyed `(key, sequence)`
 /// with a new checksum over the same bytes (envelopes of earlier versions are decoded and
 /// written again). A damaged envelope is an error, never packed.
 pub fn pack_row(
@@ -276,7 +276,7 @@ pub fn pack_row(
     Ok(())
 }
 
-/// The rows [`pack_rows`] packed under `key`, with their times, in order.
+/// The rows `pack_rows` packed under `key`, with their times, in order.
 pub fn unpack_rows(key: &str, packed: &[u8]) -> Result<Vec<(Row, u64)>, StoreError> {
     let damaged = |reason: String| StoreError::Decode {
         workflow_id: key.to_owned(),

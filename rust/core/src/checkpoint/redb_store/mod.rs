@@ -1,14 +1,19 @@
 //! The embedded checkpoint store: one redb file, one writer thread, group commit.
 //!
-//! Every request (append, clear, load, list, flush, close) goes through one channel to the
-//! store's writer thread, so their order is total: a `load_run` sees every `append` submitted
-//! before it, whatever the durability. The writer takes everything queued, applies it as one
-//! batch, makes the batch durable once (one fsync for all of it), and only then calls each
-//! request's completion. A caller that must not continue before its row is on disk waits for
-//! its completion; nobody blocks on anybody else's fsync.
+//! Every request (append, clear, load, list, flush, close) is ordered as its caller made
+//! it: a `load_run` sees every `append` submitted before it, whatever the durability. The
+//! writer takes everything queued, applies it as one batch, makes the batch durable once
+//! (one fsync for all of it), and only then calls each request's completion. A caller that
+//! must not continue before its row is on disk waits for its completion; nobody blocks on
+//! anybody else's fsync.
 //!
-//! Completions run on the writer thread, in submission order, once the batch is durable (or,
-//! with [`Durability::Eventual`], committed). After each batch the optional *batch hook* runs
+//! Requests reach the writer through one channel. With a write-ahead log, a row usually does
+//! not: its thread applies it itself, beside the writer, while the writer writes the last
+//! batch (see [`front`]); a row goes through the channel when a request still queued there
+//! concerns its key, or when the writer holds the front.
+//!
+//! Completions run on the writer thread, in order, once the batch is durable (or, with
+//! [`Durability::Eventual`], committed). After each batch the optional *batch hook* runs
 //! once: the Python bindings use it to wake each event loop once per batch instead of once
 //! per row.
 //!
@@ -466,7 +471,7 @@ impl RedbStore {
     }
 
     /// How many rows their appending threads applied themselves, beside the writer thread
-    /// (see [`front`]); the others went through the writer's channel.
+    /// (see the module docs); the others went through the writer's channel.
     pub fn staged_row_count(&self) -> u64 {
         self.stats.staged.load(Ordering::Relaxed)
     }
