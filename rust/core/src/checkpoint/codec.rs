@@ -236,15 +236,7 @@ pub fn pack_own_row(
     sequence: u64,
     envelope: &[u8],
 ) -> Result<(), StoreError> {
-    if envelope.first() != Some(&ENVELOPE_VERSION) || envelope.len() <= 4 {
-        return pack_row(out, key, workflow_id, sequence, envelope);
-    }
-    let body = &envelope[..envelope.len() - 4];
-    put_varint(out, sequence);
-    put_varint(out, envelope.len() as u64);
-    out.extend_from_slice(body);
-    out.extend_from_slice(&checksum(key, sequence, body).to_le_bytes());
-    Ok(())
+    pack(out, key, workflow_id, sequence, envelope, false)
 }
 
 /// Appends the row stored as `value` under `(workflow_id, sequence)` to `out`, packed under
@@ -258,10 +250,23 @@ pub fn pack_row(
     sequence: u64,
     value: &[u8],
 ) -> Result<(), StoreError> {
+    pack(out, key, workflow_id, sequence, value, true)
+}
+
+/// [`pack_row`], checking the envelope's checksum only when `check`.
+fn pack(
+    out: &mut Vec<u8>,
+    key: &str,
+    workflow_id: &str,
+    sequence: u64,
+    value: &[u8],
+    check: bool,
+) -> Result<(), StoreError> {
     put_varint(out, sequence);
     if value.first() == Some(&ENVELOPE_VERSION) && value.len() > 4 {
         let (body, sum) = value.split_at(value.len() - 4);
-        if checksum(workflow_id, sequence, body) == u32::from_le_bytes(sum.try_into().expect("4")) {
+        let stored = || u32::from_le_bytes(sum.try_into().expect("4"));
+        if !check || checksum(workflow_id, sequence, body) == stored() {
             put_varint(out, value.len() as u64);
             out.extend_from_slice(body);
             out.extend_from_slice(&checksum(key, sequence, body).to_le_bytes());
