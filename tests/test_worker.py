@@ -287,7 +287,9 @@ async def test_a_worker_that_lost_its_run_compensates_nothing(
         .add_exit_state(S.DONE)
     )
     await client.enqueue("orders", S.A, workflow_id="saga")
-    old = worker(store, wf, worker_id="old", poll_interval=1)  # no renewal meanwhile
+    # No renewal meanwhile; and, full with this run, it cannot claim the run back before the
+    # thief does once its lease is given back (a poll in between would take it over).
+    old = worker(store, wf, worker_id="old", poll_interval=1, concurrency=1)
     old.start()
     await started.wait()
     [(_, epoch)] = [(i, o.claim.epoch) for i, o in old._owned.items()]
