@@ -361,6 +361,7 @@ impl Writer {
             fail_succeeded(&mut staged_answers, &staged, err);
             fail_succeeded(&mut answers, requests, err);
         }
+        self.explain_io_errors(&mut staged_answers);
         self.explain_io_errors(&mut answers);
         if closing {
             // The closing batch ended with a checkpoint that also recorded "no log": delete it
