@@ -12,13 +12,17 @@
 //! one naming the same key (an append, a clear, a read of that run, a write of it), or one
 //! that reads or orders everything (a list of runs, a scan of a namespace, a flush, the
 //! close). So a row staged here comes after every request sent before it that concerns it,
-//! and the writer applies the channel's requests after the rows staged here. An appender
+//! and the writer applies the channel's requests after the rows staged here. Requests on
+//! other keys may be applied after a row their caller sent later, but never made durable
+//! after it: the writer logs staged rows only in a record that also holds every request sent
+//! before the last of them. An appender
 //! never waits for the writer: when the lock is busy (the writer applies a batch, or takes
 //! a checkpoint), when such a request is queued, or when the log has no room reserved for
 //! the row, the row goes through the channel as any request does.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -35,6 +39,8 @@ pub(super) struct Front {
     pub(super) state: Mutex<FrontState>,
     /// Requests sent through the channel and not yet applied, by what they concern.
     pub(super) queued: Mutex<Queued>,
+    /// How many requests were sent through the channel (wake-ups aside), counted once sent.
+    pub(super) sent: AtomicU64,
 }
 
 /// What the requests in the channel concern: keys, and how many concern everything.
@@ -116,6 +122,10 @@ pub(super) struct FrontState {
     pub(super) db: Option<Arc<Database>>,
     /// True while the writer waits for requests: the next row appended here wakes it.
     pub(super) idle: bool,
+    /// How many requests had been sent when the last row was staged: the writer logs the
+    /// staged rows only with (or after) all of them, so that whatever a caller sent before a
+    /// row, whichever key it concerns, is never less durable than the row.
+    pub(super) sent_before: u64,
 }
 
 /// What [`Front::try_append`] did with a row.
@@ -139,8 +149,10 @@ impl Front {
                 room: 0,
                 db: None,
                 idle: false,
+                sent_before: 0,
             }),
             queued: Mutex::new(Queued::default()),
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -153,7 +165,7 @@ impl Front {
             return Staged::Refused(row);
         }
         let Some(db) = state.db.clone() else { return Staged::Refused(row) };
-        let FrontState { overlay, ops, op_count, rows, room, idle, .. } = &mut *state;
+        let FrontState { overlay, ops, op_count, rows, room, idle, sent_before, .. } = &mut *state;
         let (id, sequence, envelope) = row.parts();
         let applied = contain(|| {
             let mut base = Base { db: &*db, path, table: None };
@@ -176,6 +188,7 @@ impl Front {
         };
         *room -= bound;
         rows.push((row, refused));
+        *sent_before = self.sent.load(Ordering::Acquire);
         if std::mem::take(idle) {
             Staged::Wake
         } else {

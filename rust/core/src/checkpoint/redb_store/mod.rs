@@ -527,8 +527,8 @@ impl RedbStore {
         match staged {
             Staged::Done => Ok(()),
             Staged::Wake => {
-                // A closed channel means the writer is gone: it failed the staged row itself
-                // or never will; either way this row is answered by the close.
+                // Without a channel the store is closing (the close takes the staged rows) or
+                // the writer is gone (it fails what is staged as it stops).
                 if let Some(sender) = self.sender.lock().as_ref() {
                     let _ = sender.send(Request::Wake);
                 }
@@ -829,7 +829,10 @@ impl RedbStore {
         let mut queued = self.front.queued.lock();
         queued.add(&request);
         match sender.send(request) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.front.sent.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
             Err(mpsc::SendError(request)) => {
                 queued.remove(&request);
                 Err(self.writer_gone())

@@ -1243,3 +1243,62 @@ fn concurrent_appenders_each_see_their_own_order() {
     }
     assert!(store.list_runs_blocking().unwrap().is_empty());
 }
+
+/// A row applied by its thread is logged with everything its caller sent before it, whatever
+/// key that concerns — even more than one batch's worth: never in an earlier record.
+#[test]
+fn a_staged_row_is_never_more_durable_than_what_its_caller_sent_before() {
+    let dir = TempDir::new("front-prefix");
+    let store = Arc::new(RedbStore::open(dir.file(), Durability::Immediate).unwrap());
+    store.append_blocking(row("warm", 0, "S")).unwrap();
+    let release = hold_writer(&store);
+    let last_value_batch = Arc::new(AtomicUsize::new(0));
+    let n = MAX_BATCH + 500;
+    for i in 0..n {
+        let (store2, seen) = (store.clone(), last_value_batch.clone());
+        store
+            .put_value(Namespace::Record, &format!("v{i}"), b"{}", move |r| {
+                assert_eq!(r, Ok(()));
+                seen.fetch_max(store2.batch_count() as usize, Ordering::SeqCst);
+            })
+            .unwrap();
+    }
+    let staged = store.staged_row_count();
+    let (tx, rx) = mpsc::channel();
+    let store2 = store.clone();
+    store.append(row("y", 0, "S"), move |r| tx.send((r, store2.batch_count())).unwrap()).unwrap();
+    let staged = store.staged_row_count() - staged;
+    release(); // before any assertion: a parked writer would hang the failing test
+    let (outcome, row_batch) = rx.recv().unwrap();
+    store.flush_blocking().unwrap();
+    assert_eq!(outcome, Ok(()));
+    assert_eq!(staged, 1, "the row of another key was applied beside the parked writer");
+    assert!(
+        last_value_batch.load(Ordering::SeqCst) <= row_batch as usize,
+        "the row was made durable in batch {row_batch}, before values sent ahead of it"
+    );
+    assert_eq!(store.values_blocking(Namespace::Record).unwrap().len(), n);
+}
+
+/// A writer thread that dies (here: a completion panics on it) leaves no row waiting for ever:
+/// nothing is applied beside it any more, and every later append fails.
+#[test]
+fn rows_appended_after_the_writer_died_fail_instead_of_waiting() {
+    let dir = TempDir::new("front-dead");
+    let store = RedbStore::open(dir.file(), Durability::Immediate).unwrap();
+    store.append_blocking(row("warm", 0, "S")).unwrap();
+    store.append(row("p", 0, "S"), |_| panic!("a completion that panics")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The channel closes once the writer thread is gone.
+    while store.clear("x", |_| {}).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the writer never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (tx, rx) = mpsc::channel();
+    let outcome = match store.append(row("q", 0, "S"), move |r| tx.send(r).unwrap()) {
+        Err(e) => Err(e),
+        Ok(()) => rx.recv_timeout(std::time::Duration::from_secs(10)).expect("never answered"),
+    };
+    assert!(matches!(outcome, Err(StoreError::WriterFailed { .. })), "{outcome:?}");
+    drop(store); // closing a store whose writer died returns, it does not hang
+}

@@ -85,6 +85,27 @@ pub(super) struct Writer {
     /// The staged operations of the batch being applied (the front's buffer, swapped).
     staged_ops: Vec<u8>,
     staged_count: usize,
+    /// How many requests (wake-ups aside) the writer took from the channel.
+    taken: u64,
+}
+
+impl Drop for Writer {
+    /// The writer stops — closed, or its thread unwinding from a panic: no row is staged
+    /// from now on, and the rows staged and never taken fail rather than wait for ever.
+    fn drop(&mut self) {
+        let mut state = self.front.state.lock();
+        state.room = 0;
+        state.db = None;
+        let staged = std::mem::take(&mut state.rows);
+        drop(state);
+        let err = StoreError::WriterFailed {
+            path: path_text(&self.path),
+            reason: "it stopped before answering".into(),
+        };
+        for (row, _) in staged {
+            row.complete(Err(err.clone()));
+        }
+    }
 }
 
 /// What applying a batch left to do before its requests may complete.
@@ -201,6 +222,7 @@ impl Writer {
             front,
             staged_ops: Vec::new(),
             staged_count: 0,
+            taken: 0,
         }
     }
 
@@ -248,9 +270,8 @@ impl Writer {
             }
             // A wake-up only says that rows are staged.
             batch.retain(|r| !matches!(r, Request::Wake));
-            let closing = batch.iter().any(|r| matches!(r, Request::Close(_)));
             // The batch's vector is kept, emptied, for the next one.
-            self.process(&mut batch, closing);
+            let closing = self.process(&mut batch, &receiver);
             if self.unsynced_rows >= EVENTUAL_ROWS
                 || self.unsynced_since.is_some_and(|t| t.elapsed() >= EVENTUAL_WINDOW)
             {
@@ -301,14 +322,29 @@ impl Writer {
 
     /// Applies a batch — the rows staged in the front, then `requests` — makes it durable
     /// (one log record, a checkpoint, or with `Durability::Eventual` one redb commit), then
-    /// completes its rows and requests in order.
-    fn process(&mut self, requests: &mut Vec<Request>, closing: bool) {
+    /// completes its rows and requests in order. True when the batch closed the store.
+    fn process(&mut self, requests: &mut Vec<Request>, receiver: &Receiver<Request>) -> bool {
         let front = self.front.clone();
         let mut state = front.state.lock();
         state.idle = false;
         if requests.is_empty() && state.rows.is_empty() {
-            return;
+            return false;
         }
+        // Every request sent before the last staged row joins this batch (they are in the
+        // channel: each is counted once sent), so that the record never holds a row without
+        // what its caller sent before it.
+        self.taken += requests.len() as u64;
+        while self.taken < state.sent_before {
+            match receiver.recv() {
+                Ok(Request::Wake) => {}
+                Ok(request) => {
+                    requests.push(request);
+                    self.taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let closing = requests.iter().any(|r| matches!(r, Request::Close(_)));
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         // Rows appended from here on come after the requests of this batch: their threads
         // wait for the front, which is the writer's until it applied them.
@@ -337,7 +373,9 @@ impl Writer {
         let (mut answers, durable) = match applied {
             Ok(Ok(done)) => done,
             Ok(Err(err)) => {
-                fail_succeeded(&mut staged_answers, &staged, &err);
+                // The store failed (or closed): even a refusal, which may have been made
+                // against a row that never became durable, answers with why.
+                staged_answers.fill_with(|| Answer::Unit(Err(err.clone())));
                 let answers = requests.iter().map(|r| Answer::failed(r, err.clone())).collect();
                 (answers, Durable::Now)
             }
@@ -352,7 +390,7 @@ impl Writer {
                     // The overlay may hold part of the batch.
                     poison(&mut self.failed, &self.path, &err);
                 }
-                fail_succeeded(&mut staged_answers, &staged, &err);
+                staged_answers.fill_with(|| Answer::Unit(Err(err.clone())));
                 let answers = requests.iter().map(|r| Answer::failed(r, err.clone())).collect();
                 (answers, Durable::Now)
             }
@@ -405,6 +443,7 @@ impl Writer {
         for (request, answer) in requests.drain(..).zip(answers) {
             complete(request, answer);
         }
+        closing
     }
 
     /// How many bytes of operations appending threads may stage for the next record: none
