@@ -164,11 +164,12 @@ impl Front {
         if state.room < bound || self.queued.lock().blocks(row.workflow_id()) {
             return Staged::Refused(row);
         }
-        let Some(db) = state.db.clone() else { return Staged::Refused(row) };
-        let FrontState { overlay, ops, op_count, rows, room, idle, sent_before, .. } = &mut *state;
+        let FrontState { overlay, ops, op_count, rows, room, idle, sent_before, db } = &mut *state;
+        // Borrowed, not cloned: no reference count changes per row.
+        let Some(db) = db.as_deref() else { return Staged::Refused(row) };
         let (id, sequence, envelope) = row.parts();
         let applied = contain(|| {
-            let mut base = Base { db: &*db, path, table: None };
+            let mut base = Base { db, path, table: None };
             append_logged(overlay, &mut base, id, sequence, envelope, |e| {
                 wal::encode_append(ops, id, sequence, e);
                 *op_count += 1;
